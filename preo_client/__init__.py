@@ -1,0 +1,68 @@
+"""preo-client: typed Python SDK for the Preo refund API (``POST /v1/purchases/{id}/refund``)."""
+
+from ._amounts import MAX_AMOUNT
+from ._client import AsyncPreoClient, PreoClient
+from ._config import ConfigurationError
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreoError,
+    RateLimitError,
+    RefundOutcomeUnknownError,
+    RefundValidationError,
+    UnprocessableEntityError,
+)
+from ._generated.models.refund_reason import RefundReason
+from ._generated.models.refund_scope import RefundScope
+from ._generated.models.refund_status import RefundStatus
+from ._idempotency import idempotency_key_for
+from ._models import Refund
+from ._policy import POLICY, REASONS, SCOPES, Reason, RefundPlan, Scope, plan_refund
+from ._retry import Backoff
+from ._version import __version__
+
+__all__ = [
+    "MAX_AMOUNT",
+    "POLICY",
+    "REASONS",
+    "SCOPES",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncPreoClient",
+    "AuthenticationError",
+    "Backoff",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PreoClient",
+    "PreoError",
+    "RateLimitError",
+    "Reason",
+    "Refund",
+    "RefundOutcomeUnknownError",
+    "RefundPlan",
+    "RefundReason",
+    "RefundScope",
+    "RefundStatus",
+    "RefundValidationError",
+    "Scope",
+    "UnprocessableEntityError",
+    "__version__",
+    "idempotency_key_for",
+    "plan_refund",
+]

@@ -1,0 +1,71 @@
+"""Exact money: turning what a caller passes as an amount into a checked two-place Decimal."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import TypeAlias
+
+__all__ = ["MAX_AMOUNT", "AmountError", "AmountInput", "parse_amount", "suggest_decimal"]
+
+AmountInput: TypeAlias = Decimal | int | str | float
+
+CENT = Decimal("0.01")
+# Fifteen significant digits: every two-place value up to this survives the JSON number on the
+# wire exactly (a double carries 15 decimal digits), so what is sent is what was asked for.
+MAX_AMOUNT = Decimal("9999999999999.99")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+class AmountError(ValueError):
+    """An amount that is not an exact, positive, two-place money value (message says why)."""
+
+
+def suggest_decimal(value: float) -> str:
+    """Return the ``Decimal("...")`` a caller most likely meant for a float with float noise."""
+    return f'Decimal("{Decimal(repr(value)).quantize(CENT)}")'
+
+
+def parse_amount(value: object) -> Decimal:
+    """Return ``value`` as a Decimal quantized to cents, or raise AmountError.
+
+    Accepted: ``Decimal``, ``int`` and decimal ``str`` (``"12.50"``); a ``float`` only when its
+    shortest representation already has at most two decimal places (``12.5`` yes,
+    ``0.1 + 0.2`` no). ``bool`` is refused even though it is an ``int``. The value must be
+    finite, greater than zero, at most :data:`MAX_AMOUNT`, with at most two decimal places.
+    """
+    if isinstance(value, bool):
+        raise AmountError(f"must be a Decimal, int or decimal string, not bool ({value!r})")
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        if not _DECIMAL_TEXT.fullmatch(value):
+            raise AmountError(f"must be a decimal string such as '12.50', got {value!r}")
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AmountError(f"must be finite, got {value!r}")
+        text = repr(value)
+        if "e" in text or "E" in text or ("." in text and len(text.split(".")[1]) > 2):
+            raise AmountError(
+                f"float {value!r} is not an exact two-place amount; "
+                f"pass {suggest_decimal(value)} instead"
+            )
+        amount = Decimal(text)
+    else:
+        raise AmountError(f"must be a Decimal, int or decimal string, not {type(value).__name__}")
+    if not amount.is_finite():
+        raise AmountError(f"must be finite, got {value!r}")
+    if amount <= 0:
+        raise AmountError(f"must be greater than 0, got {amount}")
+    if amount > MAX_AMOUNT:
+        raise AmountError(f"must be at most {MAX_AMOUNT}, got {amount}")
+    try:
+        quantized = amount.quantize(CENT)
+    except InvalidOperation as exc:  # pragma: no cover - guarded by MAX_AMOUNT above
+        raise AmountError(f"is not a valid amount: {amount}") from exc
+    if quantized != amount:
+        raise AmountError(f"must have at most 2 decimal places, got {amount}")
+    return quantized

@@ -1,0 +1,543 @@
+"""PreoClient and AsyncPreoClient: settings, the retry loop, and the ``purchases`` resource."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar
+
+import attrs
+import httpx
+
+from ._config import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    USER_AGENT,
+    ConfigurationError,
+    resolve_api_key,
+    resolve_base_url,
+)
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APITimeoutError,
+    make_status_error,
+    outcome_unknown,
+)
+from ._generated.api.purchases import create_purchase_refund
+from ._generated.models.refund_reason import RefundReason
+from ._generated.models.refund_request_create import RefundRequestCreate
+from ._generated.models.refund_scope import RefundScope
+from ._generated.types import UNSET
+from ._idempotency import check_idempotency_key, new_idempotency_key
+from ._models import Refund, parse_refund
+from ._policy import (
+    Reason,
+    RefundPlan,
+    Scope,
+    check_comment,
+    check_pickup_point_id,
+    check_purchase_id,
+    plan_refund,
+)
+from ._retry import Backoff, Failure, classify_status, parse_retry_after, should_retry
+
+__all__ = ["AsyncPreoClient", "PreoClient"]
+
+log = logging.getLogger("preo_client")
+
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
+TimeoutTypes = float | httpx.Timeout | None
+_HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
+_SENTINEL: Any = object()
+
+
+@attrs.frozen
+class _Call:
+    """One refund call, fixed before the first attempt: every attempt sends exactly this."""
+
+    request: httpx.Request
+    plan: RefundPlan
+    idempotency_key: str
+
+
+class _AttemptFailed(Exception):
+    """Internal: one attempt failed; carries the public error and how to treat it."""
+
+    def __init__(self, error: APIError, failure: Failure, retry_after: float | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.failure = failure
+        self.retry_after = retry_after
+
+
+_NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def _transport_failure(exc: httpx.TransportError, call: _Call) -> _AttemptFailed:
+    """Map an httpx transport exception to our error and its retry class."""
+    if isinstance(exc, httpx.TimeoutException):
+        error: APIConnectionError = APITimeoutError(
+            f"Request timed out ({type(exc).__name__})",
+            request=call.request,
+            idempotency_key=call.idempotency_key,
+        )
+    else:
+        detail = str(exc) or type(exc).__name__
+        error = APIConnectionError(
+            f"Connection error ({type(exc).__name__}: {detail})",
+            request=call.request,
+            idempotency_key=call.idempotency_key,
+        )
+    if isinstance(exc, _NOT_SENT_ERRORS | httpx.UnsupportedProtocol):
+        return _AttemptFailed(error, Failure.NOT_SENT)
+    return _AttemptFailed(outcome_unknown(error), Failure.UNKNOWN)
+
+
+def _finish(response: httpx.Response, content: bytes, call: _Call) -> Refund:
+    """Turn a fully read response into a Refund or raise _AttemptFailed."""
+    request_id = response.headers.get("x-request-id")
+    if 200 <= response.status_code < 300:
+        return parse_refund(
+            response, content, idempotency_key=call.idempotency_key, request_id=request_id
+        )
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    error = make_status_error(
+        response,
+        content=content,
+        request_id=request_id,
+        idempotency_key=call.idempotency_key,
+        retry_after=retry_after,
+    )
+    raise _AttemptFailed(error, classify_status(response.status_code), retry_after)
+
+
+def _too_large(response: httpx.Response, call: _Call) -> APIResponseValidationError:
+    return APIResponseValidationError(
+        f"Response body larger than {MAX_RESPONSE_BYTES} bytes refused "
+        f"(status {response.status_code})",
+        response=response,
+        body="",
+        request_id=response.headers.get("x-request-id"),
+        idempotency_key=call.idempotency_key,
+    )
+
+
+def _declared_too_large(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) > MAX_RESPONSE_BYTES
+
+
+def _as_timeout(timeout: TimeoutTypes) -> httpx.Timeout:
+    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+
+
+class _BaseClient(Generic[_HttpT]):
+    """Settings and request building shared by the sync and async clients."""
+
+    _http: _HttpT
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: _HttpT | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        retry_unknown_outcome: bool = False,
+        allow_insecure_http: bool = False,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
+    ) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        self._api_key = resolve_api_key(api_key)
+        self.base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self.timeout = _as_timeout(timeout)
+        self.max_retries = max_retries
+        self.retry_unknown_outcome = retry_unknown_outcome
+        self.allow_insecure_http = allow_insecure_http
+        self.backoff = backoff
+        self.default_headers: dict[str, str] = dict(default_headers or {})
+        self._headers = httpx.Headers(
+            {
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+                **self.default_headers,
+                "Authorization": f"Bearer {self._api_key}",
+            }
+        )
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else self._new_http_client()
+
+    def _new_http_client(self) -> _HttpT:
+        raise NotImplementedError  # pragma: no cover - each subclass builds its own
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(base_url={self.base_url!r}, max_retries={self.max_retries}, "
+            f"retry_unknown_outcome={self.retry_unknown_outcome}, api_key='***')"
+        )
+
+    def _options(self, **overrides: Any) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "api_key": self._api_key,
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "http_client": self._http,
+            "default_headers": self.default_headers,
+            "retry_unknown_outcome": self.retry_unknown_outcome,
+            "allow_insecure_http": self.allow_insecure_http,
+            "backoff": self.backoff,
+        }
+        unknown = set(overrides) - set(options)
+        if unknown:
+            raise TypeError(f"with_options() got unknown options: {', '.join(sorted(unknown))}")
+        options.update(overrides)
+        return options
+
+    def _prepare(
+        self,
+        purchase_id: str,
+        *,
+        reason: Reason | RefundReason | str,
+        scope: Scope | RefundScope | str | None,
+        amount: Decimal | int | str | float | None,
+        comment: str | None,
+        pickup_point_id: str | None,
+        idempotency_key: str | None,
+        timeout: TimeoutTypes | object,
+    ) -> _Call:
+        """Check every argument (no I/O) and build the one request all attempts send."""
+        purchase_id = check_purchase_id(purchase_id)
+        plan = plan_refund(reason, scope, amount)
+        comment = check_comment(comment)
+        pickup_point_id = check_pickup_point_id(pickup_point_id)
+        key = (
+            new_idempotency_key()
+            if idempotency_key is None
+            else check_idempotency_key(idempotency_key)
+        )
+        body = RefundRequestCreate(
+            reason=RefundReason(plan.reason),
+            scope=RefundScope(plan.scope),
+            amount=UNSET if plan.amount is None else float(plan.amount),
+            comment=UNSET if comment is None else comment,
+            pickup_point_id=UNSET if pickup_point_id is None else pickup_point_id,
+        )
+        kwargs = create_purchase_refund._get_kwargs(purchase_id, body=body, idempotency_key=key)
+        content = json.dumps(kwargs["json"], separators=(",", ":"), ensure_ascii=False)
+        headers = self._headers.copy()
+        headers.update(kwargs["headers"])
+        request = self._http.build_request(
+            kwargs["method"].upper(),
+            self.base_url + kwargs["url"],
+            content=content.encode(),
+            headers=headers,
+            timeout=self.timeout if timeout is _SENTINEL else _as_timeout(timeout),  # type: ignore[arg-type]
+        )
+        return _Call(request=request, plan=plan, idempotency_key=key)
+
+    def _next_delay(self, failed: _AttemptFailed, call: _Call, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None to raise ``failed.error``."""
+        if not should_retry(
+            failed.failure,
+            attempt=attempt,
+            max_retries=self.max_retries,
+            retry_unknown_outcome=self.retry_unknown_outcome,
+            retry_after=failed.retry_after,
+        ):
+            log.debug(
+                "refund %s attempt %d failed, not retried: %s",
+                call.idempotency_key,
+                attempt,
+                failed.error.message,
+            )
+            return None
+        delay = self.backoff.delay(attempt, failed.retry_after)
+        log.debug(
+            "refund %s attempt %d failed (%s), retrying in %.3fs",
+            call.idempotency_key,
+            attempt,
+            failed.failure.value,
+            delay,
+        )
+        return delay
+
+
+class Purchases:
+    """``client.purchases``: the purchase endpoints (refunds)."""
+
+    def __init__(self, client: PreoClient) -> None:
+        self._client = client
+
+    def refund(
+        self,
+        purchase_id: str,
+        *,
+        reason: Reason | RefundReason | str,
+        scope: Scope | RefundScope | str | None = None,
+        amount: Decimal | int | str | float | None = None,
+        comment: str | None = None,
+        pickup_point_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: TimeoutTypes = _SENTINEL,
+    ) -> Refund:
+        """Create a refund request for ``purchase_id``.
+
+        The scope is derived from ``reason`` when omitted and sent explicitly; ``amount`` goes
+        with the custom scopes only. Every argument is checked before any network I/O
+        (:class:`RefundValidationError`). One idempotency key is made per call (or
+        ``idempotency_key`` is used as given) and every retry sends it with the same body.
+        """
+        client = self._client
+        call = client._prepare(
+            purchase_id,
+            reason=reason,
+            scope=scope,
+            amount=amount,
+            comment=comment,
+            pickup_point_id=pickup_point_id,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return client._attempt(call, attempt)
+            except _AttemptFailed as failed:
+                delay = client._next_delay(failed, call, attempt)
+                if delay is None:
+                    raise failed.error from failed.__cause__
+            time.sleep(delay)
+
+
+class AsyncPurchases:
+    """``client.purchases`` of the async client."""
+
+    def __init__(self, client: AsyncPreoClient) -> None:
+        self._client = client
+
+    async def refund(
+        self,
+        purchase_id: str,
+        *,
+        reason: Reason | RefundReason | str,
+        scope: Scope | RefundScope | str | None = None,
+        amount: Decimal | int | str | float | None = None,
+        comment: str | None = None,
+        pickup_point_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: TimeoutTypes = _SENTINEL,
+    ) -> Refund:
+        """Create a refund request for ``purchase_id`` (see :meth:`Purchases.refund`)."""
+        client = self._client
+        call = client._prepare(
+            purchase_id,
+            reason=reason,
+            scope=scope,
+            amount=amount,
+            comment=comment,
+            pickup_point_id=pickup_point_id,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await client._attempt(call, attempt)
+            except _AttemptFailed as failed:
+                delay = client._next_delay(failed, call, attempt)
+                if delay is None:
+                    raise failed.error from failed.__cause__
+            await asyncio.sleep(delay)
+
+
+class PreoClient(_BaseClient[httpx.Client]):
+    """Synchronous client for the Preo refund API.
+
+    Settings (keyword-only): ``api_key`` (else ``PREO_API_KEY``), ``base_url`` (else
+    ``PREO_BASE_URL``, else ``https://api.preo.dev``), ``timeout`` (default 30 s per attempt,
+    5 s to connect), ``max_retries`` (default 2), ``http_client`` (an ``httpx.Client`` for
+    proxies, custom CAs or transports; never closed by this client), ``default_headers``,
+    ``retry_unknown_outcome`` (retry read timeouts and 500/502/504 with the same idempotency
+    key; only for servers that honour it), ``allow_insecure_http`` and ``backoff``.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.Client | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        retry_unknown_outcome: bool = False,
+        allow_insecure_http: bool = False,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
+    ) -> None:
+        if http_client is not None and not isinstance(http_client, httpx.Client):
+            raise ConfigurationError("http_client must be an httpx.Client for PreoClient")
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
+            default_headers=default_headers,
+            retry_unknown_outcome=retry_unknown_outcome,
+            allow_insecure_http=allow_insecure_http,
+            backoff=backoff,
+        )
+        self.purchases = Purchases(self)
+
+    def _new_http_client(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout, follow_redirects=False)
+
+    def with_options(self, **options: Any) -> PreoClient:
+        """A copy with some settings changed; it shares (and never closes) the HTTP client."""
+        return PreoClient(**self._options(**options))
+
+    def _attempt(self, call: _Call, attempt: int) -> Refund:
+        log.debug(
+            "POST %s attempt %d/%d idempotency_key=%s",
+            call.request.url,
+            attempt,
+            self.max_retries + 1,
+            call.idempotency_key,
+        )
+        try:
+            response = self._http.send(call.request, stream=True, follow_redirects=False)
+        except httpx.TransportError as exc:
+            raise _transport_failure(exc, call) from exc
+        try:
+            if _declared_too_large(response):
+                raise _too_large(response, call)
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise _too_large(response, call)
+                chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise _transport_failure(exc, call) from exc
+        finally:
+            response.close()
+        return _finish(response, b"".join(chunks), call)
+
+    def close(self) -> None:
+        """Close the HTTP client if this client created it (an injected one stays open)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> PreoClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
+    """Asynchronous client for the Preo refund API; settings as for :class:`PreoClient`.
+
+    ``http_client`` is an ``httpx.AsyncClient``. Use it as an async context manager, or await
+    :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.AsyncClient | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        retry_unknown_outcome: bool = False,
+        allow_insecure_http: bool = False,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
+    ) -> None:
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ConfigurationError("http_client must be an httpx.AsyncClient for AsyncPreoClient")
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
+            default_headers=default_headers,
+            retry_unknown_outcome=retry_unknown_outcome,
+            allow_insecure_http=allow_insecure_http,
+            backoff=backoff,
+        )
+        self.purchases = AsyncPurchases(self)
+
+    def _new_http_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+
+    def with_options(self, **options: Any) -> AsyncPreoClient:
+        """A copy with some settings changed; it shares (and never closes) the HTTP client."""
+        return AsyncPreoClient(**self._options(**options))
+
+    async def _attempt(self, call: _Call, attempt: int) -> Refund:
+        log.debug(
+            "POST %s attempt %d/%d idempotency_key=%s",
+            call.request.url,
+            attempt,
+            self.max_retries + 1,
+            call.idempotency_key,
+        )
+        try:
+            response = await self._http.send(call.request, stream=True, follow_redirects=False)
+        except httpx.TransportError as exc:
+            raise _transport_failure(exc, call) from exc
+        try:
+            if _declared_too_large(response):
+                raise _too_large(response, call)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise _too_large(response, call)
+                chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise _transport_failure(exc, call) from exc
+        finally:
+            await response.aclose()
+        return _finish(response, b"".join(chunks), call)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this client created it (an injected one stays open)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncPreoClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

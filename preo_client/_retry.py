@@ -1,0 +1,105 @@
+"""When a failed attempt may be sent again, and how long to wait first. Pure: no I/O."""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import attrs
+
+__all__ = [
+    "RETRY_AFTER_CAP",
+    "Backoff",
+    "Failure",
+    "parse_retry_after",
+    "should_retry",
+]
+
+RETRY_AFTER_CAP: Final = 60.0
+
+
+class Failure(enum.Enum):
+    """What went wrong with one attempt, as far as retrying is concerned."""
+
+    NOT_SENT = "not sent"  # connect error / connect timeout / pool timeout: always safe
+    REFUSED = "refused"  # 429 / 503: the server did not process the request
+    UNKNOWN = "unknown"  # read timeout, dropped connection, 500 / 502 / 504: may exist
+    FINAL = "final"  # any other error status: sending again cannot help
+
+
+_STATUS_FAILURE: Final = {429: Failure.REFUSED, 503: Failure.REFUSED}
+_UNKNOWN_STATUSES: Final = frozenset({500, 502, 504})
+
+
+def classify_status(status: int) -> Failure:
+    """Return the kind of failure an error status is."""
+    if status in _STATUS_FAILURE:
+        return _STATUS_FAILURE[status]
+    if status in _UNKNOWN_STATUSES:
+        return Failure.UNKNOWN
+    return Failure.FINAL
+
+
+def should_retry(
+    failure: Failure,
+    *,
+    attempt: int,
+    max_retries: int,
+    retry_unknown_outcome: bool,
+    retry_after: float | None = None,
+    retry_after_cap: float = RETRY_AFTER_CAP,
+) -> bool:
+    """Whether attempt number ``attempt`` (1-based) that failed with ``failure`` is retried."""
+    if attempt > max_retries:
+        return False
+    if failure is Failure.NOT_SENT:
+        return True
+    if failure is Failure.REFUSED:
+        return retry_after is None or retry_after <= retry_after_cap
+    if failure is Failure.UNKNOWN:
+        return retry_unknown_outcome
+    return False
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    ``None`` for a missing or unusable value ("-10", "abc", a date in the past, not finite):
+    the caller then falls back to its own backoff.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+        return seconds if seconds > 0 else None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+@attrs.frozen
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits up to ``min(cap, base * 2**(n-1))``."""
+
+    base: float = 0.5
+    cap: float = 8.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to sleep after failed attempt ``attempt``; a server's wait wins when given."""
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling) if ceiling > 0 else 0.0  # noqa: S311 - jitter

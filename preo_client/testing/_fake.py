@@ -1,0 +1,475 @@
+"""FakePreo: the in-memory, stateful refund endpoint with a ledger and fault injection."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import hashlib
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import httpx
+
+from .._exceptions import RefundValidationError
+from .._policy import RefundPlan, check_comment, check_pickup_point_id, plan_refund
+
+if TYPE_CHECKING:
+    from .._client import AsyncPreoClient, PreoClient
+
+__all__ = ["DEMO_API_KEY", "FakePreo", "Fault", "Purchase", "RefundRecord"]
+
+DEMO_API_KEY: Final = "sk_sandbox_demo"
+SANDBOX_BASE_URL: Final = "https://sandbox.preo.test"
+_PATH: Final = re.compile(r"/v1/purchases/(?P<id>[^/]+)/refund/?")
+_ZERO: Final = Decimal(0)
+
+
+@attrs.define
+class Purchase:
+    """A purchase the sandbox can refund, and what of it has been refunded so far."""
+
+    purchase_id: str
+    price: Decimal
+    deposit: Decimal
+    fees: Decimal
+    transaction_id: str
+    edition_id: str
+    organization: str | None
+    refunded: Decimal = _ZERO
+    refunded_parts: set[str] = attrs.field(factory=set)
+
+    @property
+    def full(self) -> Decimal:
+        return self.price + self.deposit + self.fees
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.full - self.refunded
+
+
+@attrs.frozen
+class RefundRecord:
+    """One refund the sandbox created: the ledger entry tests assert on."""
+
+    id: str
+    purchase_id: str
+    reason: str
+    scope: str
+    amount: Decimal
+    idempotency_key: str | None
+    comment: str
+    pickup_point_id: str | None
+    created: datetime.datetime
+
+
+@attrs.frozen
+class Fault:
+    """A fault for the next request (queue them with :meth:`FakePreo.inject`).
+
+    ``kind`` is one of the constructors' names; ``commit`` says whether the refund is recorded
+    before the fault strikes (the case where the client cannot know the outcome).
+    """
+
+    kind: str
+    commit: bool = False
+    status: int = 0
+    retry_after: str | None = None
+    body: bytes = b""
+    content_type: str = "application/json"
+
+    @classmethod
+    def connect_error(cls) -> Fault:
+        """The connection is refused: the request never reaches the server."""
+        return cls("connect_error")
+
+    @classmethod
+    def connect_timeout(cls) -> Fault:
+        """Connecting times out: the request never reaches the server."""
+        return cls("connect_timeout")
+
+    @classmethod
+    def read_timeout(cls, *, after_commit: bool = True) -> Fault:
+        """The answer never comes; by default the refund *was* recorded first."""
+        return cls("read_timeout", commit=after_commit)
+
+    @classmethod
+    def connection_reset(cls, *, after_commit: bool = True) -> Fault:
+        """The server drops the connection; by default after recording the refund."""
+        return cls("connection_reset", commit=after_commit)
+
+    @classmethod
+    def http_status(
+        cls, status: int, *, retry_after: str | None = None, body: bytes | None = None
+    ) -> Fault:
+        """Answer ``status`` without processing (``Retry-After`` if given)."""
+        content = body if body is not None else json.dumps({"detail": f"Injected {status}"})
+        return cls(
+            "status",
+            status=status,
+            retry_after=retry_after,
+            body=content.encode() if isinstance(content, str) else content,
+        )
+
+    @classmethod
+    def html_502(cls) -> Fault:
+        """A proxy's HTML 502 page, without processing."""
+        return cls(
+            "status",
+            status=502,
+            body=b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+            content_type="text/html",
+        )
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """Record the refund, then answer 201 with a body that is not JSON."""
+        return cls("mangle", commit=True, body=b"{'id': oops")
+
+    @classmethod
+    def truncated_json(cls) -> Fault:
+        """Record the refund, then answer 201 with the first half of the real body."""
+        return cls("truncate", commit=True)
+
+
+class FakePreo:
+    """An in-memory Preo refund endpoint that keeps state.
+
+    Add purchases with :meth:`add_purchase`; every refund is checked by the same
+    :func:`preo_client.plan_refund` the client runs, then against what is still refundable.
+    ``refunds`` is the ledger, ``requests`` every request received. ``Idempotency-Key`` is
+    honoured: same key and body replays the stored answer, same key with another body is
+    ``422``, a key still being processed is ``409``.
+    """
+
+    def __init__(self, *, api_key: str = DEMO_API_KEY) -> None:
+        self.api_key = api_key
+        self.purchases: dict[str, Purchase] = {}
+        self.refunds: list[RefundRecord] = []
+        self.requests: list[httpx.Request] = []
+        self._faults: collections.deque[Fault] = collections.deque()
+        self._stored: dict[str, tuple[str, httpx.Response]] = {}
+        self._in_flight: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- setup -------------------------------------------------------------------------------
+
+    @classmethod
+    def demo(cls, *, api_key: str = DEMO_API_KEY) -> FakePreo:
+        """A sandbox seeded with demo purchases (see the README for the list)."""
+        fake = cls(api_key=api_key)
+        fake.add_purchase("pur_demo_ticket", price="49.00", fees="2.50", transaction_id="tx_demo")
+        fake.add_purchase("pur_demo_cup", price="3.00", deposit="2.00", transaction_id="tx_demo")
+        fake.add_purchase("pur_demo_beer", price="6.50", deposit="1.00")
+        fake.add_purchase("pur_demo_locker", price="10.00", deposit="20.00")
+        return fake
+
+    def add_purchase(
+        self,
+        purchase_id: str,
+        *,
+        price: Decimal | int | str,
+        deposit: Decimal | int | str = "0",
+        fees: Decimal | int | str = "0",
+        transaction_id: str | None = None,
+        edition_id: str = "ed_sandbox",
+        organization: str | None = None,
+    ) -> Purchase:
+        """Add a refundable purchase; purchases sharing ``transaction_id`` form a transaction."""
+        purchase = Purchase(
+            purchase_id=purchase_id,
+            price=_money(price),
+            deposit=_money(deposit),
+            fees=_money(fees),
+            transaction_id=transaction_id or f"tx_{purchase_id}",
+            edition_id=edition_id,
+            organization=organization,
+        )
+        with self._lock:
+            self.purchases[purchase_id] = purchase
+        return purchase
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue ``faults``; each strikes one of the next requests, in order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    @contextmanager
+    def holding(self, idempotency_key: str) -> Iterator[None]:
+        """Keep ``idempotency_key`` marked as in flight (a request with it gets ``409``)."""
+        with self._lock:
+            self._in_flight.add(idempotency_key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard(idempotency_key)
+
+    def refunds_for(self, purchase_id: str) -> list[RefundRecord]:
+        """The ledger entries of one purchase."""
+        with self._lock:
+            return [r for r in self.refunds if r.purchase_id == purchase_id]
+
+    # -- mounts ------------------------------------------------------------------------------
+
+    def transport(self) -> httpx.MockTransport:
+        """An httpx transport (sync and async) answering from this sandbox."""
+        return httpx.MockTransport(self.handle)
+
+    def async_transport(self) -> httpx.MockTransport:
+        """An httpx transport for ``httpx.AsyncClient`` (the same handler)."""
+        return httpx.MockTransport(self.handle)
+
+    def client(self, **options: Any) -> PreoClient:
+        """A :class:`PreoClient` wired to this sandbox (no network); options pass through."""
+        from .._client import PreoClient
+
+        options.setdefault("api_key", self.api_key)
+        options.setdefault("base_url", SANDBOX_BASE_URL)
+        options.setdefault("http_client", httpx.Client(transport=self.transport()))
+        return PreoClient(**options)
+
+    def async_client(self, **options: Any) -> AsyncPreoClient:
+        """An :class:`AsyncPreoClient` wired to this sandbox (no network)."""
+        from .._client import AsyncPreoClient
+
+        options.setdefault("api_key", self.api_key)
+        options.setdefault("base_url", SANDBOX_BASE_URL)
+        options.setdefault("http_client", httpx.AsyncClient(transport=self.async_transport()))
+        return AsyncPreoClient(**options)
+
+    # -- the endpoint ------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one request, as the Preo API would (transport faults raise httpx errors)."""
+        with self._lock:
+            self.requests.append(request)
+            fault = self._faults.popleft() if self._faults else None
+        if fault is not None and fault.kind in ("connect_error", "connect_timeout"):
+            cls = httpx.ConnectError if fault.kind == "connect_error" else httpx.ConnectTimeout
+            raise cls("injected: connection failed", request=request)
+        if fault is not None and fault.kind == "status":
+            headers = {"content-type": fault.content_type, "x-request-id": _request_id()}
+            if fault.retry_after is not None:
+                headers["retry-after"] = fault.retry_after
+            return httpx.Response(fault.status, headers=headers, content=fault.body)
+        if fault is not None and not fault.commit:
+            _raise_transport(fault, request)
+        response = self._process(request)
+        if fault is None:
+            return response
+        if fault.kind == "mangle":
+            return httpx.Response(201, headers=response.headers, content=fault.body)
+        if fault.kind == "truncate":
+            body = response.content
+            return httpx.Response(201, headers=response.headers, content=body[: len(body) // 2])
+        _raise_transport(fault, request)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _process(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            detail = (
+                "Invalid token."
+                if "authorization" in request.headers
+                else "Authentication credentials were not provided."
+            )
+            return _json(401, {"detail": detail})
+        match = _PATH.fullmatch(request.url.path)
+        if match is None:
+            return _json(404, {"detail": "Not found."})
+        if request.method != "POST":
+            return _json(405, {"detail": f'Method "{request.method}" not allowed.'})
+        purchase_id = match["id"]
+        key = request.headers.get("idempotency-key")
+        fingerprint = hashlib.sha256(
+            request.url.path.encode() + b"\0" + request.content
+        ).hexdigest()
+        with self._lock:
+            if key is not None:
+                if key in self._in_flight:
+                    return _json(
+                        409, {"detail": "A request with this Idempotency-Key is in flight."}
+                    )
+                stored = self._stored.get(key)
+                if stored is not None:
+                    if stored[0] != fingerprint:
+                        return _json(
+                            422,
+                            {"detail": "Idempotency-Key reused with a different request body."},
+                        )
+                    replay = stored[1]
+                    headers = {**replay.headers, "idempotent-replayed": "true"}
+                    return httpx.Response(
+                        replay.status_code, headers=headers, content=replay.content
+                    )
+                self._in_flight.add(key)
+            try:
+                response = self._create(purchase_id, request, key)
+                if key is not None and response.status_code == 201:
+                    self._stored[key] = (fingerprint, response)
+                return response
+            finally:
+                if key is not None:
+                    self._in_flight.discard(key)
+
+    def _create(self, purchase_id: str, request: httpx.Request, key: str | None) -> httpx.Response:
+        purchase = self.purchases.get(purchase_id)
+        if purchase is None:
+            return _json(404, {"detail": "Not found."})
+        try:
+            body = json.loads(request.content, parse_float=Decimal)
+        except ValueError:
+            return _json(400, {"non_field_errors": ["Invalid JSON body."]})
+        if not isinstance(body, dict):
+            return _json(400, {"non_field_errors": ["Expected a JSON object."]})
+        if "reason" not in body:
+            return _json(400, {"reason": ["This field is required."]})
+        try:
+            plan = plan_refund(body["reason"], body.get("scope"), body.get("amount"))
+            comment = check_comment(body.get("comment")) or ""
+            pickup_point_id = check_pickup_point_id(body.get("pickup_point_id"))
+        except RefundValidationError as exc:
+            return _json(400, {exc.field: [str(exc).split(": ", 1)[1]]})
+        group = [p for p in self.purchases.values() if p.transaction_id == purchase.transaction_id]
+        problem = _apply(plan, purchase, group)
+        if problem is not None:
+            return _json(400, problem)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        record = RefundRecord(
+            id=f"rr_{uuid.uuid4().hex[:16]}",
+            purchase_id=purchase_id,
+            reason=plan.reason,
+            scope=plan.scope,
+            amount=_applied_amount(plan, purchase, group),
+            idempotency_key=key,
+            comment=comment,
+            pickup_point_id=pickup_point_id,
+            created=now,
+        )
+        _commit(plan, purchase, group, record.amount)
+        self.refunds.append(record)
+        stamp = now.isoformat().replace("+00:00", "Z")
+        payload = {
+            "id": record.id,
+            "edition_id": purchase.edition_id,
+            "amount": float(record.amount),
+            "requested_by": {"id": "usr_sandbox", "name": "Sandbox staff"},
+            "pickup_point": {"id": pickup_point_id or "pp_sandbox", "name": "Sandbox desk"},
+            "created": stamp,
+            "modified": stamp,
+            "can_approve": "true",
+            "can_reject": "true",
+            "organization": purchase.organization,
+            "scope": plan.scope,
+            "status": "requested",
+            "comment": comment,
+            "service_response": None,
+            "refund_date": None,
+        }
+        return _json(201, payload)
+
+
+# -- refund arithmetic (what a scope is worth, what is still refundable) ---------------------
+
+_PARTS: Final = {
+    "purchase_price": ("price",),
+    "purchase_deposit": ("deposit",),
+    "purchase_full": ("price", "deposit", "fees"),
+    "transaction_full": ("price", "deposit", "fees"),
+}
+
+
+def _part_value(purchase: Purchase, part: str) -> Decimal:
+    value: Decimal = getattr(purchase, part)
+    return value
+
+
+def _targets(plan: RefundPlan, purchase: Purchase, group: list[Purchase]) -> list[Purchase]:
+    return group if plan.scope.startswith("transaction_") else [purchase]
+
+
+def _applied_amount(plan: RefundPlan, purchase: Purchase, group: list[Purchase]) -> Decimal:
+    if plan.amount is not None:
+        return plan.amount
+    parts = _PARTS[plan.scope]
+    return sum(
+        (_part_value(p, part) for p in _targets(plan, purchase, group) for part in parts), _ZERO
+    )
+
+
+def _apply(
+    plan: RefundPlan, purchase: Purchase, group: list[Purchase]
+) -> dict[str, list[str]] | None:
+    """Return DRF field errors if the refund cannot be made, else None."""
+    targets = _targets(plan, purchase, group)
+    remaining = sum((p.remaining for p in targets), _ZERO)
+    if plan.amount is not None:
+        if plan.amount > remaining:
+            return {
+                "amount": [
+                    f"Refund amount {plan.amount} exceeds the refundable balance {remaining}."
+                ]
+            }
+        return None
+    parts = _PARTS[plan.scope]
+    done = sorted({part for p in targets for part in p.refunded_parts if part in parts})
+    if done:
+        return {"non_field_errors": [f"Already refunded: {', '.join(done)}."]}
+    amount = _applied_amount(plan, purchase, group)
+    if amount <= 0:
+        return {"non_field_errors": [f"Nothing to refund for scope {plan.scope}."]}
+    if amount > remaining:
+        return {
+            "non_field_errors": [
+                f"Refund amount {amount} exceeds the refundable balance {remaining}."
+            ]
+        }
+    return None
+
+
+def _commit(plan: RefundPlan, purchase: Purchase, group: list[Purchase], amount: Decimal) -> None:
+    targets = _targets(plan, purchase, group)
+    if plan.amount is None:
+        for p in targets:
+            p.refunded_parts.update(_PARTS[plan.scope])
+            p.refunded += sum((_part_value(p, part) for part in _PARTS[plan.scope]), _ZERO)
+        return
+    left = amount
+    for p in targets:  # custom amounts use up the purchase (or transaction) in order
+        take = min(left, p.remaining)
+        p.refunded += take
+        left -= take
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _money(value: Decimal | int | str) -> Decimal:
+    amount = Decimal(value)
+    if amount < 0 or amount != amount.quantize(Decimal("0.01")):
+        raise ValueError(f"not a money amount: {value!r}")
+    return amount.quantize(Decimal("0.01"))
+
+
+def _request_id() -> str:
+    return f"req_{uuid.uuid4().hex[:20]}"
+
+
+def _json(status: int, payload: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(
+        status,
+        headers={"content-type": "application/json", "x-request-id": _request_id()},
+        content=json.dumps(payload).encode(),
+    )
+
+
+def _raise_transport(fault: Fault, request: httpx.Request) -> None:
+    if fault.kind == "read_timeout":
+        raise httpx.ReadTimeout("injected: read timed out", request=request)
+    raise httpx.RemoteProtocolError("injected: server disconnected", request=request)
