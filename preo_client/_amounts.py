@@ -47,6 +47,8 @@ def parse_amount(value: object) -> Decimal:
     elif isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise AmountError(f"must be finite, got {value!r}")
+        if not 0 < value <= MAX_AMOUNT:
+            raise AmountError(f"must be greater than 0 and at most {MAX_AMOUNT}, got {value!r}")
         text = repr(value)
         if "e" in text or "E" in text or ("." in text and len(text.split(".")[1]) > 2):
             raise AmountError(
