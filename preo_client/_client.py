@@ -53,6 +53,9 @@ __all__ = ["AsyncPreoClient", "PreoClient"]
 log = logging.getLogger("preo_client")
 
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
+# The waits between attempts; module attributes so a test can record them instead of sleeping.
+_sleep = time.sleep
+_async_sleep = asyncio.sleep
 TimeoutTypes = float | httpx.Timeout | None
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 _SENTINEL: Any = object()
@@ -77,7 +80,13 @@ class _AttemptFailed(Exception):
         self.retry_after = retry_after
 
 
-_NOT_SENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Failures before the request left this machine; UnsupportedProtocol is a bad URL scheme.
+_NOT_SENT_ERRORS: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
 
 
 def _transport_failure(exc: httpx.TransportError, call: _Call) -> _AttemptFailed:
@@ -95,7 +104,7 @@ def _transport_failure(exc: httpx.TransportError, call: _Call) -> _AttemptFailed
             request=call.request,
             idempotency_key=call.idempotency_key,
         )
-    if isinstance(exc, _NOT_SENT_ERRORS | httpx.UnsupportedProtocol):
+    if isinstance(exc, _NOT_SENT_ERRORS):
         return _AttemptFailed(error, Failure.NOT_SENT)
     return _AttemptFailed(outcome_unknown(error), Failure.UNKNOWN)
 
@@ -318,7 +327,7 @@ class Purchases:
                 delay = client._next_delay(failed, call, attempt)
                 if delay is None:
                     raise failed.error from failed.__cause__
-            time.sleep(delay)
+            _sleep(delay)
 
 
 class AsyncPurchases:
@@ -360,7 +369,7 @@ class AsyncPurchases:
                 delay = client._next_delay(failed, call, attempt)
                 if delay is None:
                     raise failed.error from failed.__cause__
-            await asyncio.sleep(delay)
+            await _async_sleep(delay)
 
 
 class PreoClient(_BaseClient[httpx.Client]):

@@ -102,4 +102,5 @@ class Backoff:
         if retry_after is not None:
             return retry_after
         ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        return random.uniform(0.0, ceiling) if ceiling > 0 else 0.0  # noqa: S311 - jitter
+        # Jitter only spreads retries in time; it protects nothing, so `random` is right here.
+        return random.uniform(0.0, ceiling) if ceiling > 0 else 0.0  # noqa: S311  # nosec B311

@@ -1,4 +1,4 @@
-"""The project's one test command: lint, format check, strict typing, then the test suite.
+"""The project's one test command: lint, format, strict typing, bandit, then the test suite.
 
     python scripts/test.py [extra pytest arguments]
 
@@ -29,6 +29,7 @@ def main() -> None:
     run(python, "-m", "ruff", "check", ".")
     run(python, "-m", "ruff", "format", "--check", ".")
     run(python, "-m", "mypy")
+    run(python, "-m", "bandit", "-q", "-r", "preo_client", "-x", "preo_client/_generated")
     run(python, "-m", "pytest", *sys.argv[1:])
 
 

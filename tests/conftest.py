@@ -10,7 +10,7 @@ import pytest
 
 from preo_client.testing import FakePreo
 from preo_client.testing import _fake as fake_module
-from tests._contract import check_request, check_response
+from tests._contract import OPERATION_PATH, check_request, check_response
 
 CHECKED: dict[str, int] = {"requests": 0, "responses": 0}
 
@@ -37,8 +37,9 @@ def _contract(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def checked_process(self: FakePreo, request: httpx.Request) -> httpx.Response:
         response = process(self, request)
-        check_response(response)
-        CHECKED["responses"] += 1
+        if request.method == "POST" and OPERATION_PATH.fullmatch(request.url.path):
+            check_response(response)
+            CHECKED["responses"] += 1
         return response
 
     monkeypatch.setattr(httpx.Client, "send", send)

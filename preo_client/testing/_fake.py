@@ -6,10 +6,11 @@ import collections
 import datetime
 import hashlib
 import json
+import random
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -83,6 +84,9 @@ class Fault:
     retry_after: str | None = None
     body: bytes = b""
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    drop: tuple[str, ...] = ()
+    changes: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def connect_error(cls) -> Fault:
@@ -106,16 +110,33 @@ class Fault:
 
     @classmethod
     def http_status(
-        cls, status: int, *, retry_after: str | None = None, body: bytes | None = None
+        cls,
+        status: int,
+        *,
+        retry_after: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Fault:
-        """Answer ``status`` without processing (``Retry-After`` if given)."""
+        """Answer ``status`` without processing (``Retry-After`` and other headers if given)."""
         content = body if body is not None else json.dumps({"detail": f"Injected {status}"})
         return cls(
             "status",
             status=status,
             retry_after=retry_after,
             body=content.encode() if isinstance(content, str) else content,
+            headers=tuple((headers or {}).items()),
         )
+
+    @classmethod
+    def with_body(cls, body: bytes, *, content_type: str = "application/json") -> Fault:
+        """Record the refund, then answer 201 with ``body`` instead of the real one."""
+        return cls("mangle", commit=True, body=body, content_type=content_type)
+
+    @classmethod
+    def edit_json(cls, *, drop: tuple[str, ...] = (), **changes: Any) -> Fault:
+        """Record the refund, then answer 201 with fields dropped or changed (e.g. an
+        unknown ``status``, a missing required field)."""
+        return cls("edit", commit=True, drop=drop, changes=tuple(changes.items()))
 
     @classmethod
     def html_502(cls) -> Fault:
@@ -130,12 +151,26 @@ class Fault:
     @classmethod
     def malformed_json(cls) -> Fault:
         """Record the refund, then answer 201 with a body that is not JSON."""
-        return cls("mangle", commit=True, body=b"{'id': oops")
+        return cls.with_body(b"{'id': oops")
 
     @classmethod
     def truncated_json(cls) -> Fault:
         """Record the refund, then answer 201 with the first half of the real body."""
         return cls("truncate", commit=True)
+
+
+CHAOS_FAULTS: Final = (
+    Fault.connect_error(),
+    Fault.connect_timeout(),
+    Fault.read_timeout(after_commit=False),
+    Fault.read_timeout(),
+    Fault.connection_reset(),
+    Fault.http_status(500),
+    Fault.html_502(),
+    Fault.http_status(503, retry_after="1"),
+    Fault.http_status(429),
+    Fault.http_status(504),
+)
 
 
 class FakePreo:
@@ -157,6 +192,7 @@ class FakePreo:
         self._stored: dict[str, tuple[str, httpx.Response]] = {}
         self._in_flight: set[str] = set()
         self._lock = threading.RLock()
+        self._chaos: tuple[float, random.Random, tuple[Fault, ...]] | None = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -199,6 +235,12 @@ class FakePreo:
         """Queue ``faults``; each strikes one of the next requests, in order."""
         with self._lock:
             self._faults.extend(faults)
+
+    def chaos(self, rate: float, *, seed: int, faults: Sequence[Fault] | None = None) -> None:
+        """Strike a random fault (from ``faults``, default: every kind) on about ``rate`` of
+        the requests that have no queued fault; ``seed`` makes the run repeatable."""
+        choices = tuple(faults) if faults is not None else CHAOS_FAULTS
+        self._chaos = (rate, random.Random(seed), choices)  # noqa: S311  # nosec B311 - test data
 
     @contextmanager
     def holding(self, idempotency_key: str) -> Iterator[None]:
@@ -251,6 +293,10 @@ class FakePreo:
         with self._lock:
             self.requests.append(request)
             fault = self._faults.popleft() if self._faults else None
+            if fault is None and self._chaos is not None:
+                rate, rng, choices = self._chaos
+                if rng.random() < rate:
+                    fault = rng.choice(choices)
         if fault is not None and fault.kind in ("connect_error", "connect_timeout"):
             cls = httpx.ConnectError if fault.kind == "connect_error" else httpx.ConnectTimeout
             raise cls("injected: connection failed", request=request)
@@ -258,14 +304,24 @@ class FakePreo:
             headers = {"content-type": fault.content_type, "x-request-id": _request_id()}
             if fault.retry_after is not None:
                 headers["retry-after"] = fault.retry_after
+            headers.update(fault.headers)
             return httpx.Response(fault.status, headers=headers, content=fault.body)
         if fault is not None and not fault.commit:
             _raise_transport(fault, request)
         response = self._process(request)
         if fault is None:
             return response
+        if response.status_code != 201:  # nothing was recorded: the fault has nothing to hide
+            return response
         if fault.kind == "mangle":
-            return httpx.Response(201, headers=response.headers, content=fault.body)
+            headers = {**response.headers, "content-type": fault.content_type}
+            return httpx.Response(201, headers=headers, content=fault.body)
+        if fault.kind == "edit":
+            payload = json.loads(response.content)
+            for name in fault.drop:
+                payload.pop(name, None)
+            payload.update(fault.changes)
+            return httpx.Response(201, headers=response.headers, content=json.dumps(payload))
         if fault.kind == "truncate":
             body = response.content
             return httpx.Response(201, headers=response.headers, content=body[: len(body) // 2])
