@@ -28,7 +28,7 @@ from ._exceptions import (
     APIResponseValidationError,
     APITimeoutError,
     make_status_error,
-    outcome_unknown,
+    mark_outcome_unknown,
 )
 from ._generated.api.purchases import create_purchase_refund
 from ._generated.models.refund_reason import RefundReason
@@ -106,16 +106,19 @@ def _transport_failure(exc: httpx.TransportError, call: _Call) -> _AttemptFailed
         )
     if isinstance(exc, _NOT_SENT_ERRORS):
         return _AttemptFailed(error, Failure.NOT_SENT)
-    return _AttemptFailed(outcome_unknown(error), Failure.UNKNOWN)
+    return _AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN)
 
 
 def _finish(response: httpx.Response, content: bytes, call: _Call) -> Refund:
     """Turn a fully read response into a Refund or raise _AttemptFailed."""
     request_id = response.headers.get("x-request-id")
     if 200 <= response.status_code < 300:
-        return parse_refund(
-            response, content, idempotency_key=call.idempotency_key, request_id=request_id
-        )
+        try:
+            return parse_refund(
+                response, content, idempotency_key=call.idempotency_key, request_id=request_id
+            )
+        except APIResponseValidationError as exc:
+            raise _AttemptFailed(exc, Failure.FINAL) from None
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     error = make_status_error(
         response,
@@ -319,14 +322,17 @@ class Purchases:
             timeout=timeout,
         )
         attempt = 0
+        unknown_seen = False  # once an attempt may have landed, every later error says so
         while True:
             attempt += 1
             try:
                 return client._attempt(call, attempt)
             except _AttemptFailed as failed:
+                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
                 delay = client._next_delay(failed, call, attempt)
                 if delay is None:
-                    raise failed.error from failed.__cause__
+                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
+                    raise error from failed.__cause__
             _sleep(delay)
 
 
@@ -361,14 +367,17 @@ class AsyncPurchases:
             timeout=timeout,
         )
         attempt = 0
+        unknown_seen = False  # once an attempt may have landed, every later error says so
         while True:
             attempt += 1
             try:
                 return await client._attempt(call, attempt)
             except _AttemptFailed as failed:
+                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
                 delay = client._next_delay(failed, call, attempt)
                 if delay is None:
-                    raise failed.error from failed.__cause__
+                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
+                    raise error from failed.__cause__
             await _async_sleep(delay)
 
 
@@ -434,13 +443,13 @@ class PreoClient(_BaseClient[httpx.Client]):
             raise _transport_failure(exc, call) from exc
         try:
             if _declared_too_large(response):
-                raise _too_large(response, call)
+                raise _AttemptFailed(_too_large(response, call), Failure.FINAL)
             chunks: list[bytes] = []
             size = 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
-                    raise _too_large(response, call)
+                    raise _AttemptFailed(_too_large(response, call), Failure.FINAL)
                 chunks.append(chunk)
         except httpx.TransportError as exc:
             raise _transport_failure(exc, call) from exc
@@ -521,13 +530,13 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             raise _transport_failure(exc, call) from exc
         try:
             if _declared_too_large(response):
-                raise _too_large(response, call)
+                raise _AttemptFailed(_too_large(response, call), Failure.FINAL)
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
-                    raise _too_large(response, call)
+                    raise _AttemptFailed(_too_large(response, call), Failure.FINAL)
                 chunks.append(chunk)
         except httpx.TransportError as exc:
             raise _transport_failure(exc, call) from exc

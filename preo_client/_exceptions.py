@@ -26,7 +26,7 @@ request id and the (truncated) body only. This module imports no HTTP library at
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import httpx
@@ -49,10 +49,11 @@ __all__ = [
     "RefundValidationError",
     "UnprocessableEntityError",
     "make_status_error",
-    "outcome_unknown",
+    "mark_outcome_unknown",
 ]
 
 BODY_TEXT_LIMIT = 2048
+_E = TypeVar("_E", bound="APIError")
 
 
 def truncate(text: str, limit: int = BODY_TEXT_LIMIT) -> str:
@@ -199,18 +200,6 @@ class APIResponseValidationError(APIError):
         self.request_id = request_id
 
 
-class _UnknownTimeout(APITimeoutError, RefundOutcomeUnknownError):
-    """A read or write timed out after the request was (or may have been) sent."""
-
-
-class _UnknownConnection(APIConnectionError, RefundOutcomeUnknownError):
-    """The connection broke after the request was (or may have been) sent."""
-
-
-class _UnknownServerError(InternalServerError, RefundOutcomeUnknownError):
-    """500, 502 or 504: the server may have created the refund before failing."""
-
-
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -265,8 +254,6 @@ def make_status_error(
     cls: type[APIStatusError]
     if status in _STATUS_CLASSES:
         cls = _STATUS_CLASSES[status]
-    elif status in _UNKNOWN_OUTCOME_STATUSES:
-        cls = _UnknownServerError
     elif status >= 500:
         cls = InternalServerError
     else:
@@ -277,9 +264,7 @@ def make_status_error(
     server = _server_message(body, content)
     if server:
         message += f" - {server}"
-    if issubclass(cls, RefundOutcomeUnknownError):
-        message += f". {retry_hint(idempotency_key)}"
-    return cls(
+    error = cls(
         message,
         response=response,
         body=body,
@@ -287,6 +272,7 @@ def make_status_error(
         idempotency_key=idempotency_key,
         retry_after=retry_after,
     )
+    return mark_outcome_unknown(error) if status in _UNKNOWN_OUTCOME_STATUSES else error
 
 
 def retry_hint(idempotency_key: str | None) -> str:
@@ -297,13 +283,29 @@ def retry_hint(idempotency_key: str | None) -> str:
     )
 
 
-def outcome_unknown(
-    error: APIConnectionError,
-) -> APIConnectionError:
-    """Return ``error`` re-made as its unknown-outcome variant (same message plus a hint)."""
-    cls = _UnknownTimeout if isinstance(error, APITimeoutError) else _UnknownConnection
-    return cls(
-        f"{error.message}. {retry_hint(error.idempotency_key)}",
-        request=error.request,
-        idempotency_key=error.idempotency_key,
-    )
+_UNKNOWN_VARIANTS: dict[type[APIError], type[APIError]] = {}
+
+
+def mark_outcome_unknown(error: _E) -> _E:
+    """Return ``error`` as an instance of its class *and* :class:`RefundOutcomeUnknownError`.
+
+    Used when the request may have been processed: a read timeout or dropped connection after
+    sending, a 500/502/504, or any final error of a call one of whose earlier attempts had such
+    an unknown outcome. The message gains the sentence saying which key to retry with.
+    """
+    if isinstance(error, RefundOutcomeUnknownError):
+        return error
+    cls = type(error)
+    variant = _UNKNOWN_VARIANTS.get(cls)
+    if variant is None:
+        variant = type(
+            cls.__name__,
+            (cls, RefundOutcomeUnknownError),
+            {"__doc__": cls.__doc__, "__module__": cls.__module__},
+        )
+        _UNKNOWN_VARIANTS[cls] = variant
+    unknown = Exception.__new__(variant)
+    unknown.__dict__.update(error.__dict__)
+    unknown.message = f"{error.message}. {retry_hint(error.idempotency_key)}"
+    unknown.args = (unknown.message,)
+    return unknown  # type: ignore[return-value]

@@ -151,6 +151,14 @@ MATRIX: list[tuple[str, list[Fault], dict[str, Any], Callable[[object], bool], i
      unknown(InternalServerError), 3, 0),
     ("unknown: timeouts x3", [Fault.read_timeout()] * 3, {"retry_unknown_outcome": True},
      unknown(APITimeoutError), 3, 1),
+    # Found by the state machine: once an attempt may have landed, the final error says so,
+    # even when the last attempt's own failure (connect error, 503) was a clean one.
+    ("unknown then connect errors", [Fault.read_timeout(), *[Fault.connect_error()] * 2],
+     {"retry_unknown_outcome": True}, unknown(APIConnectionError), 3, 1),
+    ("unknown then 503s", [Fault.connection_reset(), *[Fault.http_status(503)] * 2],
+     {"retry_unknown_outcome": True}, unknown(InternalServerError), 3, 1),
+    ("unknown then malformed", [Fault.read_timeout(after_commit=False), Fault.malformed_json()],
+     {"retry_unknown_outcome": True}, unknown(APIResponseValidationError), 2, 1),
 ]  # fmt: skip
 
 
