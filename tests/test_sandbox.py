@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -220,3 +221,21 @@ def test_serve_command_on_a_free_port() -> None:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_server_answers_and_closes_on_control_characters_in_headers() -> None:
+    body = b'{"reason": "deposit_reclaim"}'
+    with serve(FakePreo.demo()) as server:
+        for value in (b"a\x00b", b"a\rb", b"\xd7\xf8\x9b"):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(
+                    b"POST /v1/purchases/pur_demo_locker/refund HTTP/1.1\r\nHost: x\r\n"
+                    b"Idempotency-Key: " + value + b"\r\n"
+                    b"Authorization: Bearer " + DEMO_API_KEY.encode() + b"\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                answer = b""
+                while chunk := sock.recv(4096):  # the server closes: recv returns b""
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400 "), (value, answer[:40])
+        assert server.fake.refunds == []

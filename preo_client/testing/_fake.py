@@ -30,6 +30,7 @@ DEMO_API_KEY: Final = "sk_sandbox_demo"
 SANDBOX_BASE_URL: Final = "https://sandbox.preo.test"
 _PATH: Final = re.compile(r"/v1/purchases/(?P<id>[^/]+)/refund/?")
 _ZERO: Final = Decimal(0)
+_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 @attrs.define
@@ -343,6 +344,8 @@ class FakePreo:
             return _json(405, {"detail": f'Method "{request.method}" not allowed.'})
         purchase_id = match["id"]
         key = request.headers.get("idempotency-key")
+        if key is not None and not _KEY.fullmatch(key):
+            return _json(400, {"idempotency_key": ["Must be 1-255 visible ASCII characters."]})
         fingerprint = hashlib.sha256(
             request.url.path.encode() + b"\0" + request.content
         ).hexdigest()
