@@ -1,6 +1,7 @@
 """preo-client: typed Python SDK for the Preo refund API (``POST /v1/purchases/{id}/refund``)."""
 
 from ._amounts import MAX_AMOUNT
+from ._bulk import AsyncBulkRun, BulkRun, BulkSummary, RefundItem, RefundOutcome
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError
 from ._exceptions import (
@@ -40,10 +41,13 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AsyncBulkRun",
     "AsyncPreoClient",
     "AuthenticationError",
     "Backoff",
     "BadRequestError",
+    "BulkRun",
+    "BulkSummary",
     "ConfigurationError",
     "ConflictError",
     "InternalServerError",
@@ -54,6 +58,8 @@ __all__ = [
     "RateLimitError",
     "Reason",
     "Refund",
+    "RefundItem",
+    "RefundOutcome",
     "RefundOutcomeUnknownError",
     "RefundPlan",
     "RefundReason",

@@ -6,14 +6,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from decimal import Decimal
+from enum import Enum
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
 
 import attrs
 import httpx
 
+from ._bulk import AsyncBulkRun, BulkRun, ItemInput, OnResult, RefundOutcome
 from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -46,7 +49,14 @@ from ._policy import (
     check_purchase_id,
     plan_refund,
 )
-from ._retry import Backoff, Failure, classify_status, parse_retry_after, should_retry
+from ._retry import (
+    Backoff,
+    Failure,
+    SharedPause,
+    classify_status,
+    parse_retry_after,
+    should_retry,
+)
 
 __all__ = ["AsyncPreoClient", "PreoClient"]
 
@@ -59,6 +69,14 @@ _async_sleep = asyncio.sleep
 TimeoutTypes = float | httpx.Timeout | None
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 _SENTINEL: Any = object()
+
+
+@attrs.define
+class CallState:
+    """What a retry loop shares with its caller: attempts made, and a run-wide pause."""
+
+    attempts: int = 0
+    pause: SharedPause | None = None
 
 
 @attrs.frozen
@@ -321,19 +339,35 @@ class Purchases:
             idempotency_key=idempotency_key,
             timeout=timeout,
         )
-        attempt = 0
-        unknown_seen = False  # once an attempt may have landed, every later error says so
-        while True:
-            attempt += 1
-            try:
-                return client._attempt(call, attempt)
-            except _AttemptFailed as failed:
-                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
-                delay = client._next_delay(failed, call, attempt)
-                if delay is None:
-                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
-                    raise error from failed.__cause__
-            _sleep(delay)
+        return client._send(call)
+
+    def refund_many(
+        self,
+        items: Iterable[ItemInput],
+        *,
+        reason: Reason | RefundReason | str | None = None,
+        scope: Scope | RefundScope | str | None = None,
+        concurrency: int = 16,
+        journal: str | Path | None = None,
+        on_result: Callable[[RefundOutcome], None] | None = None,
+    ) -> BulkRun:
+        """Refund many purchases: an iterator of :class:`RefundOutcome` as they complete.
+
+        ``items`` are purchase ids (with the common ``reason``/``scope``) or
+        :class:`RefundItem`; they are read lazily. At most ``concurrency`` requests run at once
+        (threads); a ``429``/``503`` pauses every worker. With ``journal`` (a file path) a
+        re-run skips what is done and resends in-flight items with their recorded key. An
+        invalid item is a failed outcome, not a crash. ``.run()`` returns the summary.
+        """
+        return BulkRun(
+            self._client,
+            items,
+            reason=_text(reason),
+            scope=_text(scope),
+            concurrency=concurrency,
+            journal=journal,
+            on_result=on_result,
+        )
 
 
 class AsyncPurchases:
@@ -366,19 +400,36 @@ class AsyncPurchases:
             idempotency_key=idempotency_key,
             timeout=timeout,
         )
-        attempt = 0
-        unknown_seen = False  # once an attempt may have landed, every later error says so
-        while True:
-            attempt += 1
-            try:
-                return await client._attempt(call, attempt)
-            except _AttemptFailed as failed:
-                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
-                delay = client._next_delay(failed, call, attempt)
-                if delay is None:
-                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
-                    raise error from failed.__cause__
-            await _async_sleep(delay)
+        return await client._send(call)
+
+    def refund_many(
+        self,
+        items: Iterable[ItemInput] | AsyncIterable[ItemInput],
+        *,
+        reason: Reason | RefundReason | str | None = None,
+        scope: Scope | RefundScope | str | None = None,
+        concurrency: int = 16,
+        journal: str | Path | None = None,
+        on_result: OnResult | None = None,
+    ) -> AsyncBulkRun:
+        """Refund many purchases concurrently (see :meth:`Purchases.refund_many`).
+
+        Returns an async iterator of :class:`RefundOutcome` in completion order; ``items`` may
+        be an iterable or an async iterable; ``on_result`` may be a coroutine function.
+        """
+        return AsyncBulkRun(
+            self._client,
+            items,
+            reason=_text(reason),
+            scope=_text(scope),
+            concurrency=concurrency,
+            journal=journal,
+            on_result=on_result,
+        )
+
+
+def _text(value: str | Enum | None) -> str | None:
+    return value.value if isinstance(value, Enum) else value
 
 
 class PreoClient(_BaseClient[httpx.Client]):
@@ -428,6 +479,27 @@ class PreoClient(_BaseClient[httpx.Client]):
     def with_options(self, **options: Any) -> PreoClient:
         """A copy with some settings changed; it shares (and never closes) the HTTP client."""
         return PreoClient(**self._options(**options))
+
+    def _send(self, call: _Call, state: CallState | None = None) -> Refund:
+        """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
+        state = state if state is not None else CallState()
+        unknown_seen = False  # once an attempt may have landed, every later error says so
+        while True:
+            if state.pause is not None and (wait := state.pause.remaining()) > 0:
+                _sleep(wait)
+            state.attempts += 1
+            try:
+                return self._attempt(call, state.attempts)
+            except _AttemptFailed as failed:
+                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
+                delay = self._next_delay(failed, call, state.attempts)
+                if delay is None:
+                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
+                    raise error from failed.__cause__
+                if state.pause is not None and failed.failure is Failure.REFUSED:
+                    state.pause.extend(delay)  # every worker of the run waits, not just this one
+                    continue
+            _sleep(delay)
 
     def _attempt(self, call: _Call, attempt: int) -> Refund:
         log.debug(
@@ -515,6 +587,27 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
     def with_options(self, **options: Any) -> AsyncPreoClient:
         """A copy with some settings changed; it shares (and never closes) the HTTP client."""
         return AsyncPreoClient(**self._options(**options))
+
+    async def _send(self, call: _Call, state: CallState | None = None) -> Refund:
+        """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
+        state = state if state is not None else CallState()
+        unknown_seen = False  # once an attempt may have landed, every later error says so
+        while True:
+            if state.pause is not None and (wait := state.pause.remaining()) > 0:
+                await _async_sleep(wait)
+            state.attempts += 1
+            try:
+                return await self._attempt(call, state.attempts)
+            except _AttemptFailed as failed:
+                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
+                delay = self._next_delay(failed, call, state.attempts)
+                if delay is None:
+                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
+                    raise error from failed.__cause__
+                if state.pause is not None and failed.failure is Failure.REFUSED:
+                    state.pause.extend(delay)  # every worker of the run waits, not just this one
+                    continue
+            await _async_sleep(delay)
 
     async def _attempt(self, call: _Call, attempt: int) -> Refund:
         log.debug(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Final
@@ -15,6 +16,7 @@ __all__ = [
     "RETRY_AFTER_CAP",
     "Backoff",
     "Failure",
+    "SharedPause",
     "parse_retry_after",
     "should_retry",
 ]
@@ -104,3 +106,22 @@ class Backoff:
         ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
         # Jitter only spreads retries in time; it protects nothing, so `random` is right here.
         return random.uniform(0.0, ceiling) if ceiling > 0 else 0.0  # noqa: S311  # nosec B311
+
+
+class SharedPause:
+    """A pause every worker of a bulk run honours before its next attempt.
+
+    One worker's ``429``/``503`` extends it by the wait it got, so the whole run slows down
+    instead of each worker hammering the server on its own schedule.
+    """
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def extend(self, seconds: float) -> None:
+        """Make every worker wait at least ``seconds`` from now."""
+        self._until = max(self._until, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        """Seconds left to wait (0 when not paused)."""
+        return max(0.0, self._until - time.monotonic())

@@ -184,9 +184,13 @@ class FakePreo:
     ``422``, a key still being processed is ``409``.
     """
 
-    def __init__(self, *, api_key: str = DEMO_API_KEY) -> None:
+    def __init__(self, *, api_key: str = DEMO_API_KEY, auto_purchases: bool = False) -> None:
         self.api_key = api_key
+        # For demos (the CLI's --sandbox): an unknown purchase id is created on first use
+        # (25.00 + 2.00 deposit + 1.50 fees) instead of answering 404.
+        self.auto_purchases = auto_purchases
         self.purchases: dict[str, Purchase] = {}
+        self._transactions: dict[str, list[Purchase]] = collections.defaultdict(list)
         self.refunds: list[RefundRecord] = []
         self.requests: list[httpx.Request] = []
         self._faults: collections.deque[Fault] = collections.deque()
@@ -198,9 +202,9 @@ class FakePreo:
     # -- setup -------------------------------------------------------------------------------
 
     @classmethod
-    def demo(cls, *, api_key: str = DEMO_API_KEY) -> FakePreo:
+    def demo(cls, *, api_key: str = DEMO_API_KEY, auto_purchases: bool = False) -> FakePreo:
         """A sandbox seeded with demo purchases (see the README for the list)."""
-        fake = cls(api_key=api_key)
+        fake = cls(api_key=api_key, auto_purchases=auto_purchases)
         fake.add_purchase("pur_demo_ticket", price="49.00", fees="2.50", transaction_id="tx_demo")
         fake.add_purchase("pur_demo_cup", price="3.00", deposit="2.00", transaction_id="tx_demo")
         fake.add_purchase("pur_demo_beer", price="6.50", deposit="1.00")
@@ -229,7 +233,11 @@ class FakePreo:
             organization=organization,
         )
         with self._lock:
+            previous = self.purchases.get(purchase_id)
+            if previous is not None:
+                self._transactions[previous.transaction_id].remove(previous)
             self.purchases[purchase_id] = purchase
+            self._transactions[purchase.transaction_id].append(purchase)
         return purchase
 
     def inject(self, *faults: Fault) -> None:
@@ -379,6 +387,8 @@ class FakePreo:
 
     def _create(self, purchase_id: str, request: httpx.Request, key: str | None) -> httpx.Response:
         purchase = self.purchases.get(purchase_id)
+        if purchase is None and self.auto_purchases:
+            purchase = self.add_purchase(purchase_id, price="25.00", deposit="2.00", fees="1.50")
         if purchase is None:
             return _json(404, {"detail": "Not found."})
         try:
@@ -395,7 +405,7 @@ class FakePreo:
             pickup_point_id = check_pickup_point_id(body.get("pickup_point_id"))
         except RefundValidationError as exc:
             return _json(400, {exc.field: [str(exc).split(": ", 1)[1]]})
-        group = [p for p in self.purchases.values() if p.transaction_id == purchase.transaction_id]
+        group = self._transactions[purchase.transaction_id]
         problem = _apply(plan, purchase, group)
         if problem is not None:
             return _json(400, problem)
