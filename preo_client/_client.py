@@ -63,6 +63,7 @@ __all__ = ["AsyncPreoClient", "PreoClient"]
 log = logging.getLogger("preo_client")
 
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # The waits between attempts; module attributes so a test can record them instead of sleeping.
 _sleep = time.sleep
 _async_sleep = asyncio.sleep
@@ -196,16 +197,22 @@ class _BaseClient(Generic[_HttpT]):
         self.allow_insecure_http = allow_insecure_http
         self.backoff = backoff
         self.default_headers: dict[str, str] = dict(default_headers or {})
-        self._headers = httpx.Headers(
-            {
-                "Accept": "application/json",
-                "User-Agent": USER_AGENT,
-                **self.default_headers,
-                "Authorization": f"Bearer {self._api_key}",
-            }
-        )
+        self._headers: dict[str, str] = {
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            **self.default_headers,
+            "Authorization": f"Bearer {self._api_key}",
+        }
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else self._new_http_client()
+        # Requests are built here, not by ``build_request``: the HTTP client's own default
+        # headers (Accept-Encoding, ...) are taken once, ours win, and nothing is merged per
+        # call. (Cookies and query params of an injected client are not used: this API takes
+        # neither.) Auth, event hooks, proxies and transports of the client still apply.
+        self._request_headers = {
+            **{name.lower(): value for name, value in self._http.headers.items()},
+            **{name.lower(): value for name, value in self._headers.items()},
+        }
 
     def _new_http_client(self) -> _HttpT:
         raise NotImplementedError  # pragma: no cover - each subclass builds its own
@@ -264,15 +271,17 @@ class _BaseClient(Generic[_HttpT]):
             pickup_point_id=UNSET if pickup_point_id is None else pickup_point_id,
         )
         kwargs = create_purchase_refund._get_kwargs(purchase_id, body=body, idempotency_key=key)
-        content = json.dumps(kwargs["json"], separators=(",", ":"), ensure_ascii=False)
-        headers = self._headers.copy()
-        headers.update(kwargs["headers"])
-        request = self._http.build_request(
+        content = _JSON.encode(kwargs["json"])
+        headers = self._request_headers.copy()
+        for name, value in kwargs["headers"].items():
+            headers[name.lower()] = value
+        per_call = self.timeout if timeout is _SENTINEL else _as_timeout(timeout)  # type: ignore[arg-type]
+        request = httpx.Request(
             kwargs["method"].upper(),
             self.base_url + kwargs["url"],
             content=content.encode(),
             headers=headers,
-            timeout=self.timeout if timeout is _SENTINEL else _as_timeout(timeout),  # type: ignore[arg-type]
+            extensions={"timeout": per_call.as_dict()},
         )
         return _Call(request=request, plan=plan, idempotency_key=key)
 

@@ -1,15 +1,23 @@
-"""The refund a call returns: a thin typed view of the generated model, with the exact amount."""
+"""The refund a call returns: a thin typed view of the generated model, with the exact amount.
+
+The answer is checked eagerly (every required field present and of the documented type, the
+date-times parseable, the amount exact), so a bad answer fails the call itself. The generated
+``RefundRequest`` is then built on first use of a field that needs it, which keeps its date
+parsing off the hot path of a call whose result is only counted.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
 import re
+import sys
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import httpx
+from dateutil.parser import isoparse
 
 from ._exceptions import APIResponseValidationError
 from ._generated.models.refund_request import RefundRequest
@@ -19,14 +27,34 @@ from ._generated.types import Unset
 
 __all__ = ["Refund", "parse_refund"]
 
-_DECIMAL_TEXT = re.compile(r"-?\d+(?:\.\d+)?")
+_JSON: Final = json.JSONDecoder(
+    parse_float=Decimal
+)  # one decoder: exact amounts, no per-call setup
+_DECIMAL_TEXT: Final = re.compile(r"-?\d+(?:\.\d+)?")
+# The generated model's required fields: those its constructor needs a value for.
+_REQUIRED: Final = frozenset(
+    f.name for f in attrs.fields(RefundRequest) if f.init and f.default is attrs.NOTHING
+)
+_OPTIONAL_TEXT: Final = ("organization", "scope", "status", "comment", "service_response")
+_NULLABLE: Final = frozenset({"organization", "service_response"})
 
 
 def _unset_to_none(value: Any) -> Any:
     return None if isinstance(value, Unset) else value
 
 
-@attrs.frozen(eq=False)
+def parse_datetime(text: object) -> datetime.datetime:
+    """An ISO 8601 date-time: the fast standard parser first, dateutil for the rest."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a date-time string, got {type(text).__name__}")
+    try:
+        if sys.version_info < (3, 11) and text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return isoparse(text)
+
+
 class Refund:
     """A created refund request.
 
@@ -36,20 +64,56 @@ class Refund:
     the raw response; ``replayed`` is true when the server answered from its idempotency store.
     """
 
-    model: RefundRequest
-    amount: Decimal
-    idempotency_key: str
-    request_id: str | None
-    replayed: bool
-    http_response: httpx.Response = attrs.field(repr=False)
+    __slots__ = (
+        "_data",
+        "_model",
+        "amount",
+        "created",
+        "http_response",
+        "idempotency_key",
+        "modified",
+        "replayed",
+        "request_id",
+    )
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        *,
+        amount: Decimal,
+        created: datetime.datetime,
+        modified: datetime.datetime,
+        idempotency_key: str,
+        request_id: str | None,
+        replayed: bool,
+        http_response: httpx.Response,
+    ) -> None:
+        self._data = data
+        self._model: RefundRequest | None = None
+        self.amount = amount
+        self.created = created
+        self.modified = modified
+        self.idempotency_key = idempotency_key
+        self.request_id = request_id
+        self.replayed = replayed
+        self.http_response = http_response
+
+    @property
+    def model(self) -> RefundRequest:
+        """The generated ``RefundRequest`` (its ``amount`` is the float of :attr:`amount`)."""
+        if self._model is None:
+            self._model = RefundRequest.from_dict({**self._data, "amount": float(self.amount)})
+        return self._model
 
     @property
     def id(self) -> str:
-        return self.model.id
+        value: str = self._data["id"]
+        return value
 
     @property
     def edition_id(self) -> str:
-        return self.model.edition_id
+        value: str = self._data["edition_id"]
+        return value
 
     @property
     def requested_by(self) -> dict[str, Any]:
@@ -58,14 +122,6 @@ class Refund:
     @property
     def pickup_point(self) -> dict[str, Any]:
         return self.model.pickup_point.to_dict()
-
-    @property
-    def created(self) -> datetime.datetime:
-        return self.model.created
-
-    @property
-    def modified(self) -> datetime.datetime:
-        return self.model.modified
 
     @property
     def can_approve(self) -> bool | str:
@@ -106,15 +162,12 @@ class Refund:
         return dict(self.model.additional_properties)
 
     def __repr__(self) -> str:
+        scope = self._data.get("scope")
+        status = self._data.get("status")
         return (
-            f"Refund(id={self.id!r}, amount={self.amount!r}, scope={_text(self.scope)!r}, "
-            f"status={_text(self.status)!r}, request_id={self.request_id!r}, "
-            f"replayed={self.replayed!r})"
+            f"Refund(id={self.id!r}, amount={self.amount!r}, scope={scope!r}, "
+            f"status={status!r}, request_id={self.request_id!r}, replayed={self.replayed!r})"
         )
-
-
-def _text(value: object) -> object:
-    return getattr(value, "value", value)
 
 
 def _exact_amount(value: object) -> Decimal:
@@ -129,6 +182,29 @@ def _exact_amount(value: object) -> Decimal:
     if not amount.is_finite():
         raise ValueError("amount is not finite")
     return amount
+
+
+def _check_shape(data: dict[str, Any]) -> None:
+    """Raise TypeError/ValueError unless ``data`` is what the generated model can read."""
+    missing = _REQUIRED - data.keys()
+    if missing:
+        raise KeyError(sorted(missing)[0])
+    for name in ("id", "edition_id"):
+        if not isinstance(data[name], str):
+            raise TypeError(f"{name} is not a string")
+    for name in ("requested_by", "pickup_point"):
+        if not isinstance(data[name], dict):
+            raise TypeError(f"{name} is not an object")
+    for name in ("can_approve", "can_reject"):
+        if not isinstance(data[name], bool | str):
+            raise TypeError(f"{name} is not a boolean or string")
+    for name in _OPTIONAL_TEXT:
+        value = data.get(name, "")
+        if not (isinstance(value, str) or (value is None and name in _NULLABLE)):
+            raise TypeError(f"{name} is not a string")
+    refund_date = data.get("refund_date")
+    if refund_date is not None:
+        parse_datetime(refund_date)
 
 
 def parse_refund(
@@ -151,35 +227,33 @@ def parse_refund(
             idempotency_key=idempotency_key,
         )
 
-    content_type = response.headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
+    headers = response.headers
+    content_type = headers.get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise invalid(f"expected JSON, got content type {content_type or 'none'!r}")
     try:
-        data = json.loads(content, parse_float=Decimal)
+        data = _JSON.decode(content.decode("utf-8"))
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise invalid(f"body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise invalid(f"expected a JSON object, got {type(data).__name__}")
     try:
+        _check_shape(data)
         amount = _exact_amount(data["amount"])
-        data["amount"] = float(amount)
-        for name in ("id", "edition_id"):
-            if not isinstance(data[name], str):
-                raise TypeError(f"{name} is not a string")
-        for name in ("requested_by", "pickup_point"):
-            if not isinstance(data[name], dict):
-                raise TypeError(f"{name} is not an object")
-        model = RefundRequest.from_dict(data)
+        created = parse_datetime(data["created"])
+        modified = parse_datetime(data["modified"])
     except KeyError as exc:
         raise invalid(f"required field {exc.args[0]!r} is missing") from None
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise invalid(str(exc) or type(exc).__name__) from None
     return Refund(
-        model=model,
+        data,
         amount=amount,
+        created=created,
+        modified=modified,
         idempotency_key=idempotency_key,
         request_id=request_id,
-        replayed=response.headers.get("idempotent-replayed", "").lower() == "true",
+        replayed=headers.get("idempotent-replayed", "").lower() == "true",
         http_response=response,
     )

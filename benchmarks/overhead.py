@@ -1,0 +1,144 @@
+"""Per-call overhead: the SDK's refund call vs raw httpx vs the bare generated function, all on
+one in-process httpx.MockTransport returning the same canned 201 (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+import httpx
+
+from benchmarks._common import API_KEY, canned, now, summary, table
+from preo_client import AsyncPreoClient, PreoClient
+from preo_client._generated.api.purchases import create_purchase_refund
+from preo_client._generated.client import AuthenticatedClient
+from preo_client._generated.models.refund_reason import RefundReason
+from preo_client._generated.models.refund_request_create import RefundRequestCreate
+from preo_client._generated.models.refund_scope import RefundScope
+
+URL = "https://api.preo.dev/v1/purchases/pur_1/refund"
+PAYLOAD = {"reason": "compensation", "scope": "purchase_custom", "amount": 12.5}
+
+
+# What the SDK sends on every call besides the body: a raw client doing the same job sets the
+# same headers on its client and a fresh idempotency key per call.
+SAME_HEADERS = {
+    "Accept": "application/json",
+    "User-Agent": "preo-client-python/bench",
+    "Authorization": f"Bearer {API_KEY}",
+}
+
+
+def _key() -> dict[str, str]:
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+def _sync_cases() -> dict[str, Callable[[], object]]:
+    raw = httpx.Client(transport=httpx.MockTransport(canned), headers={"Authorization": f"Bearer {API_KEY}"})
+    same = httpx.Client(transport=httpx.MockTransport(canned), headers=SAME_HEADERS)
+    sdk = PreoClient(api_key=API_KEY, http_client=httpx.Client(transport=httpx.MockTransport(canned)))
+    gen = AuthenticatedClient(base_url="https://api.preo.dev", token=API_KEY)
+    gen.set_httpx_client(httpx.Client(base_url="https://api.preo.dev", transport=httpx.MockTransport(canned),
+                                      headers={"Authorization": f"Bearer {API_KEY}"}))  # fmt: skip
+    body = RefundRequestCreate(reason=RefundReason.COMPENSATION, scope=RefundScope.PURCHASE_CUSTOM, amount=12.5)
+
+    def raw_call() -> object:
+        return raw.post(URL, json=PAYLOAD).json()
+
+    def same_call() -> object:
+        return same.post(URL, json=PAYLOAD, headers=_key()).json()
+
+    def generated_call() -> object:
+        return create_purchase_refund.sync_detailed("pur_1", client=gen, body=body).parsed
+
+    def sdk_call() -> object:
+        return sdk.purchases.refund("pur_1", reason="compensation", amount=Decimal("12.50"))
+
+    return {
+        "raw httpx": raw_call,
+        "raw httpx, same headers + key": same_call,
+        "generated function": generated_call,
+        "PreoClient": sdk_call,
+    }
+
+
+def _async_cases() -> dict[str, Callable[[], object]]:
+    raw = httpx.AsyncClient(transport=httpx.MockTransport(canned), headers={"Authorization": f"Bearer {API_KEY}"})
+    same = httpx.AsyncClient(transport=httpx.MockTransport(canned), headers=SAME_HEADERS)
+    sdk = AsyncPreoClient(api_key=API_KEY, http_client=httpx.AsyncClient(transport=httpx.MockTransport(canned)))
+    gen = AuthenticatedClient(base_url="https://api.preo.dev", token=API_KEY)
+    gen.set_async_httpx_client(httpx.AsyncClient(base_url="https://api.preo.dev",
+                                                 transport=httpx.MockTransport(canned),
+                                                 headers={"Authorization": f"Bearer {API_KEY}"}))  # fmt: skip
+    body = RefundRequestCreate(reason=RefundReason.COMPENSATION, scope=RefundScope.PURCHASE_CUSTOM, amount=12.5)
+
+    async def raw_call() -> object:
+        return (await raw.post(URL, json=PAYLOAD)).json()
+
+    async def same_call() -> object:
+        return (await same.post(URL, json=PAYLOAD, headers=_key())).json()
+
+    async def generated_call() -> object:
+        return (await create_purchase_refund.asyncio_detailed("pur_1", client=gen, body=body)).parsed
+
+    async def sdk_call() -> object:
+        return await sdk.purchases.refund("pur_1", reason="compensation", amount=Decimal("12.50"))
+
+    return {
+        "raw httpx": raw_call,
+        "raw httpx, same headers + key": same_call,
+        "generated function": generated_call,
+        "AsyncPreoClient": sdk_call,
+    }
+
+
+def _time_sync(fn: Callable[[], object], calls: int) -> float:
+    gc.collect()
+    start = now()
+    for _ in range(calls):
+        fn()
+    return (now() - start) / calls * 1e6
+
+
+async def _time_async(fn: Callable[[], object], calls: int) -> float:
+    gc.collect()
+    start = now()
+    for _ in range(calls):
+        await fn()  # type: ignore[misc]
+    return (now() - start) / calls * 1e6
+
+
+def run(rounds: int = 15, calls: int = 400) -> str:
+    """Interleaved rounds (each case once per round) so machine noise hits all alike."""
+    out = []
+    for mode, cases in (("sync", _sync_cases()), ("async", _async_cases())):
+        results: dict[str, list[float]] = {name: [] for name in cases}
+        loop = asyncio.new_event_loop()
+        for fn in cases.values():  # warm up
+            if mode == "sync":
+                _time_sync(fn, 50)
+            else:
+                loop.run_until_complete(_time_async(fn, 50))
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                if mode == "sync":
+                    results[name].append(_time_sync(fn, calls))
+                else:
+                    results[name].append(loop.run_until_complete(_time_async(fn, calls)))
+        loop.close()
+        base = summary(results["raw httpx"])[0]
+        rows = []
+        for name, values in results.items():
+            med, lo, hi = summary(values)
+            rows.append([name, f"{med:.1f}", f"{lo:.1f}", f"{hi:.1f}", f"{med / base:.3f}x"])
+        out.append(table(f"Per-call overhead, {mode} ({rounds} rounds x {calls} calls)",
+                         ["client", "median us/call", "min", "max", "vs raw httpx"], rows))  # fmt: skip
+    return "\n\n".join(out)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"note": "see run.py"}) if False else run())
