@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -38,13 +37,24 @@ def _key() -> dict[str, str]:
 
 
 def _sync_cases() -> dict[str, Callable[[], object]]:
-    raw = httpx.Client(transport=httpx.MockTransport(canned), headers={"Authorization": f"Bearer {API_KEY}"})
+    raw = httpx.Client(
+        transport=httpx.MockTransport(canned), headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     same = httpx.Client(transport=httpx.MockTransport(canned), headers=SAME_HEADERS)
-    sdk = PreoClient(api_key=API_KEY, http_client=httpx.Client(transport=httpx.MockTransport(canned)))
+    sdk = PreoClient(
+        api_key=API_KEY, http_client=httpx.Client(transport=httpx.MockTransport(canned))
+    )
     gen = AuthenticatedClient(base_url="https://api.preo.dev", token=API_KEY)
-    gen.set_httpx_client(httpx.Client(base_url="https://api.preo.dev", transport=httpx.MockTransport(canned),
-                                      headers={"Authorization": f"Bearer {API_KEY}"}))  # fmt: skip
-    body = RefundRequestCreate(reason=RefundReason.COMPENSATION, scope=RefundScope.PURCHASE_CUSTOM, amount=12.5)
+    gen.set_httpx_client(
+        httpx.Client(
+            base_url="https://api.preo.dev",
+            transport=httpx.MockTransport(canned),
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+    )
+    body = RefundRequestCreate(
+        reason=RefundReason.COMPENSATION, scope=RefundScope.PURCHASE_CUSTOM, amount=12.5
+    )
 
     def raw_call() -> object:
         return raw.post(URL, json=PAYLOAD).json()
@@ -67,14 +77,24 @@ def _sync_cases() -> dict[str, Callable[[], object]]:
 
 
 def _async_cases() -> dict[str, Callable[[], object]]:
-    raw = httpx.AsyncClient(transport=httpx.MockTransport(canned), headers={"Authorization": f"Bearer {API_KEY}"})
+    raw = httpx.AsyncClient(
+        transport=httpx.MockTransport(canned), headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     same = httpx.AsyncClient(transport=httpx.MockTransport(canned), headers=SAME_HEADERS)
-    sdk = AsyncPreoClient(api_key=API_KEY, http_client=httpx.AsyncClient(transport=httpx.MockTransport(canned)))
+    sdk = AsyncPreoClient(
+        api_key=API_KEY, http_client=httpx.AsyncClient(transport=httpx.MockTransport(canned))
+    )
     gen = AuthenticatedClient(base_url="https://api.preo.dev", token=API_KEY)
-    gen.set_async_httpx_client(httpx.AsyncClient(base_url="https://api.preo.dev",
-                                                 transport=httpx.MockTransport(canned),
-                                                 headers={"Authorization": f"Bearer {API_KEY}"}))  # fmt: skip
-    body = RefundRequestCreate(reason=RefundReason.COMPENSATION, scope=RefundScope.PURCHASE_CUSTOM, amount=12.5)
+    gen.set_async_httpx_client(
+        httpx.AsyncClient(
+            base_url="https://api.preo.dev",
+            transport=httpx.MockTransport(canned),
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+    )
+    body = RefundRequestCreate(
+        reason=RefundReason.COMPENSATION, scope=RefundScope.PURCHASE_CUSTOM, amount=12.5
+    )
 
     async def raw_call() -> object:
         return (await raw.post(URL, json=PAYLOAD)).json()
@@ -83,7 +103,9 @@ def _async_cases() -> dict[str, Callable[[], object]]:
         return (await same.post(URL, json=PAYLOAD, headers=_key())).json()
 
     async def generated_call() -> object:
-        return (await create_purchase_refund.asyncio_detailed("pur_1", client=gen, body=body)).parsed
+        return (
+            await create_purchase_refund.asyncio_detailed("pur_1", client=gen, body=body)
+        ).parsed
 
     async def sdk_call() -> object:
         return await sdk.purchases.refund("pur_1", reason="compensation", amount=Decimal("12.50"))
@@ -135,10 +157,11 @@ def run(rounds: int = 15, calls: int = 400) -> str:
         for name, values in results.items():
             med, lo, hi = summary(values)
             rows.append([name, f"{med:.1f}", f"{lo:.1f}", f"{hi:.1f}", f"{med / base:.3f}x"])
-        out.append(table(f"Per-call overhead, {mode} ({rounds} rounds x {calls} calls)",
-                         ["client", "median us/call", "min", "max", "vs raw httpx"], rows))  # fmt: skip
+        title = f"Per-call overhead, {mode} ({rounds} rounds x {calls} calls)"
+        header = ["client", "median us/call", "min", "max", "vs raw httpx"]
+        out.append(table(title, header, rows))
     return "\n\n".join(out)
 
 
 if __name__ == "__main__":
-    print(json.dumps({"note": "see run.py"}) if False else run())
+    print(run())
