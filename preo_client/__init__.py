@@ -1,7 +1,8 @@
 """preo-client: typed Python SDK for the Preo refund API (``POST /v1/purchases/{id}/refund``)."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._amounts import MAX_AMOUNT
-from ._bulk import AsyncBulkRun, BulkRun, BulkSummary, RefundItem, RefundOutcome
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError
 from ._exceptions import (
@@ -22,14 +23,39 @@ from ._exceptions import (
     RefundValidationError,
     UnprocessableEntityError,
 )
-from ._generated.models.refund_reason import RefundReason
-from ._generated.models.refund_scope import RefundScope
-from ._generated.models.refund_status import RefundStatus
 from ._idempotency import idempotency_key_for
 from ._models import Refund
 from ._policy import POLICY, REASONS, SCOPES, Reason, RefundPlan, Scope, plan_refund
 from ._retry import Backoff
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._bulk import AsyncBulkRun, BulkRun, BulkSummary, RefundItem, RefundOutcome
+    from ._generated.models.refund_reason import RefundReason
+    from ._generated.models.refund_scope import RefundScope
+    from ._generated.models.refund_status import RefundStatus
+
+# Loaded on first use, so that a plain `import preo_client` stays cheap.
+_LAZY = {
+    "AsyncBulkRun": "._bulk",
+    "BulkRun": "._bulk",
+    "BulkSummary": "._bulk",
+    "RefundItem": "._bulk",
+    "RefundOutcome": "._bulk",
+    "RefundReason": "._generated.models.refund_reason",
+    "RefundScope": "._generated.models.refund_scope",
+    "RefundStatus": "._generated.models.refund_status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'preo_client' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
+
 
 __all__ = [
     "MAX_AMOUNT",

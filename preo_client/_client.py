@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -11,12 +12,10 @@ from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-import attrs
 import httpx
 
-from ._bulk import AsyncBulkRun, BulkRun, ItemInput, OnResult, RefundOutcome
 from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -33,11 +32,6 @@ from ._exceptions import (
     make_status_error,
     mark_outcome_unknown,
 )
-from ._generated.api.purchases import create_purchase_refund
-from ._generated.models.refund_reason import RefundReason
-from ._generated.models.refund_request_create import RefundRequestCreate
-from ._generated.models.refund_scope import RefundScope
-from ._generated.types import UNSET
 from ._idempotency import check_idempotency_key, new_idempotency_key
 from ._models import Refund, parse_refund
 from ._policy import (
@@ -58,6 +52,11 @@ from ._retry import (
     should_retry,
 )
 
+if TYPE_CHECKING:
+    from ._bulk import AsyncBulkRun, BulkRun, ItemInput, OnResult, RefundOutcome
+    from ._generated.models.refund_reason import RefundReason
+    from ._generated.models.refund_scope import RefundScope
+
 __all__ = ["AsyncPreoClient", "PreoClient"]
 
 log = logging.getLogger("preo_client")
@@ -66,13 +65,20 @@ MAX_RESPONSE_BYTES: Final = 1024 * 1024
 _JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # The waits between attempts; module attributes so a test can record them instead of sleeping.
 _sleep = time.sleep
-_async_sleep = asyncio.sleep
+
+
+async def _async_sleep(seconds: float) -> None:
+    import asyncio  # imported on first use: `import preo_client` stays cheap for sync users
+
+    await asyncio.sleep(seconds)
+
+
 TimeoutTypes = float | httpx.Timeout | None
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 _SENTINEL: Any = object()
 
 
-@attrs.define
+@dataclasses.dataclass(slots=True)
 class CallState:
     """What a retry loop shares with its caller: attempts made, and a run-wide pause."""
 
@@ -80,13 +86,34 @@ class CallState:
     pause: SharedPause | None = None
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Call:
     """One refund call, fixed before the first attempt: every attempt sends exactly this."""
 
     request: httpx.Request
     plan: RefundPlan
     idempotency_key: str
+
+
+@functools.cache
+def _generated() -> Any:
+    """The generated endpoint and models, imported on the first call, not at `import`
+    time (they bring attrs and dateutil; a process that never refunds never pays for them)."""
+    from types import SimpleNamespace
+
+    from ._generated.api.purchases import create_purchase_refund
+    from ._generated.models.refund_reason import RefundReason
+    from ._generated.models.refund_request_create import RefundRequestCreate
+    from ._generated.models.refund_scope import RefundScope
+    from ._generated.types import UNSET
+
+    return SimpleNamespace(
+        endpoint=create_purchase_refund,
+        RefundReason=RefundReason,
+        RefundRequestCreate=RefundRequestCreate,
+        RefundScope=RefundScope,
+        UNSET=UNSET,
+    )
 
 
 class _AttemptFailed(Exception):
@@ -263,14 +290,16 @@ class _BaseClient(Generic[_HttpT]):
             if idempotency_key is None
             else check_idempotency_key(idempotency_key)
         )
-        body = RefundRequestCreate(
-            reason=RefundReason(plan.reason),
-            scope=RefundScope(plan.scope),
-            amount=UNSET if plan.amount is None else float(plan.amount),
-            comment=UNSET if comment is None else comment,
-            pickup_point_id=UNSET if pickup_point_id is None else pickup_point_id,
+        gen = _generated()
+        unset = gen.UNSET
+        body = gen.RefundRequestCreate(
+            reason=gen.RefundReason(plan.reason),
+            scope=gen.RefundScope(plan.scope),
+            amount=unset if plan.amount is None else float(plan.amount),
+            comment=unset if comment is None else comment,
+            pickup_point_id=unset if pickup_point_id is None else pickup_point_id,
         )
-        kwargs = create_purchase_refund._get_kwargs(purchase_id, body=body, idempotency_key=key)
+        kwargs = gen.endpoint._get_kwargs(purchase_id, body=body, idempotency_key=key)
         content = _JSON.encode(kwargs["json"])
         headers = self._request_headers.copy()
         for name, value in kwargs["headers"].items():
@@ -368,6 +397,8 @@ class Purchases:
         re-run skips what is done and resends in-flight items with their recorded key. An
         invalid item is a failed outcome, not a crash. ``.run()`` returns the summary.
         """
+        from ._bulk import BulkRun  # loaded on first use, like the rest of the bulk machinery
+
         return BulkRun(
             self._client,
             items,
@@ -426,6 +457,8 @@ class AsyncPurchases:
         Returns an async iterator of :class:`RefundOutcome` in completion order; ``items`` may
         be an iterable or an async iterable; ``on_result`` may be a coroutine function.
         """
+        from ._bulk import AsyncBulkRun
+
         return AsyncBulkRun(
             self._client,
             items,

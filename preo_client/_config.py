@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Final
@@ -52,6 +51,8 @@ def resolve_api_key(api_key: str | None, environ: Mapping[str, str] = os.environ
 def _is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress  # only when a client is made with a plain-http URL
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -9,21 +9,21 @@ parsing off the hot path of a call whose result is only counted.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 import sys
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import httpx
-from dateutil.parser import isoparse
 
 from ._exceptions import APIResponseValidationError
-from ._generated.models.refund_request import RefundRequest
-from ._generated.models.refund_scope import RefundScope
-from ._generated.models.refund_status import RefundStatus
-from ._generated.types import Unset
+
+if TYPE_CHECKING:
+    from ._generated.models.refund_request import RefundRequest
+    from ._generated.models.refund_scope import RefundScope
+    from ._generated.models.refund_status import RefundStatus
 
 __all__ = ["Refund", "parse_refund"]
 
@@ -31,15 +31,27 @@ _JSON: Final = json.JSONDecoder(
     parse_float=Decimal
 )  # one decoder: exact amounts, no per-call setup
 _DECIMAL_TEXT: Final = re.compile(r"-?\d+(?:\.\d+)?")
-# The generated model's required fields: those its constructor needs a value for.
-_REQUIRED: Final = frozenset(
-    f.name for f in attrs.fields(RefundRequest) if f.init and f.default is attrs.NOTHING
-)
+
+
+@functools.cache
+def _required() -> frozenset[str]:
+    """The generated model's required fields: those its constructor needs a value for."""
+    import attrs
+
+    from ._generated.models.refund_request import RefundRequest
+
+    return frozenset(
+        f.name for f in attrs.fields(RefundRequest) if f.init and f.default is attrs.NOTHING
+    )
+
+
 _OPTIONAL_TEXT: Final = ("organization", "scope", "status", "comment", "service_response")
 _NULLABLE: Final = frozenset({"organization", "service_response"})
 
 
 def _unset_to_none(value: Any) -> Any:
+    from ._generated.types import Unset
+
     return None if isinstance(value, Unset) else value
 
 
@@ -52,6 +64,8 @@ def parse_datetime(text: object) -> datetime.datetime:
             text = text[:-1] + "+00:00"
         return datetime.datetime.fromisoformat(text)
     except ValueError:
+        from dateutil.parser import isoparse  # the rarer forms the standard parser refuses
+
         return isoparse(text)
 
 
@@ -102,6 +116,8 @@ class Refund:
     def model(self) -> RefundRequest:
         """The generated ``RefundRequest`` (its ``amount`` is the float of :attr:`amount`)."""
         if self._model is None:
+            from ._generated.models.refund_request import RefundRequest
+
             self._model = RefundRequest.from_dict({**self._data, "amount": float(self.amount)})
         return self._model
 
@@ -186,7 +202,7 @@ def _exact_amount(value: object) -> Decimal:
 
 def _check_shape(data: dict[str, Any]) -> None:
     """Raise TypeError/ValueError unless ``data`` is what the generated model can read."""
-    missing = _REQUIRED - data.keys()
+    missing = _required() - data.keys()
     if missing:
         raise KeyError(sorted(missing)[0])
     for name in ("id", "edition_id"):

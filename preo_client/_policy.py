@@ -6,15 +6,13 @@ Pure logic: no I/O and no HTTP library. The client runs it before sending and th
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import Enum
 from typing import Final, Literal, TypeAlias
-
-import attrs
 
 from ._amounts import AmountError, parse_amount
 from ._exceptions import RefundValidationError
@@ -81,7 +79,7 @@ POLICY: Final[Mapping[Reason, tuple[Scope, ...]]] = {
 REASONS: Final[tuple[Reason, ...]] = tuple(POLICY)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class RefundPlan:
     """What will be sent: the reason, the scope (derived or checked) and the exact amount."""
 
@@ -105,6 +103,8 @@ def _choose(field: str, value: object, allowed: tuple[str, ...]) -> str:
         )
     hint = ""
     folded = value.strip().lower().replace("-", "_").replace(" ", "_")
+    import difflib  # only on the error path
+
     close = [folded] if folded in allowed else difflib.get_close_matches(folded, allowed, n=1)
     if close:
         hint = f" Did you mean {close[0]!r}?"

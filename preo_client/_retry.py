@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import random
@@ -9,8 +10,6 @@ import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Final
-
-import attrs
 
 __all__ = [
     "RETRY_AFTER_CAP",
@@ -92,7 +91,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return seconds
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with full jitter: attempt n waits up to ``min(cap, base * 2**(n-1))``."""
 
