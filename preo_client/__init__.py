@@ -30,6 +30,7 @@ from ._retry import Backoff
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._aiohttp import AiohttpTransport
     from ._bulk import AsyncBulkRun, BulkRun, BulkSummary, RefundItem, RefundOutcome
     from ._generated.models.refund_reason import RefundReason
     from ._generated.models.refund_scope import RefundScope
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so that a plain `import preo_client` stays cheap.
 _LAZY = {
+    "AiohttpTransport": "._aiohttp",
     "AsyncBulkRun": "._bulk",
     "BulkRun": "._bulk",
     "BulkSummary": "._bulk",
@@ -67,6 +69,7 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AiohttpTransport",
     "AsyncBulkRun",
     "AsyncPreoClient",
     "AuthenticationError",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 import attrs
+import httpx
 
 from ._exceptions import PreoError, RefundValidationError
 from ._idempotency import idempotency_key_for
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 _DONE: Final = object()
+SHARD_SIZE: Final = 8
 
 
 @attrs.frozen
@@ -297,7 +299,7 @@ class AsyncBulkRun:
         self._core = _Core(client, reason=reason, scope=scope, journal=journal)
         self.summary = self._core.summary
 
-    async def _process(self, raw: object) -> RefundOutcome:
+    async def _process(self, raw: object, sender: AsyncPreoClient) -> RefundOutcome:
         core = self._core
         begun = core.begin(raw)
         if isinstance(begun, RefundOutcome):
@@ -305,7 +307,7 @@ class AsyncBulkRun:
         item, call = begun
         state = _state(core)
         try:
-            refund = await self._client._send(call, state)
+            refund = await sender._send(call, state)
         except PreoError as exc:
             return core.end(item, call, state.attempts, error=exc)
         return core.end(item, call, state.attempts, refund=refund)
@@ -329,13 +331,16 @@ class AsyncBulkRun:
                 for _ in range(self._concurrency):
                     await inbox.put(_DONE)
 
-        async def work() -> None:
+        async def work(sender: AsyncPreoClient) -> None:
             while (raw := await inbox.get()) is not _DONE:
-                await outbox.put(await self._process(raw))
+                await outbox.put(await self._process(raw, sender))
             await outbox.put(_DONE)
 
+        senders, shards = self._senders()
         tasks = [asyncio.ensure_future(feed())]
-        tasks += [asyncio.ensure_future(work()) for _ in range(self._concurrency)]
+        tasks += [
+            asyncio.ensure_future(work(senders[i % len(senders)])) for i in range(self._concurrency)
+        ]
         running = self._concurrency
         try:
             while running:
@@ -355,7 +360,26 @@ class AsyncBulkRun:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for shard in shards:
+                await shard.aclose()
             self._core.close()
+
+    def _senders(self) -> tuple[list[AsyncPreoClient], list[httpx.AsyncClient]]:
+        """Clients the workers send through. httpcore's async pool slows down sharply above
+        ~16 concurrent requests (httpcore issues #822, #1035), so a wide run on an HTTP client
+        this SDK created is spread over small pools of ``SHARD_SIZE`` connections each. An
+        injected HTTP client (a custom transport, proxy or the aiohttp transport) is used as
+        it is."""
+        client = self._client
+        if not client._owns_http or self._concurrency <= SHARD_SIZE * 2:
+            return [client], []
+        count = -(-self._concurrency // SHARD_SIZE)
+        limits = httpx.Limits(max_connections=SHARD_SIZE, max_keepalive_connections=SHARD_SIZE)
+        shards = [
+            httpx.AsyncClient(timeout=client.timeout, limits=limits, follow_redirects=False)
+            for _ in range(count)
+        ]
+        return [client.with_options(http_client=shard) for shard in shards], shards
 
     def __aiter__(self) -> AsyncIterator[RefundOutcome]:
         return self._outcomes()

@@ -184,8 +184,18 @@ class FakePreo:
     ``422``, a key still being processed is ``409``.
     """
 
-    def __init__(self, *, api_key: str = DEMO_API_KEY, auto_purchases: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = DEMO_API_KEY,
+        auto_purchases: bool = False,
+        keep_history: bool = True,
+    ) -> None:
         self.api_key = api_key
+        # keep_history=False (load and memory benchmarks): no request log, no ledger entries
+        # (only `refund_count`), no idempotency store, so the sandbox's own memory stays flat.
+        self.keep_history = keep_history
+        self.refund_count = 0
         # For demos (the CLI's --sandbox): an unknown purchase id is created on first use
         # (25.00 + 2.00 deposit + 1.50 fees) instead of answering 404.
         self.auto_purchases = auto_purchases
@@ -300,7 +310,8 @@ class FakePreo:
     def handle(self, request: httpx.Request) -> httpx.Response:
         """Answer one request, as the Preo API would (transport faults raise httpx errors)."""
         with self._lock:
-            self.requests.append(request)
+            if self.keep_history:
+                self.requests.append(request)
             fault = self._faults.popleft() if self._faults else None
             if fault is None and self._chaos is not None:
                 rate, rng, choices = self._chaos
@@ -378,7 +389,7 @@ class FakePreo:
                 self._in_flight.add(key)
             try:
                 response = self._create(purchase_id, request, key)
-                if key is not None and response.status_code == 201:
+                if key is not None and response.status_code == 201 and self.keep_history:
                     self._stored[key] = (fingerprint, response)
                 return response
             finally:
@@ -422,7 +433,9 @@ class FakePreo:
             created=now,
         )
         _commit(plan, purchase, group, record.amount)
-        self.refunds.append(record)
+        self.refund_count += 1
+        if self.keep_history:
+            self.refunds.append(record)
         stamp = now.isoformat().replace("+00:00", "Z")
         payload = {
             "id": record.id,
