@@ -80,7 +80,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await self._inner.handle_async_request(request)
         except Exception as exc:
             raise _before_sending(exc, request) from exc
-        assert isinstance(response.stream, httpx.AsyncByteStream)
+        if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
+            raise httpx.ReadError("httpx-aiohttp gave a non-async body stream", request=request)
         return httpx.Response(
             response.status_code,
             headers=response.headers,
