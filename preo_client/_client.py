@@ -84,6 +84,7 @@ class CallState:
 
     attempts: int = 0
     pause: SharedPause | None = None
+    unknown_seen: bool = False  # an attempt failed in a way that may have created the refund
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -314,6 +315,21 @@ class _BaseClient(Generic[_HttpT]):
         )
         return _Call(request=request, plan=plan, idempotency_key=key)
 
+    def _after_failure(self, failed: _AttemptFailed, call: _Call, state: CallState) -> float:
+        """Raise the public error if ``failed`` ends the call; else the seconds to wait."""
+        state.unknown_seen = state.unknown_seen or failed.failure is Failure.UNKNOWN
+        delay = self._next_delay(failed, call, state.attempts)
+        if delay is None:
+            # once an attempt may have landed, every later error says so
+            error = failed.error
+            raise (mark_outcome_unknown(error) if state.unknown_seen else error) from (
+                failed.__cause__
+            )
+        if state.pause is not None and failed.failure is Failure.REFUSED:
+            state.pause.extend(delay)  # every worker of the run waits, not just this one
+            return 0.0
+        return delay
+
     def _next_delay(self, failed: _AttemptFailed, call: _Call, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to raise ``failed.error``."""
         if not should_retry(
@@ -525,7 +541,6 @@ class PreoClient(_BaseClient[httpx.Client]):
     def _send(self, call: _Call, state: CallState | None = None) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
         state = state if state is not None else CallState()
-        unknown_seen = False  # once an attempt may have landed, every later error says so
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
                 _sleep(wait)
@@ -533,15 +548,9 @@ class PreoClient(_BaseClient[httpx.Client]):
             try:
                 return self._attempt(call, state.attempts)
             except _AttemptFailed as failed:
-                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
-                delay = self._next_delay(failed, call, state.attempts)
-                if delay is None:
-                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
-                    raise error from failed.__cause__
-                if state.pause is not None and failed.failure is Failure.REFUSED:
-                    state.pause.extend(delay)  # every worker of the run waits, not just this one
-                    continue
-            _sleep(delay)
+                delay = self._after_failure(failed, call, state)
+            if delay:
+                _sleep(delay)
 
     def _attempt(self, call: _Call, attempt: int) -> Refund:
         log.debug(
@@ -633,7 +642,6 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
     async def _send(self, call: _Call, state: CallState | None = None) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
         state = state if state is not None else CallState()
-        unknown_seen = False  # once an attempt may have landed, every later error says so
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
                 await _async_sleep(wait)
@@ -641,15 +649,9 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             try:
                 return await self._attempt(call, state.attempts)
             except _AttemptFailed as failed:
-                unknown_seen = unknown_seen or failed.failure is Failure.UNKNOWN
-                delay = self._next_delay(failed, call, state.attempts)
-                if delay is None:
-                    error = mark_outcome_unknown(failed.error) if unknown_seen else failed.error
-                    raise error from failed.__cause__
-                if state.pause is not None and failed.failure is Failure.REFUSED:
-                    state.pause.extend(delay)  # every worker of the run waits, not just this one
-                    continue
-            await _async_sleep(delay)
+                delay = self._after_failure(failed, call, state)
+            if delay:
+                await _async_sleep(delay)
 
     async def _attempt(self, call: _Call, attempt: int) -> Refund:
         log.debug(
