@@ -238,3 +238,25 @@ def test_resume_after_kill_9_refunds_every_purchase_exactly_once(tmp_path: Path)
     per_purchase = collections.Counter(r.purchase_id for r in fake.refunds)
     assert per_purchase == {f"pur_{i}": 1 for i in range(count)}, "duplicates or gaps"
     assert sum(r.amount for r in fake.refunds) == count * 10.5
+
+
+def test_progress_bar_on_a_terminal(
+    invoke: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from preo_client import _cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(_cli, "stderr", Console(file=screen, force_terminal=True, width=120))
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(30)))
+    result = invoke.invoke(cli, ["refund-bulk", str(source), "--reason", "sold_out", "--sandbox"])
+    assert result.exit_code == 0, result.output
+    drawn = screen.getvalue()
+    assert "refunds" in drawn
+    assert "30/30" in drawn  # done/total
+    assert "0 failed" in drawn
+    assert "progress:" not in result.output  # no plain lines when a bar is drawn
