@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import json
@@ -197,7 +198,7 @@ def _as_timeout(timeout: TimeoutTypes) -> httpx.Timeout:
     return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
 
-class _BaseClient(Generic[_HttpT]):
+class _BaseClient(abc.ABC, Generic[_HttpT]):
     """Settings and request building shared by the sync and async clients."""
 
     _http: _HttpT
@@ -242,8 +243,9 @@ class _BaseClient(Generic[_HttpT]):
             **{name.lower(): value for name, value in self._headers.items()},
         }
 
+    @abc.abstractmethod
     def _new_http_client(self) -> _HttpT:
-        raise NotImplementedError  # pragma: no cover - each subclass builds its own
+        """The HTTP client this client creates (and closes) when none is injected."""
 
     def __repr__(self) -> str:
         return (
