@@ -266,13 +266,31 @@ class _Core:
             self.journal.close()
 
 
-def _state(core: _Core) -> CallState:
-    from ._client import CallState
+class _Run:
+    """What both drivers hold: the checked concurrency, the shared core, the live summary."""
 
-    return CallState(pause=core.pause)
+    def __init__(
+        self,
+        client: PreoClient | AsyncPreoClient,
+        *,
+        reason: str | None,
+        scope: str | None,
+        concurrency: int,
+        journal: str | Path | None,
+    ) -> None:
+        if concurrency < 1:
+            raise RefundValidationError("concurrency", f"must be at least 1, got {concurrency}")
+        self._concurrency = concurrency
+        self._core = _Core(client, reason=reason, scope=scope, journal=journal)
+        self.summary = self._core.summary
+
+    def _state(self) -> CallState:
+        from ._client import CallState
+
+        return CallState(pause=self._core.pause)
 
 
-class AsyncBulkRun:
+class AsyncBulkRun(_Run):
     """An async iterator of :class:`RefundOutcome`, in completion order; ``summary`` is live.
 
     Items are read lazily and at most ``concurrency`` requests are in flight, so memory stays
@@ -290,14 +308,11 @@ class AsyncBulkRun:
         journal: str | Path | None,
         on_result: OnResult | None,
     ) -> None:
-        if concurrency < 1:
-            raise RefundValidationError("concurrency", f"must be at least 1, got {concurrency}")
+        super().__init__(client, reason=reason, scope=scope, concurrency=concurrency,
+                         journal=journal)  # fmt: skip
         self._client = client
         self._items = items
-        self._concurrency = concurrency
         self._on_result = on_result
-        self._core = _Core(client, reason=reason, scope=scope, journal=journal)
-        self.summary = self._core.summary
 
     async def _process(self, raw: object, sender: AsyncPreoClient) -> RefundOutcome:
         core = self._core
@@ -305,7 +320,7 @@ class AsyncBulkRun:
         if isinstance(begun, RefundOutcome):
             return begun
         item, call = begun
-        state = _state(core)
+        state = self._state()
         try:
             refund = await sender._send(call, state)
         except PreoError as exc:
@@ -391,7 +406,7 @@ class AsyncBulkRun:
         return self.summary
 
 
-class BulkRun:
+class BulkRun(_Run):
     """The sync twin of :class:`AsyncBulkRun`: an iterator of outcomes, threads underneath."""
 
     def __init__(
@@ -405,14 +420,11 @@ class BulkRun:
         journal: str | Path | None,
         on_result: Callable[[RefundOutcome], None] | None,
     ) -> None:
-        if concurrency < 1:
-            raise RefundValidationError("concurrency", f"must be at least 1, got {concurrency}")
+        super().__init__(client, reason=reason, scope=scope, concurrency=concurrency,
+                         journal=journal)  # fmt: skip
         self._client = client
         self._items = items
-        self._concurrency = concurrency
         self._on_result = on_result
-        self._core = _Core(client, reason=reason, scope=scope, journal=journal)
-        self.summary = self._core.summary
 
     def _process(self, raw: object) -> RefundOutcome:
         core = self._core
@@ -420,7 +432,7 @@ class BulkRun:
         if isinstance(begun, RefundOutcome):
             return begun
         item, call = begun
-        state = _state(core)
+        state = self._state()
         try:
             refund = self._client._send(call, state)
         except PreoError as exc:

@@ -37,7 +37,7 @@ from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError
 from ._exceptions import APIError, AuthenticationError, PreoError, RefundValidationError
 from ._models import Refund
-from ._policy import REASONS, SCOPES
+from ._policy import REASONS, SCOPES, plan_refund
 
 __all__ = ["main"]
 
@@ -363,9 +363,7 @@ def refund_bulk(
     ones resent with their recorded idempotency key."""
     if reason is not None and reason not in REASONS:
         try:
-            from ._policy import plan_refund
-
-            plan_refund(reason)
+            plan_refund(reason)  # refused: its message names the reasons and a close match
         except RefundValidationError as exc:
             _fail(EXIT_USAGE, str(exc))
     results_path = Path(
