@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 import attrs
 import httpx
 
+from ._call import CallState
 from ._exceptions import PreoError, RefundValidationError
 from ._idempotency import idempotency_key_for
 from ._models import Refund
 from ._retry import SharedPause
 
 if TYPE_CHECKING:
-    from ._client import AsyncPreoClient, CallState, PreoClient, _Call
+    from ._call import Call as _Call
+    from ._client import AsyncPreoClient, PreoClient
 
 __all__ = [
     "AsyncBulkRun",
@@ -285,8 +287,6 @@ class _Run:
         self.summary = self._core.summary
 
     def _state(self) -> CallState:
-        from ._client import CallState
-
         return CallState(pause=self._core.pause)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import abc
-import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import httpx
 
+from ._call import Call as _Call
+from ._call import CallState
 from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -37,7 +38,6 @@ from ._idempotency import check_idempotency_key, new_idempotency_key
 from ._models import Refund, parse_refund
 from ._policy import (
     Reason,
-    RefundPlan,
     Scope,
     check_comment,
     check_pickup_point_id,
@@ -47,7 +47,6 @@ from ._policy import (
 from ._retry import (
     Backoff,
     Failure,
-    SharedPause,
     classify_status,
     parse_retry_after,
     should_retry,
@@ -77,24 +76,6 @@ async def _async_sleep(seconds: float) -> None:
 TimeoutTypes = float | httpx.Timeout | None
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 _SENTINEL: Any = object()
-
-
-@dataclasses.dataclass(slots=True)
-class CallState:
-    """What a retry loop shares with its caller: attempts made, and a run-wide pause."""
-
-    attempts: int = 0
-    pause: SharedPause | None = None
-    unknown_seen: bool = False  # an attempt failed in a way that may have created the refund
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Call:
-    """One refund call, fixed before the first attempt: every attempt sends exactly this."""
-
-    request: httpx.Request
-    plan: RefundPlan
-    idempotency_key: str
 
 
 @functools.cache
@@ -532,6 +513,8 @@ class PreoClient(_BaseClient[httpx.Client]):
             backoff=backoff,
         )
         self.purchases = Purchases(self)
+        # Every wait of the retry loop goes through this; the sandbox sets a virtual clock.
+        self._sleep: Callable[[float], None] | None = None
 
     def _new_http_client(self) -> httpx.Client:
         return httpx.Client(timeout=self.timeout, follow_redirects=False)
@@ -545,14 +528,14 @@ class PreoClient(_BaseClient[httpx.Client]):
         state = state if state is not None else CallState()
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
-                _sleep(wait)
+                (self._sleep or _sleep)(wait)
             state.attempts += 1
             try:
                 return self._attempt(call, state.attempts)
             except _AttemptFailed as failed:
                 delay = self._after_failure(failed, call, state)
             if delay:
-                _sleep(delay)
+                (self._sleep or _sleep)(delay)
 
     def _attempt(self, call: _Call, attempt: int) -> Refund:
         log.debug(
@@ -633,6 +616,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             backoff=backoff,
         )
         self.purchases = AsyncPurchases(self)
+        self._sleep: Callable[[float], Awaitable[None]] | None = None
 
     def _new_http_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
@@ -646,14 +630,14 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         state = state if state is not None else CallState()
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
-                await _async_sleep(wait)
+                await (self._sleep or _async_sleep)(wait)
             state.attempts += 1
             try:
                 return await self._attempt(call, state.attempts)
             except _AttemptFailed as failed:
                 delay = self._after_failure(failed, call, state)
             if delay:
-                await _async_sleep(delay)
+                await (self._sleep or _async_sleep)(delay)
 
     async def _attempt(self, call: _Call, attempt: int) -> Refund:
         log.debug(
