@@ -45,6 +45,7 @@ from ._policy import (
     plan_refund,
 )
 from ._retry import (
+    RETRY_AFTER_CAP,
     Backoff,
     Failure,
     classify_status,
@@ -301,7 +302,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
     def _after_failure(self, failed: _AttemptFailed, call: _Call, state: CallState) -> float:
         """Raise the public error if ``failed`` ends the call; else the seconds to wait."""
         state.unknown_seen = state.unknown_seen or failed.failure is Failure.UNKNOWN
-        delay = self._next_delay(failed, call, state.attempts)
+        delay = self._next_delay(failed, call, state)
         if delay is None:
             # once an attempt may have landed, every later error says so
             error = failed.error
@@ -313,14 +314,18 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             return 0.0
         return delay
 
-    def _next_delay(self, failed: _AttemptFailed, call: _Call, attempt: int) -> float | None:
+    def _next_delay(self, failed: _AttemptFailed, call: _Call, state: CallState) -> float | None:
         """Seconds to wait before the next attempt, or None to raise ``failed.error``."""
+        attempt = state.attempts
         if not should_retry(
             failed.failure,
             attempt=attempt,
-            max_retries=self.max_retries,
+            max_retries=self.max_retries if state.max_retries is None else state.max_retries,
             retry_unknown_outcome=self.retry_unknown_outcome,
             retry_after=failed.retry_after,
+            retry_after_cap=(
+                RETRY_AFTER_CAP if state.retry_after_cap is None else state.retry_after_cap
+            ),
         ):
             log.debug(
                 "refund %s attempt %d failed, not retried: %s",
@@ -529,11 +534,19 @@ class PreoClient(_BaseClient[httpx.Client]):
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
                 (self._sleep or _sleep)(wait)
+            if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
+                (self._sleep or _sleep)(wait)
             state.attempts += 1
             try:
-                return self._attempt(call, state.attempts)
+                refund = self._attempt(call, state.attempts)
             except _AttemptFailed as failed:
+                if state.pacer is not None:
+                    state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
                 delay = self._after_failure(failed, call, state)
+            else:
+                if state.pacer is not None:
+                    state.pacer.observe(throttled=False)
+                return refund
             if delay:
                 (self._sleep or _sleep)(delay)
 
@@ -631,11 +644,19 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
                 await (self._sleep or _async_sleep)(wait)
+            if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
+                await (self._sleep or _async_sleep)(wait)
             state.attempts += 1
             try:
-                return await self._attempt(call, state.attempts)
+                refund = await self._attempt(call, state.attempts)
             except _AttemptFailed as failed:
+                if state.pacer is not None:
+                    state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
                 delay = self._after_failure(failed, call, state)
+            else:
+                if state.pacer is not None:
+                    state.pacer.observe(throttled=False)
+                return refund
             if delay:
                 await (self._sleep or _async_sleep)(delay)
 
