@@ -14,7 +14,7 @@ CENT = Decimal("0.01")
 # Fifteen significant digits: every two-place value up to this survives the JSON number on the
 # wire exactly (a double carries 15 decimal digits), so what is sent is what was asked for.
 MAX_AMOUNT = Decimal("9999999999999.99")
-_DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # ASCII digits only
 
 
 class AmountError(ValueError):
@@ -47,15 +47,19 @@ def parse_amount(value: object) -> Decimal:
     elif isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise AmountError(f"must be finite, got {value!r}")
-        if not 0 < value <= MAX_AMOUNT:
-            raise AmountError(f"must be greater than 0 and at most {MAX_AMOUNT}, got {value!r}")
-        text = repr(value)
-        if "e" in text or "E" in text or ("." in text and len(text.split(".")[1]) > 2):
+        # The float's shortest form is what the caller wrote (12.5 -> "12.5"); only a value
+        # whose shortest form already has at most two places is taken as exact money.
+        amount = Decimal(repr(value))
+        if amount > 0 and amount.as_tuple().exponent < -2:  # type: ignore[operator]
+            if amount < CENT:
+                raise AmountError(
+                    f"float {value!r} is below the smallest amount, 0.01; pass a Decimal "
+                    'such as Decimal("0.01")'
+                )
             raise AmountError(
                 f"float {value!r} is not an exact two-place amount; "
                 f"pass {suggest_decimal(value)} instead"
             )
-        amount = Decimal(text)
     else:
         raise AmountError(f"must be a Decimal, int or decimal string, not {type(value).__name__}")
     if not amount.is_finite():

@@ -1,19 +1,107 @@
-"""One refund call without I/O: the fixed request, what its retry loop shares, who sends it."""
+"""One refund call without I/O: the fixed request, the one failure classifier, the size cap.
+
+A call is built once (:func:`build_call`: every argument checked, the body bytes and the
+idempotency key fixed) and every attempt sends exactly that. What an attempt's failure means —
+never sent, refused, *may exist*, or final — is decided here and nowhere else
+(:func:`classify_status`, :func:`classify_exception`); the sync and async clients only run the
+network loop and ask this module what happened.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Protocol
+import functools
+import json
+import time
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._policy import RefundPlan
-from ._retry import SharedPause
+import httpx
+
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APITimeoutError,
+    RefundValidationError,
+    make_status_error,
+    mark_outcome_unknown,
+)
+from ._idempotency import check_idempotency_key, new_idempotency_key
+from ._models import parse_refund
+from ._policy import (
+    RefundPlan,
+    check_comment,
+    check_pickup_point_id,
+    check_purchase_id,
+    plan_refund,
+)
+from ._retry import Failure, parse_retry_after
 
 if TYPE_CHECKING:
-    import httpx
-
     from ._models import Refund
+    from ._retry import SharedPause
 
-__all__ = ["AsyncSender", "Call", "CallState", "Pacer", "Sender"]
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "AsyncSender",
+    "AttemptFailed",
+    "Call",
+    "CallState",
+    "Failure",
+    "Pacer",
+    "Sender",
+    "build_call",
+    "classify_exception",
+    "classify_status",
+    "finish",
+    "transport_failure",
+]
+
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def classify_status(status: int) -> Failure:
+    """The meaning of a non-2xx ``status``: the single rule for answers.
+
+    ``429`` and ``503`` are refusals (nothing processed); other ``3xx``/``4xx`` are final
+    answers (redirects are never followed); every ``5xx`` but ``503`` — and any status outside
+    the standard classes — may come after the refund was made.
+    """
+    if status in (429, 503):
+        return Failure.REFUSED
+    if 300 <= status < 500:
+        return Failure.FINAL
+    return Failure.UNKNOWN
+
+
+# Failures raised before a byte of the request left this process. UnsupportedProtocol is a bad
+# URL scheme. Everything else raised while sending (timeouts while writing or reading, resets,
+# protocol errors, a closed event loop, a transport's own bug) may come after the request went out.
+_NOT_SENT: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+def classify_exception(exc: BaseException) -> Failure:
+    """The meaning of an exception raised while sending: the single rule for transport faults."""
+    return Failure.NOT_SENT if isinstance(exc, _NOT_SENT) else Failure.UNKNOWN
+
+
+class AttemptFailed(Exception):
+    """One attempt failed: the public error (already marked when the refund may exist) and
+    what the failure means for retrying."""
+
+    def __init__(self, error: APIError, failure: Failure, retry_after: float | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.failure = failure
+        self.retry_after = retry_after
 
 
 class Pacer(Protocol):
@@ -38,7 +126,7 @@ class CallState:
 
     A bulk run passes ``pause`` (one ``Retry-After`` pauses every worker), ``pacer`` (a shared
     send rate), ``retry_after_cap`` (the longest server-asked wait that is honoured rather than
-    raised; default the client's 60 s) and ``max_retries`` (default the client's).
+    raised; default the client's 60 s) and ``max_retries`` (default the call's).
     """
 
     attempts: int = 0
@@ -51,11 +139,194 @@ class CallState:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Call:
-    """One refund call, fixed before the first attempt: every attempt sends exactly this."""
+    """One refund call, fixed before the first attempt: every attempt sends exactly this.
+
+    ``deadline`` is the wall-clock bound of one attempt in seconds (headers and body);
+    ``max_retries`` the call's retry budget.
+    """
 
     request: httpx.Request
     plan: RefundPlan
     idempotency_key: str
+    deadline: float
+    max_retries: int
+
+
+@functools.cache
+def _generated() -> Any:
+    """The generated endpoint and models, imported on the first call, not at `import`
+    time (they bring attrs and dateutil; a process that never refunds never pays for them)."""
+    from ._generated.api.purchases import create_purchase_refund
+    from ._generated.models.refund_reason import RefundReason
+    from ._generated.models.refund_request_create import RefundRequestCreate
+    from ._generated.models.refund_scope import RefundScope
+    from ._generated.types import UNSET
+
+    return SimpleNamespace(
+        endpoint=create_purchase_refund,
+        RefundReason=RefundReason,
+        RefundRequestCreate=RefundRequestCreate,
+        RefundScope=RefundScope,
+        UNSET=UNSET,
+    )
+
+
+def build_call(
+    *,
+    base_url: str,
+    headers: Mapping[str, str],
+    purchase_id: object,
+    reason: object,
+    scope: object,
+    amount: object,
+    comment: object,
+    pickup_point_id: object,
+    idempotency_key: object,
+    timeout: httpx.Timeout,
+    deadline: float,
+    max_retries: int,
+) -> Call:
+    """Check every argument (no I/O) and build the one request every attempt sends.
+
+    Raises :class:`RefundValidationError` naming the field; nothing else.
+    """
+    purchase_id = check_purchase_id(purchase_id)
+    plan = plan_refund(reason, scope, amount)  # type: ignore[arg-type]
+    comment = check_comment(comment)
+    pickup_point_id = check_pickup_point_id(pickup_point_id)
+    key = (
+        new_idempotency_key() if idempotency_key is None else check_idempotency_key(idempotency_key)
+    )
+    gen = _generated()
+    unset = gen.UNSET
+    body = gen.RefundRequestCreate(
+        reason=gen.RefundReason(plan.reason),
+        scope=gen.RefundScope(plan.scope),
+        amount=unset if plan.amount is None else float(plan.amount),
+        comment=unset if comment is None else comment,
+        pickup_point_id=unset if pickup_point_id is None else pickup_point_id,
+    )
+    kwargs = gen.endpoint._get_kwargs(purchase_id, body=body, idempotency_key=key)
+    content = _JSON.encode(kwargs["json"]).encode()  # the policy refused lone surrogates
+    request_headers = dict(headers)
+    for name, value in kwargs["headers"].items():
+        request_headers[name.lower()] = value
+    try:
+        request = httpx.Request(
+            kwargs["method"].upper(),
+            base_url + kwargs["url"],
+            content=content,
+            headers=request_headers,
+            extensions={"timeout": timeout.as_dict()},
+        )
+    except httpx.InvalidURL as exc:  # e.g. longer than a URL may be
+        raise RefundValidationError("purchase_id", f"does not fit in a URL ({exc})") from None
+    return Call(
+        request=request,
+        plan=plan,
+        idempotency_key=key,
+        deadline=deadline,
+        max_retries=max_retries,
+    )
+
+
+def transport_failure(exc: BaseException, call: Call) -> AttemptFailed:
+    """An exception raised while sending (before any status line) as our error."""
+    failure = classify_exception(exc)
+    error: APIConnectionError
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        error = APITimeoutError(
+            f"Request timed out ({type(exc).__name__})",
+            request=call.request,
+            idempotency_key=call.idempotency_key,
+        )
+    else:
+        detail = str(exc) or type(exc).__name__
+        error = APIConnectionError(
+            f"Connection error ({type(exc).__name__}: {detail})",
+            request=call.request,
+            idempotency_key=call.idempotency_key,
+        )
+    if failure is Failure.UNKNOWN:
+        error = mark_outcome_unknown(error)
+    return AttemptFailed(error, failure)
+
+
+def deadline_failure(call: Call) -> AttemptFailed:
+    """The attempt ran past its total time (sent: the refund may exist)."""
+    error = APITimeoutError(
+        f"Request timed out (no complete answer within {call.deadline:g} s)",
+        request=call.request,
+        idempotency_key=call.idempotency_key,
+    )
+    return AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN)
+
+
+def finish(
+    response: httpx.Response,
+    content: bytes,
+    call: Call,
+    *,
+    body_problem: str | None = None,
+) -> Refund:
+    """Turn an answered attempt into a Refund, or raise :class:`AttemptFailed`.
+
+    ``content`` is the body as read; ``body_problem`` says why it could not be read whole
+    (too large, corrupt encoding, cut off): the status decides what the failure means.
+    """
+    status = response.status_code
+    request_id = response.headers.get("x-request-id")
+    if 200 <= status < 300:
+        if body_problem is not None:
+            error: APIError = APIResponseValidationError(
+                f"Unreadable refund response (status {status}, request id {request_id}): "
+                f"{body_problem}",
+                response=response,
+                body="",
+                request_id=request_id,
+                idempotency_key=call.idempotency_key,
+            )
+            raise AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN)
+        try:
+            return parse_refund(
+                response, content, idempotency_key=call.idempotency_key, request_id=request_id
+            )
+        except APIResponseValidationError as exc:
+            raise AttemptFailed(mark_outcome_unknown(exc), Failure.UNKNOWN) from None
+    failure = classify_status(status)
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    error = make_status_error(
+        response,
+        content=content,
+        request_id=request_id,
+        idempotency_key=call.idempotency_key,
+        retry_after=retry_after,
+        note=f"body unreadable: {body_problem}" if body_problem else None,
+    )
+    if failure is Failure.UNKNOWN:
+        error = mark_outcome_unknown(error)
+    raise AttemptFailed(error, failure, retry_after)
+
+
+def declared_too_large(response: httpx.Response) -> bool:
+    """True when the answer's ``Content-Length`` is over :data:`MAX_RESPONSE_BYTES`."""
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) > MAX_RESPONSE_BYTES
+
+
+def too_large_problem() -> str:
+    return f"body larger than {MAX_RESPONSE_BYTES} bytes refused"
+
+
+def body_problem_of(exc: BaseException) -> str:
+    """A short description of why a body could not be read (never headers)."""
+    return f"{type(exc).__name__}: {str(exc)[:200] or 'no detail'}"
+
+
+class Clock:
+    """The monotonic clock every attempt deadline is measured with."""
+
+    now = staticmethod(time.monotonic)
 
 
 class Sender(Protocol):

@@ -134,8 +134,8 @@ def refund(
         with client:
             result = client.purchases.refund(
                 purchase_id,
-                reason=reason,
-                scope=scope,
+                reason=reason,  # type: ignore[arg-type]  # checked at run time, like any str
+                scope=scope,  # type: ignore[arg-type]
                 amount=amount,
                 comment=comment,
                 pickup_point_id=pickup_point_id,
@@ -411,8 +411,8 @@ async def _run_bulk(
     async with client:
         run = client.purchases.refund_many(
             _read_items(source),
-            reason=reason,
-            scope=scope,
+            reason=reason,  # type: ignore[arg-type]  # checked at run time, like any str
+            scope=scope,  # type: ignore[arg-type]
             concurrency=concurrency,
             journal=journal,
         )

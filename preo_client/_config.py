@@ -1,23 +1,35 @@
-"""Client settings: API key and base URL from arguments or environment, timeouts, URL safety."""
+"""Client settings as one frozen value: API key, base URL, timeouts, retries, URL safety, logs."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import os
+import re
 from collections.abc import Mapping
-from typing import Final
+from types import MappingProxyType
+from typing import Final, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
-from ._exceptions import PreoError
+from ._exceptions import ConfigurationError
+from ._retry import Backoff
 from ._version import __version__
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT",
+    "NOT_GIVEN",
+    "ClientSettings",
+    "ConfigurationError",
+    "NotGiven",
+    "Timeout",
     "resolve_api_key",
     "resolve_base_url",
+    "setup_logging",
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.preo.dev"
@@ -26,30 +38,62 @@ DEFAULT_MAX_RETRIES: Final = 2
 USER_AGENT: Final = f"preo-client-python/{__version__}"
 API_KEY_ENV: Final = "PREO_API_KEY"
 BASE_URL_ENV: Final = "PREO_BASE_URL"
+LOG_ENV: Final = "PREO_LOG"
+
+Timeout: TypeAlias = "float | httpx.Timeout"
+_VISIBLE_ASCII: Final = re.compile(r"[!-~]+")
+_HEADER_VALUE: Final = re.compile(r"[\t -~]*")
+_T = TypeVar("_T")
 
 
-class ConfigurationError(PreoError, ValueError):
-    """A client setting that cannot work (no API key, unsafe base URL, ...)."""
+class NotGiven:
+    """The type of :data:`NOT_GIVEN`: "use the client's setting" (``None`` may mean something)."""
+
+    _instance: NotGiven | None = None
+
+    def __new__(cls) -> NotGiven:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> Literal[False]:
+        return False
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __reduce__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = NotGiven()
+
+
+def given(value: _T | NotGiven, default: _T) -> _T:
+    """``value`` unless it is :data:`NOT_GIVEN`, else ``default``."""
+    return default if isinstance(value, NotGiven) else value
 
 
 def resolve_api_key(api_key: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """Explicit argument, else ``PREO_API_KEY``; never echoes the key in an error."""
+    """Explicit argument, else ``PREO_API_KEY``: 1+ visible ASCII characters; never echoed."""
     key = api_key if api_key is not None else environ.get(API_KEY_ENV)
-    if not key:
+    if key is None or key == "":
         raise ConfigurationError(
             "No API key: pass PreoClient(api_key=...) or set the PREO_API_KEY environment variable."
         )
     if not isinstance(key, str):
         raise ConfigurationError(f"api_key must be a string, not {type(key).__name__}")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
+    if not _VISIBLE_ASCII.fullmatch(key):
         raise ConfigurationError(
-            "api_key contains whitespace or control characters (CR/LF?); it is not shown here."
+            "api_key must be visible ASCII characters only (no spaces, control or non-ASCII "
+            "characters; check for a trailing newline or non-breaking space); it is not shown here."
         )
     return key
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    """Exactly ``localhost``, ``127.0.0.0/8`` and ``::1`` (not ``*.localhost``)."""
+    if host.lower() == "localhost":
         return True
     import ipaddress  # only when a client is made with a plain-http URL
 
@@ -71,16 +115,147 @@ def resolve_base_url(
     when ``allow_insecure_http=True``, so a typo cannot send the API key in clear text.
     """
     url = base_url or environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"base_url must be a string, not {type(url).__name__}")
+    if not _VISIBLE_ASCII.fullmatch(url):
+        raise ConfigurationError(
+            f"base_url must be visible ASCII with no spaces or control characters, got {url!r}"
+        )
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigurationError(f"base_url is not a valid URL ({exc}): {url!r}") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise ConfigurationError(f"base_url must be an http(s) URL with a host, got {url!r}")
     if parts.username or parts.password:
         raise ConfigurationError("base_url must not carry credentials; pass api_key instead")
     if parts.query or parts.fragment:
         raise ConfigurationError(f"base_url must not have a query or fragment, got {url!r}")
-    if parts.scheme == "http" and not (allow_insecure_http or _is_loopback(parts.hostname)):
+    if parts.scheme == "http" and not (allow_insecure_http or _is_loopback(hostname)):
         raise ConfigurationError(
             f"base_url {url!r} is plain http: use https, a loopback host, or pass "
             "allow_insecure_http=True"
         )
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigurationError(f"base_url is not a valid URL ({exc}): {url!r}") from None
     return url.rstrip("/")
+
+
+def as_timeout(timeout: object, *, field: str = "timeout") -> httpx.Timeout:
+    """A number of seconds or an ``httpx.Timeout``, checked."""
+    if isinstance(timeout, httpx.Timeout):
+        values = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        if all(v is None for v in values):
+            raise ConfigurationError(f"{field} must set at least one limit")
+        if any(v is not None and not (math.isfinite(v) and v > 0) for v in values):
+            raise ConfigurationError(f"{field} values must be finite numbers > 0")
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(
+            f"{field} must be a number of seconds or an httpx.Timeout, got {timeout!r}"
+        )
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigurationError(f"{field} must be a finite number of seconds > 0, got {timeout!r}")
+    return httpx.Timeout(float(timeout))
+
+
+def total_seconds(timeout: httpx.Timeout) -> float:
+    """The wall-clock bound of one attempt: the largest of the timeout's limits."""
+    return max(v for v in (timeout.connect, timeout.read, timeout.write, timeout.pool) if v)
+
+
+def check_max_retries(max_retries: object) -> int:
+    """An int >= 0 (bool refused)."""
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    return max_retries
+
+
+def check_headers(headers: Mapping[str, str] | None, *, field: str) -> Mapping[str, str]:
+    """Header names and values a request may carry (no CR/LF, no reserved names); frozen."""
+    if headers is None:
+        return MappingProxyType({})
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError(f"{field} must be a mapping of header names to values")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _VISIBLE_ASCII.fullmatch(name) or ":" in name:
+            raise ConfigurationError(f"{field}: invalid header name {name!r}")
+        if name.lower() in RESERVED_HEADERS:
+            raise ConfigurationError(
+                f"{field}: {name!r} is set by the client and cannot be overridden "
+                f"(reserved: {', '.join(sorted(RESERVED_HEADERS))})"
+            )
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            raise ConfigurationError(
+                f"{field}: the value of {name!r} must be printable ASCII without CR/LF"
+            )
+        checked[name.lower()] = value
+    return MappingProxyType(checked)
+
+
+RESERVED_HEADERS: Final = frozenset(
+    {"authorization", "idempotency-key", "content-type", "content-length", "host"}
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSettings:
+    """Every setting of a client, checked once; ``with_options`` is ``dataclasses.replace``."""
+
+    api_key: str = dataclasses.field(repr=False)
+    base_url: str
+    timeout: httpx.Timeout
+    max_retries: int
+    default_headers: Mapping[str, str]
+    retry_unknown_outcome: bool
+    allow_insecure_http: bool
+    backoff: Backoff
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        timeout: object,
+        max_retries: object,
+        default_headers: Mapping[str, str] | None,
+        retry_unknown_outcome: bool,
+        allow_insecure_http: bool,
+        backoff: Backoff,
+    ) -> ClientSettings:
+        """Check every argument (environment fallbacks included) and freeze them."""
+        if not isinstance(backoff, Backoff):
+            raise ConfigurationError(f"backoff must be a Backoff, got {type(backoff).__name__}")
+        return cls(
+            api_key=resolve_api_key(api_key),
+            base_url=resolve_base_url(base_url, allow_insecure_http=allow_insecure_http),
+            timeout=as_timeout(timeout),
+            max_retries=check_max_retries(max_retries),
+            default_headers=check_headers(default_headers, field="default_headers"),
+            retry_unknown_outcome=bool(retry_unknown_outcome),
+            allow_insecure_http=bool(allow_insecure_http),
+            backoff=backoff,
+        )
+
+
+_LOG_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO}
+
+
+def setup_logging(environ: Mapping[str, str] = os.environ) -> None:
+    """``PREO_LOG=info|debug`` adds a stderr handler to the ``preo_client`` logger (once)."""
+    level = _LOG_LEVELS.get(environ.get(LOG_ENV, "").strip().lower())
+    if level is None:
+        return
+    logger = logging.getLogger("preo_client")
+    if not any(getattr(h, "_preo_env_handler", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
+        handler._preo_env_handler = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)

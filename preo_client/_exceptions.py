@@ -1,10 +1,11 @@
-"""The exception hierarchy, and the one function that maps an HTTP status to its class.
+"""The exception hierarchy, the one status table, and the outcome-unknown variants.
 
 Our exception hierarchy::
 
     PreoError
     ├── RefundValidationError (also ValueError)  bad argument, raised before any I/O
-    ├── RefundOutcomeUnknownError                mixed into errors where the refund may exist
+    ├── ConfigurationError (also ValueError)     a client setting that cannot work
+    ├── RefundOutcomeUnknownError                the refund may exist: .idempotency_key
     └── APIError
         ├── APIStatusError                       the server answered with an error status
         │   ├── BadRequestError                  400, .field_errors
@@ -17,42 +18,65 @@ Our exception hierarchy::
         │   └── InternalServerError              >= 500, .retry_after
         ├── APIConnectionError                   no usable answer: connect, reset, protocol
         │   └── APITimeoutError
-        └── APIResponseValidationError           a 2xx answer that is not the documented shape
+        └── APIResponseValidationError           a 2xx answer that is not a readable refund
+
+Every ``APIError`` class has an outcome-unknown twin that is also a
+:class:`RefundOutcomeUnknownError` (``InternalServerOutcomeUnknownError``,
+``APITimeoutOutcomeUnknownError``, ...): a real, importable, picklable class, raised when the
+refund may exist. ``except InternalServerError`` and ``except RefundOutcomeUnknownError`` both
+catch it.
 
 No message ever carries request headers or the API key: texts are built from the status, the
-request id and the (truncated) body only. This module imports no HTTP library at run time.
+request id and the (truncated) body only; a pickled error carries its request and response with
+the ``Authorization`` header removed. This module imports no HTTP library at run time.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "OUTCOME_UNKNOWN_VARIANTS",
     "APIConnectionError",
+    "APIConnectionOutcomeUnknownError",
     "APIError",
     "APIResponseValidationError",
+    "APIResponseValidationOutcomeUnknownError",
     "APIStatusError",
+    "APIStatusOutcomeUnknownError",
     "APITimeoutError",
+    "APITimeoutOutcomeUnknownError",
     "AuthenticationError",
+    "AuthenticationOutcomeUnknownError",
     "BadRequestError",
+    "BadRequestOutcomeUnknownError",
+    "ConfigurationError",
     "ConflictError",
+    "ConflictOutcomeUnknownError",
     "InternalServerError",
+    "InternalServerOutcomeUnknownError",
     "NotFoundError",
+    "NotFoundOutcomeUnknownError",
     "PermissionDeniedError",
+    "PermissionDeniedOutcomeUnknownError",
     "PreoError",
     "RateLimitError",
+    "RateLimitOutcomeUnknownError",
     "RefundOutcomeUnknownError",
     "RefundValidationError",
     "UnprocessableEntityError",
+    "UnprocessableEntityOutcomeUnknownError",
+    "error_class_for_status",
     "make_status_error",
     "mark_outcome_unknown",
+    "retry_hint",
 ]
 
-BODY_TEXT_LIMIT = 2048
+BODY_TEXT_LIMIT: Final = 2048
 _E = TypeVar("_E", bound="APIError")
 
 
@@ -63,8 +87,63 @@ def truncate(text: str, limit: int = BODY_TEXT_LIMIT) -> str:
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
 
 
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle an error without calling its keyword-only ``__init__``."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+def _redacted_request(request: httpx.Request) -> httpx.Request:
+    import httpx  # only when pickling an error that carries a request
+
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "authorization"]
+    try:
+        content = request.content
+    except httpx.RequestNotRead:
+        content = b""
+    return httpx.Request(
+        request.method, request.url, headers=headers, content=content, extensions={}
+    )
+
+
+def _redacted_response(response: httpx.Response) -> httpx.Response:
+    import httpx
+
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        content = b""
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "set-cookie"]
+    # the body was decoded already: drop the encoding headers so it is not decoded twice
+    headers = [(k, v) for k, v in headers if k.lower() not in ("content-encoding",)]
+    request = response._request
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=content,
+        request=_redacted_request(request) if request is not None else None,
+    )
+
+
 class PreoError(Exception):
-    """Base of every exception this package raises on purpose."""
+    """Base of every exception this package raises on purpose.
+
+    Every subclass pickles and unpickles with its class and fields (for Celery,
+    multiprocessing, pytest-xdist); the request and response it carries lose their
+    ``Authorization`` header on the way.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(self.__dict__)
+        request = state.get("request")
+        if request is not None:
+            state["request"] = _redacted_request(request)
+        response = state.get("response")
+        if response is not None:
+            state["response"] = _redacted_response(response)
+        return (_rebuild, (type(self), self.args, state))
 
 
 class RefundValidationError(PreoError, ValueError):
@@ -79,12 +158,17 @@ class RefundValidationError(PreoError, ValueError):
         self.field = field
 
 
+class ConfigurationError(PreoError, ValueError):
+    """A client setting that cannot work (no API key, unsafe base URL, ...)."""
+
+
 class RefundOutcomeUnknownError(PreoError):
     """The request may have reached the server: a refund may or may not exist.
 
-    Mixed into :class:`APITimeoutError`, :class:`APIConnectionError` and
-    :class:`InternalServerError` when they happen after the request was sent. Retrying with the
-    same ``idempotency_key`` is safe on a server that honours it.
+    Raised (as a twin of the specific error class) when an attempt of the call may have been
+    processed: a read timeout or dropped connection after sending, any 5xx but 503, a 2xx that
+    is not a readable refund, or any later error of such a call. Retrying with the same
+    ``idempotency_key`` cannot refund twice on a server that honours the key.
     """
 
     idempotency_key: str | None = None
@@ -101,9 +185,12 @@ class APIError(PreoError):
         idempotency_key: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
-        self.request = request
-        self.idempotency_key = idempotency_key
+        self.message: str = message
+        self.request: httpx.Request | None = request
+        self.idempotency_key: str | None = idempotency_key
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class APIConnectionError(APIError):
@@ -111,13 +198,7 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The request timed out (connecting, waiting in the pool, writing or reading)."""
-
-
-def _body_text(body: object, content: bytes) -> str:
-    if isinstance(body, dict | list):
-        return truncate(json.dumps(body, ensure_ascii=False, default=str))
-    return truncate(content.decode("utf-8", errors="replace"))
+    """The attempt timed out (connecting, waiting in the pool, writing, reading, or in total)."""
 
 
 class APIStatusError(APIError):
@@ -138,11 +219,11 @@ class APIStatusError(APIError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message, request=response.request, idempotency_key=idempotency_key)
-        self.response = response
-        self.status_code = response.status_code
-        self.body = body
-        self.request_id = request_id
-        self.retry_after = retry_after
+        self.response: httpx.Response = response
+        self.status_code: int = response.status_code
+        self.body: object = body
+        self.request_id: str | None = request_id
+        self.retry_after: float | None = retry_after
 
 
 class BadRequestError(APIStatusError):
@@ -150,6 +231,7 @@ class BadRequestError(APIStatusError):
 
     @property
     def field_errors(self) -> dict[str, list[str]]:
+        """Django REST framework field errors of the body: ``{"amount": ["..."]}``."""
         return field_errors_of(self.body)
 
 
@@ -182,7 +264,7 @@ class InternalServerError(APIStatusError):
 
 
 class APIResponseValidationError(APIError):
-    """A 2xx answer that is not the documented shape (bad JSON, wrong type, missing field)."""
+    """A 2xx answer that is not a readable refund (not JSON, no ``id`` or ``amount``)."""
 
     def __init__(
         self,
@@ -194,13 +276,85 @@ class APIResponseValidationError(APIError):
         idempotency_key: str | None = None,
     ) -> None:
         super().__init__(message, request=response.request, idempotency_key=idempotency_key)
-        self.response = response
-        self.status_code = response.status_code
-        self.body = truncate(body)
-        self.request_id = request_id
+        self.response: httpx.Response = response
+        self.status_code: int = response.status_code
+        self.body: str = truncate(body)
+        self.request_id: str | None = request_id
 
 
-_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+# -- the outcome-unknown twins: one per APIError class, real and importable ---------------------
+
+
+class APIConnectionOutcomeUnknownError(APIConnectionError, RefundOutcomeUnknownError):
+    """An :class:`APIConnectionError` after which the refund may exist."""
+
+
+class APITimeoutOutcomeUnknownError(APITimeoutError, RefundOutcomeUnknownError):
+    """An :class:`APITimeoutError` after which the refund may exist."""
+
+
+class APIStatusOutcomeUnknownError(APIStatusError, RefundOutcomeUnknownError):
+    """An :class:`APIStatusError` of a call whose refund may exist."""
+
+
+class BadRequestOutcomeUnknownError(BadRequestError, RefundOutcomeUnknownError):
+    """A :class:`BadRequestError` of a call whose refund may exist."""
+
+
+class AuthenticationOutcomeUnknownError(AuthenticationError, RefundOutcomeUnknownError):
+    """An :class:`AuthenticationError` of a call whose refund may exist."""
+
+
+class PermissionDeniedOutcomeUnknownError(PermissionDeniedError, RefundOutcomeUnknownError):
+    """A :class:`PermissionDeniedError` of a call whose refund may exist."""
+
+
+class NotFoundOutcomeUnknownError(NotFoundError, RefundOutcomeUnknownError):
+    """A :class:`NotFoundError` of a call whose refund may exist."""
+
+
+class ConflictOutcomeUnknownError(ConflictError, RefundOutcomeUnknownError):
+    """A :class:`ConflictError` of a call whose refund may exist."""
+
+
+class UnprocessableEntityOutcomeUnknownError(UnprocessableEntityError, RefundOutcomeUnknownError):
+    """An :class:`UnprocessableEntityError` of a call whose refund may exist."""
+
+
+class RateLimitOutcomeUnknownError(RateLimitError, RefundOutcomeUnknownError):
+    """A :class:`RateLimitError` of a call whose refund may exist (an earlier attempt may have
+    landed)."""
+
+
+class InternalServerOutcomeUnknownError(InternalServerError, RefundOutcomeUnknownError):
+    """An :class:`InternalServerError` after which the refund may exist (any 5xx but 503)."""
+
+
+class APIResponseValidationOutcomeUnknownError(
+    APIResponseValidationError, RefundOutcomeUnknownError
+):
+    """A 2xx that is not a readable refund: the refund was probably created."""
+
+
+OUTCOME_UNKNOWN_VARIANTS: Final[dict[type[APIError], type[APIError]]] = {
+    APIConnectionError: APIConnectionOutcomeUnknownError,
+    APITimeoutError: APITimeoutOutcomeUnknownError,
+    APIStatusError: APIStatusOutcomeUnknownError,
+    BadRequestError: BadRequestOutcomeUnknownError,
+    AuthenticationError: AuthenticationOutcomeUnknownError,
+    PermissionDeniedError: PermissionDeniedOutcomeUnknownError,
+    NotFoundError: NotFoundOutcomeUnknownError,
+    ConflictError: ConflictOutcomeUnknownError,
+    UnprocessableEntityError: UnprocessableEntityOutcomeUnknownError,
+    RateLimitError: RateLimitOutcomeUnknownError,
+    InternalServerError: InternalServerOutcomeUnknownError,
+    APIResponseValidationError: APIResponseValidationOutcomeUnknownError,
+}
+
+# The one status table: an error status and the class it raises. Everything else: 5xx (and
+# anything outside 100-599) is InternalServerError, other codes APIStatusError. Whether the
+# refund may exist is decided from the status in one place too: `_call.classify_status`.
+_STATUS_CLASSES: Final[dict[int, type[APIStatusError]]] = {
     400: BadRequestError,
     401: AuthenticationError,
     403: PermissionDeniedError,
@@ -209,7 +363,16 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     422: UnprocessableEntityError,
     429: RateLimitError,
 }
-_UNKNOWN_OUTCOME_STATUSES = frozenset({500, 502, 504})
+
+
+def error_class_for_status(status: int) -> type[APIStatusError]:
+    """The exception class an error ``status`` raises."""
+    cls = _STATUS_CLASSES.get(status)
+    if cls is not None:
+        return cls
+    if status >= 500 or status < 100:
+        return InternalServerError
+    return APIStatusError
 
 
 def field_errors_of(body: object) -> dict[str, list[str]]:
@@ -219,10 +382,26 @@ def field_errors_of(body: object) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     for key, value in body.items():
         if isinstance(value, list):
-            errors[str(key)] = [str(item) for item in value]
+            errors[str(key)] = [_short(item) for item in value]
         else:
-            errors[str(key)] = [str(value)]
+            errors[str(key)] = [_short(value)]
     return errors
+
+
+def _short(value: object) -> str:
+    try:
+        return truncate(value if isinstance(value, str) else json.dumps(value, default=str))
+    except (ValueError, RecursionError, TypeError):
+        return f"<{type(value).__name__}>"
+
+
+def _body_text(body: object, content: bytes) -> str:
+    if isinstance(body, dict | list):
+        try:
+            return truncate(json.dumps(body, ensure_ascii=False, default=str))
+        except (ValueError, RecursionError, TypeError):
+            pass
+    return truncate(content.decode("utf-8", errors="replace"))
 
 
 def _server_message(body: object, content: bytes) -> str:
@@ -236,6 +415,16 @@ def _server_message(body: object, content: bytes) -> str:
     return _body_text(body, content)
 
 
+def parse_error_body(content: bytes) -> object:
+    """An error body as JSON when it is JSON, else as text; never raises."""
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, too many digits
+        return content.decode("utf-8", errors="replace")
+
+
 def make_status_error(
     response: httpx.Response,
     *,
@@ -243,28 +432,21 @@ def make_status_error(
     request_id: str | None,
     idempotency_key: str | None,
     retry_after: float | None = None,
+    note: str | None = None,
 ) -> APIStatusError:
-    """Build the exception for an error ``response``: the one status-to-class mapping."""
+    """Build the exception for an error ``response`` (not yet marked outcome-unknown)."""
     status = response.status_code
-    body: Any
-    try:
-        body = json.loads(content) if content else None
-    except ValueError:
-        body = content.decode("utf-8", errors="replace")
-    cls: type[APIStatusError]
-    if status in _STATUS_CLASSES:
-        cls = _STATUS_CLASSES[status]
-    elif status >= 500:
-        cls = InternalServerError
-    else:
-        cls = APIStatusError
+    body = parse_error_body(content)
+    cls = error_class_for_status(status)
     message = f"Error code: {status} {response.reason_phrase}".rstrip()
     if request_id:
         message += f" (request id: {request_id})"
     server = _server_message(body, content)
     if server:
         message += f" - {server}"
-    error = cls(
+    if note:
+        message += f" ({note})"
+    return cls(
         message,
         response=response,
         body=body,
@@ -272,40 +454,25 @@ def make_status_error(
         idempotency_key=idempotency_key,
         retry_after=retry_after,
     )
-    return mark_outcome_unknown(error) if status in _UNKNOWN_OUTCOME_STATUSES else error
 
 
 def retry_hint(idempotency_key: str | None) -> str:
     """The sentence every unknown-outcome error ends with."""
     return (
         "The refund may or may not have been created; retry with "
-        f"idempotency_key={idempotency_key!r} so that it cannot be created twice"
+        f"idempotency_key={idempotency_key!r} so that it cannot be created twice "
+        "(on a server that honours Idempotency-Key)"
     )
 
 
-_UNKNOWN_VARIANTS: dict[type[APIError], type[APIError]] = {}
-
-
 def mark_outcome_unknown(error: _E) -> _E:
-    """Return ``error`` as an instance of its class *and* :class:`RefundOutcomeUnknownError`.
-
-    Used when the request may have been processed: a read timeout or dropped connection after
-    sending, a 500/502/504, or any final error of a call one of whose earlier attempts had such
-    an unknown outcome. The message gains the sentence saying which key to retry with.
-    """
+    """Return ``error`` as its outcome-unknown twin (same fields, the retry hint added)."""
     if isinstance(error, RefundOutcomeUnknownError):
         return error
-    cls = type(error)
-    variant = _UNKNOWN_VARIANTS.get(cls)
-    if variant is None:
-        variant = type(
-            cls.__name__,
-            (cls, RefundOutcomeUnknownError),
-            {"__doc__": cls.__doc__, "__module__": cls.__module__},
-        )
-        _UNKNOWN_VARIANTS[cls] = variant
-    unknown = Exception.__new__(variant)
+    variant = OUTCOME_UNKNOWN_VARIANTS[type(error)]
+    unknown = variant.__new__(variant)
     unknown.__dict__.update(error.__dict__)
-    unknown.message = f"{error.message}. {retry_hint(error.idempotency_key)}"
+    if f"idempotency_key={error.idempotency_key!r}" not in error.message:  # said once only
+        unknown.message = f"{error.message}. {retry_hint(error.idempotency_key)}"
     unknown.args = (unknown.message,)
     return unknown  # type: ignore[return-value]

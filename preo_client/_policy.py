@@ -151,6 +151,21 @@ def plan_refund(
     return RefundPlan(checked_reason, checked_scope, exact)
 
 
+MAX_ID_LENGTH: Final = 255
+MAX_COMMENT_LENGTH: Final = 10_000
+
+
+def _encodable(field: str, text: str) -> str:
+    """``text`` if it can be sent as UTF-8 (no lone surrogates), else raise."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RefundValidationError(
+            field, "must be valid Unicode text (it contains a lone surrogate)"
+        ) from None
+    return text
+
+
 def check_purchase_id(purchase_id: object) -> str:
     """Return ``purchase_id`` if it is safe as one URL path segment, else raise."""
     if not isinstance(purchase_id, str):
@@ -159,6 +174,10 @@ def check_purchase_id(purchase_id: object) -> str:
         )
     if not purchase_id:
         raise RefundValidationError("purchase_id", "must not be empty")
+    if len(purchase_id) > MAX_ID_LENGTH:
+        raise RefundValidationError(
+            "purchase_id", f"must be at most {MAX_ID_LENGTH} characters, got {len(purchase_id)}"
+        )
     if purchase_id in (".", ".."):
         raise RefundValidationError(
             "purchase_id", f"{purchase_id!r} is not a purchase id (it would change the URL)"
@@ -167,16 +186,22 @@ def check_purchase_id(purchase_id: object) -> str:
         return purchase_id
     if any(c.isspace() or unicodedata.category(c).startswith("C") for c in purchase_id):
         raise RefundValidationError(
-            "purchase_id", "must not contain whitespace or control characters"
+            "purchase_id", "must not contain whitespace, control characters or lone surrogates"
         )
     return purchase_id
 
 
 def check_comment(comment: object) -> str | None:
-    """Return ``comment`` if it is ``None`` or a string, else raise."""
-    if comment is None or isinstance(comment, str):
-        return comment
-    raise RefundValidationError("comment", f"must be a string, got {type(comment).__name__}")
+    """Return ``comment`` if it is ``None`` or valid Unicode text of at most 10,000 characters."""
+    if comment is None:
+        return None
+    if not isinstance(comment, str):
+        raise RefundValidationError("comment", f"must be a string, got {type(comment).__name__}")
+    if len(comment) > MAX_COMMENT_LENGTH:
+        raise RefundValidationError(
+            "comment", f"must be at most {MAX_COMMENT_LENGTH} characters, got {len(comment)}"
+        )
+    return _encodable("comment", comment)
 
 
 def check_pickup_point_id(pickup_point_id: object) -> str | None:
@@ -184,7 +209,11 @@ def check_pickup_point_id(pickup_point_id: object) -> str | None:
     if pickup_point_id is None:
         return None
     if isinstance(pickup_point_id, str) and pickup_point_id.strip():
-        return pickup_point_id
+        if len(pickup_point_id) > MAX_ID_LENGTH:
+            raise RefundValidationError(
+                "pickup_point_id", f"must be at most {MAX_ID_LENGTH} characters"
+            )
+        return _encodable("pickup_point_id", pickup_point_id)
     raise RefundValidationError(
         "pickup_point_id", f"must be a non-empty string, got {pickup_point_id!r}"
     )

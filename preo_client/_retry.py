@@ -24,25 +24,15 @@ RETRY_AFTER_CAP: Final = 60.0
 
 
 class Failure(enum.Enum):
-    """What went wrong with one attempt, as far as retrying is concerned."""
+    """What an attempt's failure means for the refund, and so for retrying.
 
-    NOT_SENT = "not sent"  # connect error / connect timeout / pool timeout: always safe
+    Which failure an attempt had is decided in one place: :mod:`preo_client._call`.
+    """
+
+    NOT_SENT = "not sent"  # no byte of the request left: always safe to send again
     REFUSED = "refused"  # 429 / 503: the server did not process the request
-    UNKNOWN = "unknown"  # read timeout, dropped connection, 500 / 502 / 504: may exist
-    FINAL = "final"  # any other error status: sending again cannot help
-
-
-_STATUS_FAILURE: Final = {429: Failure.REFUSED, 503: Failure.REFUSED}
-_UNKNOWN_STATUSES: Final = frozenset({500, 502, 504})
-
-
-def classify_status(status: int) -> Failure:
-    """Return the kind of failure an error status is."""
-    if status in _STATUS_FAILURE:
-        return _STATUS_FAILURE[status]
-    if status in _UNKNOWN_STATUSES:
-        return Failure.UNKNOWN
-    return Failure.FINAL
+    UNKNOWN = "unknown"  # the request may have been processed: the refund may exist
+    FINAL = "final"  # the server answered and refused for good (400, 404, ...)
 
 
 def should_retry(

@@ -55,7 +55,7 @@ def test_accepted(given_value: object, expected: Decimal) -> None:
         (" 12.50", "decimal string"),
         ("", "decimal string"),
         (0.1 + 0.2, 'Decimal("0.30")'),
-        (1e-7, "not an exact two-place amount"),
+        (1e-7, "below the smallest amount, 0.01"),
         (MAX_AMOUNT + Decimal("0.01"), "at most"),
         (None, "not NoneType"),
         ([1], "not list"),

@@ -200,7 +200,7 @@ def test_journal_resume_skips_done_and_resends_in_flight_with_the_same_key(
     fake.inject(*[Fault.read_timeout()] * 5)
     first, summary1 = runner(fake, items, reason="sold_out", concurrency=4, journal=journal)
     assert summary1.succeeded == 15
-    assert summary1.failed == {"APITimeoutError": 5}
+    assert summary1.failed == {"APITimeoutOutcomeUnknownError": 5}
     unknown_keys = {o.idempotency_key for o in first if not o.ok}
     assert len(fake.refunds) == 20  # the server did make all 20
 

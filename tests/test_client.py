@@ -445,7 +445,7 @@ def test_with_options_returns_a_configured_copy(mock: Any) -> None:
         assert route.call_count == 4
         copy.close()  # a copy never closes the shared HTTP client
         assert not client._http.is_closed
-        with pytest.raises(TypeError, match="unknown options: colour"):
+        with pytest.raises(TypeError, match="colour"):
             client.with_options(colour="red")
     assert client._http.is_closed
 
@@ -486,7 +486,7 @@ def test_no_secret_in_any_log_record(
     with caplog.at_level(logging.DEBUG):
         runner.refund("pur_1", reason="sold_out")
     assert caplog.records
-    assert any("attempt 2" in r.getMessage() for r in caplog.records)
+    assert any("attempt=2/3" in r.getMessage() for r in caplog.records)
     for record in caplog.records:
         assert KEY not in record.getMessage()
         assert KEY not in str(record.args)

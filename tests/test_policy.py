@@ -136,7 +136,7 @@ def test_validation_error_is_a_value_error_and_a_preo_error() -> None:
         plan_refund("nope")
 
 
-@pytest.mark.parametrize("good", ["pur_123", "PUR-1", "a", "ä€", "x" * 300, "a/b", "%2e%2e", "..."])
+@pytest.mark.parametrize("good", ["pur_123", "PUR-1", "a", "ä€", "x" * 255, "a/b", "%2e%2e", "..."])
 def test_purchase_ids_accepted(good: str) -> None:
     assert check_purchase_id(good) == good
 

@@ -53,7 +53,7 @@ def sync_usage(client: PreoClient) -> Decimal:
 
 def error_handling(client: PreoClient) -> str:
     try:
-        client.purchases.refund("pur_demo_ticket", reason="sold-out")
+        client.purchases.refund("pur_demo_ticket", reason="sold-out")  # type: ignore[arg-type]
     except RefundValidationError as exc:
         return exc.field
     except BadRequestError as exc:
