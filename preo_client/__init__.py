@@ -4,24 +4,37 @@ from typing import TYPE_CHECKING, Any
 
 from ._amounts import MAX_AMOUNT
 from ._client import AsyncPreoClient, PreoClient
-from ._config import ConfigurationError
+from ._config import NOT_GIVEN, ClientSettings, NotGiven
 from ._exceptions import (
     APIConnectionError,
+    APIConnectionOutcomeUnknownError,
     APIError,
     APIResponseValidationError,
+    APIResponseValidationOutcomeUnknownError,
     APIStatusError,
+    APIStatusOutcomeUnknownError,
     APITimeoutError,
+    APITimeoutOutcomeUnknownError,
     AuthenticationError,
+    AuthenticationOutcomeUnknownError,
     BadRequestError,
+    BadRequestOutcomeUnknownError,
+    ConfigurationError,
     ConflictError,
+    ConflictOutcomeUnknownError,
     InternalServerError,
+    InternalServerOutcomeUnknownError,
     NotFoundError,
+    NotFoundOutcomeUnknownError,
     PermissionDeniedError,
+    PermissionDeniedOutcomeUnknownError,
     PreoError,
     RateLimitError,
+    RateLimitOutcomeUnknownError,
     RefundOutcomeUnknownError,
     RefundValidationError,
     UnprocessableEntityError,
+    UnprocessableEntityOutcomeUnknownError,
 )
 from ._idempotency import idempotency_key_for
 from ._models import Refund
@@ -61,30 +74,44 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MAX_AMOUNT",
+    "NOT_GIVEN",
     "POLICY",
     "REASONS",
     "SCOPES",
     "APIConnectionError",
+    "APIConnectionOutcomeUnknownError",
     "APIError",
     "APIResponseValidationError",
+    "APIResponseValidationOutcomeUnknownError",
     "APIStatusError",
+    "APIStatusOutcomeUnknownError",
     "APITimeoutError",
+    "APITimeoutOutcomeUnknownError",
     "AiohttpTransport",
     "AsyncBulkRun",
     "AsyncPreoClient",
     "AuthenticationError",
+    "AuthenticationOutcomeUnknownError",
     "Backoff",
     "BadRequestError",
+    "BadRequestOutcomeUnknownError",
     "BulkRun",
     "BulkSummary",
+    "ClientSettings",
     "ConfigurationError",
     "ConflictError",
+    "ConflictOutcomeUnknownError",
     "InternalServerError",
+    "InternalServerOutcomeUnknownError",
     "NotFoundError",
+    "NotFoundOutcomeUnknownError",
+    "NotGiven",
     "PermissionDeniedError",
+    "PermissionDeniedOutcomeUnknownError",
     "PreoClient",
     "PreoError",
     "RateLimitError",
+    "RateLimitOutcomeUnknownError",
     "Reason",
     "Refund",
     "RefundItem",
@@ -97,7 +124,15 @@ __all__ = [
     "RefundValidationError",
     "Scope",
     "UnprocessableEntityError",
+    "UnprocessableEntityOutcomeUnknownError",
     "__version__",
     "idempotency_key_for",
     "plan_refund",
 ]
+
+# Exported classes show (and pickle) as `preo_client.X`, like httpx's do.
+for _name in __all__:
+    _value = globals().get(_name)
+    if isinstance(_value, type) and _value.__module__.startswith("preo_client."):
+        _value.__module__ = __name__
+del _name, _value

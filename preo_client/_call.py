@@ -293,6 +293,16 @@ def finish(
             )
         except APIResponseValidationError as exc:
             raise AttemptFailed(mark_outcome_unknown(exc), Failure.UNKNOWN) from None
+        except Exception as exc:  # a parser bug must still end as our error (I1)
+            error = APIResponseValidationError(
+                f"Unreadable refund response (status {status}, request id {request_id}): "
+                f"{body_problem_of(exc)}",
+                response=response,
+                body=content.decode("utf-8", errors="replace"),
+                request_id=request_id,
+                idempotency_key=call.idempotency_key,
+            )
+            raise AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN) from exc
     failure = classify_status(status)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     error = make_status_error(

@@ -469,7 +469,10 @@ def mark_outcome_unknown(error: _E) -> _E:
     """Return ``error`` as its outcome-unknown twin (same fields, the retry hint added)."""
     if isinstance(error, RefundOutcomeUnknownError):
         return error
-    variant = OUTCOME_UNKNOWN_VARIANTS[type(error)]
+    variant = next(
+        (OUTCOME_UNKNOWN_VARIANTS[c] for c in type(error).__mro__ if c in OUTCOME_UNKNOWN_VARIANTS),
+        APIConnectionOutcomeUnknownError,
+    )
     unknown = variant.__new__(variant)
     unknown.__dict__.update(error.__dict__)
     if f"idempotency_key={error.idempotency_key!r}" not in error.message:  # said once only
