@@ -30,10 +30,8 @@ _MIN_ELAPSED = 0.01  # seconds: the shortest time an accepted count is spread ov
 _MIN_EPOCH = 1.0  # seconds: an epoch shorter than this measures the server's burst, not its rate
 
 
-def _check_rate(name: str, value: object, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    allowed = "a finite number of requests per second > 0" + (" or None" if allow_none else "")
+def _positive(name: str, value: object, allowed: str) -> float:
+    """``value`` as a finite float > 0, or a RefundValidationError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RefundValidationError(name, f"must be {allowed}, got {value!r}")
     number = float(value)
@@ -60,15 +58,20 @@ class AdaptivePacer:
         clock: Callable[[], float] = time.monotonic,
         burst: float = 1.0,
     ) -> None:
-        self._max_rate = _check_rate("max_rate", max_rate, allow_none=True)
+        self._max_rate = (
+            None
+            if max_rate is None
+            else _positive(
+                "max_rate", max_rate, "a finite number of requests per second > 0, or None"
+            )
+        )
         if not isinstance(pacing, str) or pacing not in PACINGS:
             raise RefundValidationError(
                 "pacing", f"must be one of {', '.join(map(repr, PACINGS))}, got {pacing!r}"
             )
-        checked_burst = _check_rate("burst", burst, allow_none=False)
-        assert checked_burst is not None
+        checked_burst = _positive("burst", burst, "a finite number >= 1")
         if checked_burst < 1:
-            raise RefundValidationError("burst", f"must be a number >= 1, got {burst!r}")
+            raise RefundValidationError("burst", f"must be a finite number >= 1, got {burst!r}")
         self._adaptive = pacing == "adaptive"
         self._clock = clock
         self._burst = checked_burst
@@ -207,12 +210,20 @@ class AdaptivePacer:
     def _after_grace(self) -> None:
         if self._grace_rate is None or self._grace_answers < _MIN_GRACE_ANSWERS:
             return
-        estimate = max(self._grace_rate * self._grace_ok / self._grace_answers, self._floor)
+        # (ok + 1) / (answers + 1): no accepted answer among a few says "less", not "zero".
+        share = (self._grace_ok + 1) / (self._grace_answers + 1)
+        estimate = max(self._grace_rate * share, self._floor)
         if estimate < self._w_max:
             self._w_max = estimate
             self._k = (estimate * (1 - _BETA) / _SCALE) ** (1 / 3)
             if self._rate is not None and estimate * _BETA < self._rate:
                 self._set_rate(estimate * _BETA)
+                # Slots booked since the cut, at the rate now left behind, may be throttled
+                # too: expected, so they do not cut again (nor estimate: their rate is mixed).
+                self._grace = self._sent - self._answered
+                self._grace_rate = None
+                self._epoch_start = None
+                self._epoch_ok = 0
 
     def _probe(self, now: float) -> float:
         """The rate ``now``, on the CUBIC curve through the last cut."""
