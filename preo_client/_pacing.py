@@ -1,11 +1,18 @@
 """Send pacing for bulk runs: a thread-safe token bucket whose rate follows CUBIC on throttles.
 
-Pure logic: no I/O, no asyncio, no httpx. Time comes from an injectable ``clock``. Modelled on
+Pure logic: no I/O, no asyncio, no httpx; time comes from an injectable ``clock``. Modelled on
 botocore's adaptive retry mode (``retries/adaptive.py``, ``throttling.py``, ``bucket.py``): the
 bucket is not enforced until the first throttled answer (``429``/``503``); from then on its fill
-rate is cut multiplicatively on every throttle and probes back up along a CUBIC curve, bounded by
-``max_rate`` and a floor, and by twice the send rate actually measured (a run whose workers cannot
-use a higher rate does not inflate it).
+rate is cut on a throttle and probes back up along a CUBIC curve, within ``max_rate`` and a
+floor, and at most twice the rate the run actually gets accepted (workers that cannot use a
+higher rate do not inflate it). Differences from botocore, for runs whose every ``429`` pauses
+all workers (so each one costs a whole ``Retry-After``):
+
+- One cut per throttle *event*: answers to slots booked before a cut (the "grace") do not cut
+  again. Their accepted share times the rate they were booked at is what the server takes when
+  saturated; when that is lower than the peak, the peak is lowered to it.
+- The peak a cut starts from is the accepted rate measured since the last pause (when measured
+  over at least ``_MIN_EPOCH``), and such a well-measured cut is gentler (``_BETA_NEAR``).
 """
 
 from __future__ import annotations
