@@ -528,3 +528,14 @@ def test_benchmark_fails_clearly_when_the_sandbox_cannot_start(
     )
     with pytest.raises(bench.SandboxUnavailable, match="'hello'"):
         watchdog(lambda: bench.start_sandbox(bench.SCENARIOS[1]), 60)
+
+
+def test_benchmark_retry_after_parsing() -> None:
+    from benchmarks.pacing import retry_after
+
+    assert retry_after("2") == 2.0
+    assert retry_after("0.5") == 0.5
+    assert retry_after(None) == 1.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
+    assert retry_after("-3") == 1.0
+    assert retry_after("nan") == 1.0
