@@ -1,6 +1,6 @@
-"""The one benchmark command: prints the four tables (overhead, import time, bulk throughput,
-bulk memory). Ratios are against raw httpx measured in the same run; absolute numbers on a
-shared 2-core machine mean little.
+"""The one benchmark command: prints the five tables (overhead, import time, bulk throughput,
+bulk memory, pacing against a rate-limited or slow sandbox). Ratios are against raw httpx
+measured in the same run; absolute numbers on a shared 2-core machine mean little.
 
     python -m benchmarks.run            # everything (about ten minutes)
     python -m benchmarks.run overhead imports   # some of them
@@ -12,13 +12,14 @@ import platform
 import sys
 import time
 
-from benchmarks import bulk, imports, memory, overhead
+from benchmarks import bulk, imports, memory, overhead, pacing
 
 SUITES = {
     "overhead": overhead.run,
     "imports": imports.run,
     "bulk": bulk.run,
     "memory": memory.run,
+    "pacing": pacing.run,
 }
 
 

@@ -1,0 +1,248 @@
+"""Send pacing for bulk runs: a thread-safe token bucket whose rate follows CUBIC on throttles.
+
+Pure logic: no I/O, no asyncio, no httpx; time comes from an injectable ``clock``. Modelled on
+botocore's adaptive retry mode (``retries/adaptive.py``, ``throttling.py``, ``bucket.py``): the
+bucket is not enforced until the first throttled answer (``429``/``503``); from then on its fill
+rate is cut on a throttle and probes back up along a CUBIC curve, within ``max_rate`` and a
+floor, and at most twice the rate the run actually gets accepted (workers that cannot use a
+higher rate do not inflate it). Differences from botocore, for runs whose every ``429`` pauses
+all workers (so each one costs a whole ``Retry-After``):
+
+- One cut per throttle *event*: answers to slots booked before a cut (the "grace") do not cut
+  again. Their accepted share times the rate they were booked at is what the server takes when
+  saturated; when that is lower than the peak, the peak is lowered to it.
+- The peak a cut starts from is the accepted rate measured since the last pause (when measured
+  over at least ``_MIN_EPOCH``), and such a well-measured cut is gentler (``_BETA_NEAR``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from ._exceptions import RefundValidationError
+
+__all__ = ["MIN_RATE", "PACINGS", "AdaptivePacer"]
+
+PACINGS: tuple[str, ...] = ("adaptive", "fixed")
+MIN_RATE = 0.5  # req/s: the adaptive rate never goes below this (or max_rate, if lower)
+_BETA = 0.7  # multiplicative decrease on a throttle
+_SCALE = 0.1  # CUBIC scale constant (botocore: 0.4; lower probes above the last peak more gently)
+_BETA_NEAR = 0.9  # the decrease when the accepted rate was measured over a long epoch
+_MIN_GRACE_ANSWERS = 8  # fewer answers after a cut say too little about the server's rate
+_MIN_ELAPSED = 0.01  # seconds: the shortest time an accepted count is spread over
+_MIN_EPOCH = 1.0  # seconds: an epoch shorter than this measures the server's burst, not its rate
+
+
+def _positive(name: str, value: object, allowed: str) -> float:
+    """``value`` as a finite float > 0, or a RefundValidationError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RefundValidationError(name, f"must be {allowed}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise RefundValidationError(name, f"must be {allowed}, got {value!r}")
+    return number
+
+
+class AdaptivePacer:
+    """A send-rate limiter shared by every worker of one bulk run (implements ``Pacer``).
+
+    ``pacing="adaptive"`` (default): no limit until the first throttled answer, then a token
+    bucket (``burst`` tokens, default 1) whose fill rate follows CUBIC, never above ``max_rate``
+    and never below :data:`MIN_RATE`. ``pacing="fixed"``: a plain token bucket at ``max_rate``
+    (no pacing at all when ``max_rate`` is None). :meth:`reserve` books a future slot, so
+    concurrent callers get staggered waits.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_rate: float | None = None,
+        pacing: Literal["adaptive", "fixed"] = "adaptive",
+        clock: Callable[[], float] = time.monotonic,
+        burst: float = 1.0,
+    ) -> None:
+        self._max_rate = (
+            None
+            if max_rate is None
+            else _positive(
+                "max_rate", max_rate, "a finite number of requests per second > 0, or None"
+            )
+        )
+        if not isinstance(pacing, str) or pacing not in PACINGS:
+            raise RefundValidationError(
+                "pacing", f"must be one of {', '.join(map(repr, PACINGS))}, got {pacing!r}"
+            )
+        checked_burst = _positive("burst", burst, "a finite number >= 1")
+        if checked_burst < 1:
+            raise RefundValidationError("burst", f"must be a finite number >= 1, got {burst!r}")
+        self._adaptive = pacing == "adaptive"
+        self._clock = clock
+        self._burst = checked_burst
+        # Never below MIN_RATE, unless max_rate itself is lower.
+        self._floor = min(MIN_RATE, self._max_rate) if self._max_rate is not None else MIN_RATE
+        self._lock = threading.Lock()
+        # The bucket: ``_rate`` None = not enforced. ``_next`` is the earliest time of the next
+        # slot booked without credit; ``_credit`` is the burst saved up while the bucket idled.
+        self._rate: float | None = None if self._adaptive else self._max_rate
+        self._next = -math.inf
+        self._credit = 0.0
+        # Stats.
+        self._sent = 0
+        self._answered = 0
+        self._throttled = 0
+        self._grace = 0  # answers still due from before the last cut: they do not cut again
+        # Controller state (adaptive only). An epoch runs from the first slot after a cut to
+        # the next cut; the answers accepted in it measure what the server takes.
+        self._w_max = 0.0
+        self._k = 0.0
+        self._cut_at = 0.0
+        self._epoch_start: float | None = None
+        self._epoch_ok = 0
+        # The answers to slots booked before the last cut, at the rate then in force: while the
+        # server is saturated, (their accepted share) x (that rate) is the rate it takes.
+        self._grace_rate: float | None = None
+        self._grace_answers = 0
+        self._grace_ok = 0
+
+    # -- the Pacer protocol ---------------------------------------------------------------
+
+    def reserve(self) -> float:
+        """Take one send slot; return the seconds to wait before using it (0 = send now)."""
+        with self._lock:
+            now = self._clock()
+            self._sent += 1
+            if self._rate is None and self._epoch_start is None:
+                self._epoch_start = now  # unlimited: the epoch runs from the first slot
+            rate = self._rate
+            if rate is None:
+                return 0.0
+            if self._next <= now:  # idle since the last booked slot: save up burst credit
+                self._credit = min(self._burst - 1, self._credit + (now - self._next) * rate)
+                self._next = now + 1 / rate
+                return 0.0
+            if self._credit >= 1:
+                self._credit -= 1
+                return 0.0
+            slot = self._next
+            self._next = slot + 1 / rate
+            return slot - now
+
+    def observe(self, *, throttled: bool) -> None:
+        """Record an answered attempt: ``throttled`` for a ``429``/``503``."""
+        with self._lock:
+            now = self._clock()
+            self._answered += 1
+            self._throttled += throttled
+            in_grace = self._grace > 0
+            if not self._adaptive:
+                return
+            if in_grace:
+                self._grace -= 1
+                self._grace_answers += 1
+                self._grace_ok += not throttled
+                if self._grace == 0:
+                    self._after_grace()
+            if throttled:
+                if not in_grace:
+                    self._on_throttle(now)
+                return
+            if not in_grace:  # an answer to a slot booked since the last cut
+                if self._epoch_start is None:  # the first success after a cut (and pause)
+                    self._epoch_start = now
+                else:
+                    self._epoch_ok += 1
+                if self._rate is not None:
+                    self._set_rate(self._probe(now))
+
+    # -- stats ----------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> float | None:
+        """The current fill rate in requests per second; None while unlimited."""
+        with self._lock:
+            return self._rate
+
+    @property
+    def sent(self) -> int:
+        """Slots handed out (attempts started)."""
+        with self._lock:
+            return self._sent
+
+    @property
+    def throttled(self) -> int:
+        """Answers that were throttled (``429``/``503``)."""
+        with self._lock:
+            return self._throttled
+
+    @property
+    def throttled_share(self) -> float:
+        """Throttled answers / answers (0.0 before any answer)."""
+        with self._lock:
+            return self._throttled / self._answered if self._answered else 0.0
+
+    def __repr__(self) -> str:
+        rate = "unlimited" if self._rate is None else f"{self._rate:.1f}/s"
+        return f"<AdaptivePacer {rate} sent={self._sent} throttled={self._throttled}>"
+
+    # -- internals (called with the lock held) -------------------------------------------
+
+    def _on_throttle(self, now: float) -> None:
+        start = self._epoch_start if self._epoch_start is not None else now
+        elapsed = now - start
+        rate_before = self._rate
+        beta = _BETA
+        if self._rate is None:  # first throttle: start below what the server took so far
+            self._w_max = max(self._epoch_ok, 1) / max(elapsed, _MIN_ELAPSED)
+            self._next = now
+            self._credit = 0.0
+        elif elapsed >= _MIN_EPOCH:  # long enough for the accepted rate to mean something
+            self._w_max = max(min(self._rate, self._epoch_ok / elapsed), self._rate * _BETA)
+            beta = _BETA_NEAR
+        else:
+            self._w_max = self._rate
+        self._w_max = max(self._w_max, self._floor)
+        self._k = (self._w_max * (1 - beta) / _SCALE) ** (1 / 3)
+        self._set_rate(self._w_max * beta)
+        self._cut_at = now
+        self._grace = self._sent - self._answered  # still in flight: sent before this cut
+        self._grace_rate = rate_before
+        self._grace_answers = self._grace_ok = 0
+        self._epoch_start = None
+        self._epoch_ok = 0
+
+    def _after_grace(self) -> None:
+        if self._grace_rate is None or self._grace_answers < _MIN_GRACE_ANSWERS:
+            return
+        # (ok + 1) / (answers + 1): no accepted answer among a few says "less", not "zero".
+        share = (self._grace_ok + 1) / (self._grace_answers + 1)
+        estimate = max(self._grace_rate * share, self._floor)
+        if estimate < self._w_max:
+            self._w_max = estimate
+            self._k = (estimate * (1 - _BETA) / _SCALE) ** (1 / 3)
+            if self._rate is not None and estimate * _BETA < self._rate:
+                self._set_rate(estimate * _BETA)
+                # Slots booked since the cut, at the rate now left behind, may be throttled
+                # too: expected, so they do not cut again (nor estimate: their rate is mixed).
+                self._grace = self._sent - self._answered
+                self._grace_rate = None
+                self._epoch_start = None
+                self._epoch_ok = 0
+
+    def _probe(self, now: float) -> float:
+        """The rate ``now``, on the CUBIC curve through the last cut."""
+        rate = _SCALE * (now - self._cut_at - self._k) ** 3 + self._w_max
+        if self._epoch_start is not None and now > self._epoch_start:
+            # Like botocore: no more than twice what the run achieves (its workers may be the
+            # bottleneck), so a long quiet spell does not build up a rate nobody tested.
+            achieved = self._epoch_ok / (now - self._epoch_start)
+            rate = min(rate, max(2 * achieved, self._w_max))
+        return rate
+
+    def _set_rate(self, rate: float) -> None:
+        if self._max_rate is not None:
+            rate = min(rate, self._max_rate)
+        self._rate = max(rate, self._floor)
