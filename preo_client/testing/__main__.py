@@ -178,8 +178,16 @@ def _run_uvicorn(fake: FakePreo, args: Any, access_log: Callable[[str], None] | 
         timeout_keep_alive=30,
     )
     _announce(fake, f"http://{shown}:{bound_port}", args.host, args.api_key)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
+    # found before it ran: this one, so the command ends with exit 0 like the stdlib server.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _ignore_signal)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """Already handled (see ``_run_uvicorn``)."""
 
 
 if __name__ == "__main__":

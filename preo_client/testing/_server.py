@@ -152,8 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
         JSON, on a connection that is then closed."""
         if self.request_version == "HTTP/0.9":  # no usable version: answer as HTTP/1.1
             self.request_version = "HTTP/1.1"
+        # The standard library's message may quote the request line: never echo it back.
         phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
-        self._refuse(code, message or phrase)
+        self._refuse(code, f"Malformed request: {phrase}.")
 
     def _log(self, status: int) -> None:
         log = self.server.access_log
