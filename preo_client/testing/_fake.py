@@ -200,9 +200,12 @@ class FakePreo:
       the ASGI app use it). ``spans`` records each request's ``(start, end)`` on
       ``time.monotonic``.
 
-    Virtual time: ``clock`` (default: ``time.monotonic`` plus every virtual sleep so far)
-    drives the rate limit. Clients made by :meth:`client` / :meth:`async_client` sleep on it:
-    each retry wait is appended to ``slept`` and advances the clock instead of sleeping.
+    Virtual time: ``clock`` drives the rate limit; by default it is ``time.monotonic`` moved
+    forward by the virtual sleeps. Clients made by :meth:`client` / :meth:`async_client`
+    (unless ``real_sleep=True``) never sleep: each retry wait is appended to ``slept`` and
+    advances the default clock by its length (the waits of concurrent workers add up, so
+    virtual time runs ahead rather than behind). An injected ``clock`` is the test's own and
+    is not moved.
     """
 
     def __init__(
@@ -325,7 +328,7 @@ class FakePreo:
         return time.monotonic() + self._virtual_offset
 
     def virtual_sleep(self, seconds: float) -> None:
-        """Record a wait in ``slept`` and advance the virtual clock, without sleeping."""
+        """Record a wait in ``slept`` and advance the default clock by it, without sleeping."""
         with self._lock:
             self.slept.append(seconds)
             self._virtual_offset += max(0.0, seconds)
