@@ -7,8 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from preo_client import AsyncPreoClient, PreoClient, RateLimitError
+from preo_client._retry import Backoff
 from preo_client.testing import FakePreo, Fault
 
 pytest_plugins = ["pytester"]
@@ -140,3 +143,23 @@ def test_an_injected_http_client_stays_the_callers() -> None:
     client.close()
     assert not http.is_closed
     http.close()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    waits=st.lists(st.integers(min_value=1, max_value=60), max_size=2),
+    status=st.sampled_from([429, 503]),
+)
+def test_every_server_wait_is_recorded_never_slept(waits: list[int], status: int) -> None:
+    """Whatever Retry-After the server sends (up to the client's 60 s cap), the fake's client
+    records exactly those waits, and the sandbox clock moves by them."""
+    fake = FakePreo()
+    fake.add_purchase("pur_1", price="5.00")
+    fake.inject(*[Fault.http_status(status, retry_after=str(w)) for w in waits])
+    before = fake.clock()
+    with fake.client(backoff=Backoff(base=0, cap=0)) as client:
+        refund = client.purchases.refund("pur_1", reason="sold_out")
+    assert refund.amount == 5
+    assert fake.slept == [float(w) for w in waits]
+    assert fake.clock() - before >= sum(waits)
+    assert len(fake.refunds) == 1

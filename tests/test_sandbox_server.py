@@ -319,11 +319,15 @@ def test_access_log_one_line_per_request_and_never_the_key(
     try:
         assert served.post("pur_demo_cup", "abcdefghijkl", reason="deposit_reclaim").status_code
         assert served.post("pur_missing", None, reason="sold_out").status_code == 404
+        port = int(served.url.rsplit(":", 1)[1])
+        assert parse(exchange(port, MALFORMED["superscript length"]))[0] == 400
     finally:
         assert served.stop() == 0
     log = "".join(served.stderr)
     lines = log.splitlines()
-    assert len(lines) == 2, log
+    assert len(lines) == 3, log
+    assert re.fullmatch(r"POST /v1/purchases/pur_demo_locker/refund 400 key=- \d+\.\dms", lines[2])
+    assert "Traceback" not in log
     assert re.fullmatch(
         r"POST /v1/purchases/pur_demo_cup/refund 201 key=abcdefgh \d+\.\dms", lines[0]
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime
 import hashlib
@@ -335,6 +334,8 @@ class FakePreo:
 
     async def async_virtual_sleep(self, seconds: float) -> None:
         """:meth:`virtual_sleep` for async clients (yields to the event loop once)."""
+        import asyncio  # here: importing the sandbox stays cheap for sync-only suites
+
         self.virtual_sleep(seconds)
         await asyncio.sleep(0)
 
@@ -414,6 +415,8 @@ class FakePreo:
 
     async def ahandle(self, request: httpx.Request) -> httpx.Response:
         """:meth:`handle` for event loops: the latency is awaited with ``asyncio.sleep``."""
+        import asyncio
+
         start = time.monotonic()
         delay = self._delay()
         if delay > 0:
