@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 
 import httpx
 import pytest
@@ -63,14 +64,17 @@ async def test_concurrent_requests_overlap_through_the_asgi_app() -> None:
 
 def test_concurrent_requests_overlap_on_the_threaded_server() -> None:
     fake = make_fake()
+    fake.set_latency(1.0)  # far longer than it takes the threads to pass the barrier
+    barrier = threading.Barrier(N)
 
     def refund(i: int) -> int:
-        response = httpx.post(
-            f"{running.url}/v1/purchases/pur_{i}/refund",
-            json={"reason": "sold_out"},
-            headers={"authorization": f"Bearer {DEMO_API_KEY}", "idempotency-key": f"k{i}"},
-            timeout=WATCHDOG,
-        )
+        with httpx.Client(base_url=running.url, timeout=WATCHDOG) as http:
+            barrier.wait(timeout=WATCHDOG)  # every client is built before any request is sent
+            response = http.post(
+                f"/v1/purchases/pur_{i}/refund",
+                json={"reason": "sold_out"},
+                headers={"authorization": f"Bearer {DEMO_API_KEY}", "idempotency-key": f"k{i}"},
+            )
         return response.status_code
 
     with serve(fake) as running, concurrent.futures.ThreadPoolExecutor(N) as pool:
