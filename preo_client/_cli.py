@@ -432,14 +432,18 @@ def sandbox() -> None:
     """The Preo sandbox (FakePreo) as a server on loopback."""
 
 
-@sandbox.command("serve")
-@click.option("--port", default=8765, show_default=True, help="TCP port; 0 picks a free one.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
-def sandbox_serve(port: int, host: str) -> None:
-    """Serve the demo sandbox until interrupted (API key: sk_sandbox_demo)."""
+@sandbox.command(
+    "serve",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sandbox_serve(args: tuple[str, ...]) -> None:
+    """Serve the demo sandbox until interrupted (API key: sk_sandbox_demo); --help for options
+    (--host, --port, --quiet, --server, --rate-limit, --burst, --latency, ...)."""
     from .testing.__main__ import main as serve_main
 
-    sys.exit(serve_main(["serve", "--port", str(port), "--host", host]))
+    sys.exit(serve_main(["serve", *args], prog="preo sandbox"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,9 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(client_module, "_sleep", recorded.append)
     monkeypatch.setattr(client_module, "_async_sleep", async_sleep)
+    # the sandbox's clients wait on its virtual clock: record those waits here too
+    monkeypatch.setattr(FakePreo, "virtual_sleep", lambda self, s: recorded.append(s))
+    monkeypatch.setattr(FakePreo, "async_virtual_sleep", lambda self, s: async_sleep(s))
     return recorded
 
 

@@ -200,7 +200,7 @@ def test_serve_command_on_a_free_port() -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith("Preo sandbox listening on http://127.0.0.1:")
+        assert line.startswith("serving on http://127.0.0.1:")
         url = line.rsplit(" ", 1)[1].strip()
         deadline = time.monotonic() + 10
         while True:

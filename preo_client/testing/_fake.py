@@ -9,8 +9,9 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -20,6 +21,7 @@ import httpx
 
 from .._exceptions import RefundValidationError
 from .._policy import RefundPlan, check_comment, check_pickup_point_id, plan_refund
+from ._ratelimit import RateLimiter, check_latency, check_rate_limit, retry_after_header
 
 if TYPE_CHECKING:
     from .._client import AsyncPreoClient, PreoClient
@@ -182,6 +184,27 @@ class FakePreo:
     ``refunds`` is the ledger, ``requests`` every request received. ``Idempotency-Key`` is
     honoured: same key and body replays the stored answer, same key with another body is
     ``422``, a key still being processed is ``409``.
+
+    Realism (all settable later with :meth:`set_rate_limit` / :meth:`set_latency`):
+
+    - ``rate_limit`` (requests per second) and ``burst``: a token bucket **per API key** (the
+      ``Authorization`` value presented). A request over the limit is answered ``429`` with a
+      JSON ``detail`` and, unless ``send_retry_after=False``, ``Retry-After`` in whole seconds
+      rounded up (at least 1; the ``detail`` gives the exact fractional wait). A ``429`` creates
+      nothing and consumes no injected fault; it is counted in ``throttled`` and still listed
+      in ``requests``.
+    - ``latency`` + uniform ``latency_jitter`` seconds before each answer, without blocking
+      other requests: :meth:`handle` sleeps in the caller's thread (the threaded server gives
+      each request its own), :meth:`ahandle` awaits ``asyncio.sleep`` (the async transport and
+      the ASGI app use it). ``spans`` records each request's ``(start, end)`` on
+      ``time.monotonic``.
+
+    Virtual time: ``clock`` drives the rate limit; by default it is ``time.monotonic`` moved
+    forward by the virtual sleeps. Clients made by :meth:`client` / :meth:`async_client`
+    (unless ``real_sleep=True``) never sleep: each retry wait is appended to ``slept`` and
+    advances the default clock by its length (the waits of concurrent workers add up, so
+    virtual time runs ahead rather than behind). An injected ``clock`` is the test's own and
+    is not moved.
     """
 
     def __init__(
@@ -190,6 +213,12 @@ class FakePreo:
         api_key: str = DEMO_API_KEY,
         auto_purchases: bool = False,
         keep_history: bool = True,
+        rate_limit: float | None = None,
+        burst: int = 10,
+        send_retry_after: bool = True,
+        latency: float = 0.0,
+        latency_jitter: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.api_key = api_key
         # keep_history=False (load and memory benchmarks): no request log, no ledger entries
@@ -208,6 +237,19 @@ class FakePreo:
         self._in_flight: set[str] = set()
         self._lock = threading.RLock()
         self._chaos: tuple[float, random.Random, tuple[Fault, ...]] | None = None
+        # Virtual time: what the fake's clients "slept" instead of sleeping.
+        self.slept: list[float] = []
+        self._virtual_offset = 0.0
+        self._clock: Callable[[], float] = clock if clock is not None else self._virtual_now
+        self.throttled = 0
+        self.spans: list[tuple[float, float]] = []
+        self._limiter: RateLimiter | None = None
+        self.send_retry_after = send_retry_after
+        self.set_rate_limit(rate_limit, burst=burst, send_retry_after=send_retry_after)
+        self.latency = 0.0
+        self.latency_jitter = 0.0
+        self._latency_rng = random.Random()  # noqa: S311  # nosec B311 - simulated latency
+        self.set_latency(latency, jitter=latency_jitter)
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -261,6 +303,42 @@ class FakePreo:
         choices = tuple(faults) if faults is not None else CHAOS_FAULTS
         self._chaos = (rate, random.Random(seed), choices)  # noqa: S311  # nosec B311 - test data
 
+    def set_rate_limit(
+        self, rate: float | None, *, burst: int = 10, send_retry_after: bool = True
+    ) -> None:
+        """Limit each API key to ``rate`` requests per second with bursts of ``burst``
+        (``None``: no limit); buckets start full."""
+        check_rate_limit(rate, burst)
+        with self._lock:
+            self._limiter = None if rate is None else RateLimiter(rate, burst, self.clock)
+            self.send_retry_after = send_retry_after
+
+    def set_latency(self, latency: float, *, jitter: float = 0.0) -> None:
+        """Delay every answer by ``latency`` plus a uniform ``[0, jitter]`` seconds."""
+        check_latency(latency, jitter)
+        self.latency = float(latency)
+        self.latency_jitter = float(jitter)
+
+    def clock(self) -> float:
+        """The sandbox's time in seconds (drives the rate limit)."""
+        return self._clock()
+
+    def _virtual_now(self) -> float:
+        return time.monotonic() + self._virtual_offset
+
+    def virtual_sleep(self, seconds: float) -> None:
+        """Record a wait in ``slept`` and advance the default clock by it, without sleeping."""
+        with self._lock:
+            self.slept.append(seconds)
+            self._virtual_offset += max(0.0, seconds)
+
+    async def async_virtual_sleep(self, seconds: float) -> None:
+        """:meth:`virtual_sleep` for async clients (yields to the event loop once)."""
+        import asyncio  # here: importing the sandbox stays cheap for sync-only suites
+
+        self.virtual_sleep(seconds)
+        await asyncio.sleep(0)
+
     @contextmanager
     def holding(self, idempotency_key: str) -> Iterator[None]:
         """Keep ``idempotency_key`` marked as in flight (a request with it gets ``409``)."""
@@ -280,38 +358,107 @@ class FakePreo:
     # -- mounts ------------------------------------------------------------------------------
 
     def transport(self) -> httpx.MockTransport:
-        """An httpx transport (sync and async) answering from this sandbox."""
+        """An httpx transport answering from this sandbox (latency with ``time.sleep``)."""
         return httpx.MockTransport(self.handle)
 
     def async_transport(self) -> httpx.MockTransport:
-        """An httpx transport for ``httpx.AsyncClient`` (the same handler)."""
-        return httpx.MockTransport(self.handle)
+        """An httpx transport for ``httpx.AsyncClient`` (latency with ``asyncio.sleep``)."""
+        return httpx.MockTransport(self.ahandle)
 
-    def client(self, **options: Any) -> PreoClient:
-        """A :class:`PreoClient` wired to this sandbox (no network); options pass through."""
+    def client(self, *, real_sleep: bool = False, **options: Any) -> PreoClient:
+        """A :class:`PreoClient` wired to this sandbox (no network); options pass through.
+
+        It owns the HTTP client it is given here (``close()`` closes it). Unless
+        ``real_sleep=True``, its retry waits are virtual: recorded in ``slept``, not slept.
+        """
         from .._client import PreoClient
 
         options.setdefault("api_key", self.api_key)
         options.setdefault("base_url", SANDBOX_BASE_URL)
-        options.setdefault("http_client", httpx.Client(transport=self.transport()))
-        return PreoClient(**options)
+        created = "http_client" not in options
+        if created:
+            options["http_client"] = httpx.Client(transport=self.transport())
+        client = PreoClient(**options)
+        client._owns_http = created
+        if not real_sleep:
+            client._sleep = self.virtual_sleep
+        return client
 
-    def async_client(self, **options: Any) -> AsyncPreoClient:
-        """An :class:`AsyncPreoClient` wired to this sandbox (no network)."""
+    def async_client(self, *, real_sleep: bool = False, **options: Any) -> AsyncPreoClient:
+        """An :class:`AsyncPreoClient` wired to this sandbox (no network); as :meth:`client`."""
         from .._client import AsyncPreoClient
 
         options.setdefault("api_key", self.api_key)
         options.setdefault("base_url", SANDBOX_BASE_URL)
-        options.setdefault("http_client", httpx.AsyncClient(transport=self.async_transport()))
-        return AsyncPreoClient(**options)
+        created = "http_client" not in options
+        if created:
+            options["http_client"] = httpx.AsyncClient(transport=self.async_transport())
+        client = AsyncPreoClient(**options)
+        client._owns_http = created
+        if not real_sleep:
+            client._sleep = self.async_virtual_sleep
+        return client
 
     # -- the endpoint ------------------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request, as the Preo API would (transport faults raise httpx errors)."""
+        """Answer one request, as the Preo API would (transport faults raise httpx errors);
+        the latency, if any, is slept in the calling thread."""
+        start = time.monotonic()
+        delay = self._delay()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            return self._answer(request)
+        finally:
+            self._span(start)
+
+    async def ahandle(self, request: httpx.Request) -> httpx.Response:
+        """:meth:`handle` for event loops: the latency is awaited with ``asyncio.sleep``."""
+        import asyncio
+
+        start = time.monotonic()
+        delay = self._delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            return self._answer(request)
+        finally:
+            self._span(start)
+
+    def _delay(self) -> float:
+        if self.latency_jitter > 0:
+            return self.latency + self._latency_rng.uniform(0, self.latency_jitter)
+        return self.latency
+
+    def _span(self, start: float) -> None:
+        if self.keep_history:
+            end = time.monotonic()
+            with self._lock:
+                self.spans.append((start, end))
+
+    def _throttle(self, request: httpx.Request) -> httpx.Response | None:
+        """A ``429`` if the request's API key is over its rate limit (call with the lock)."""
+        if self._limiter is None:
+            return None
+        wait = self._limiter.take(request.headers.get("authorization", ""))
+        if wait <= 0:
+            return None
+        self.throttled += 1
+        response = _json(
+            429, {"detail": f"Request was throttled. Expected available in {wait:.3f} seconds."}
+        )
+        if self.send_retry_after:
+            response.headers["retry-after"] = retry_after_header(wait)
+        return response
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         with self._lock:
             if self.keep_history:
                 self.requests.append(request)
+            throttled = self._throttle(request)
+            if throttled is not None:
+                return throttled
             fault = self._faults.popleft() if self._faults else None
             if fault is None and self._chaos is not None:
                 rate, rng, choices = self._chaos

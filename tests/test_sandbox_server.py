@@ -1,0 +1,416 @@
+"""The sandbox as a real HTTP server: raw sockets, 64 concurrent clients, the serve command."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import IO
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from preo_client.testing import DEMO_API_KEY, FakePreo, serve
+from preo_client.testing._server import SandboxServer
+
+WATCHDOG = 60.0  # seconds: any hang fails the test instead of blocking CI
+BODY = b'{"reason": "deposit_reclaim"}'
+AUTH = b"Authorization: Bearer " + DEMO_API_KEY.encode() + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[SandboxServer, list[str]]]:
+    lines: list[str] = []
+    with serve(FakePreo.demo(), access_log=lines.append) as running:
+        yield running, lines
+
+
+def exchange(port: int, raw: bytes) -> bytes:
+    """Send ``raw``, close our sending side, read everything the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WATCHDOG) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def parse_all(answer: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Every HTTP/1.1 response in ``answer`` (pipelined requests get several)."""
+    responses = []
+    while answer:
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        assert status_line.startswith("HTTP/1.1 "), answer[:80]
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        responses.append((int(status_line.split()[1]), headers, rest[:length]))
+        answer = rest[length:]
+    return responses
+
+
+def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    (response,) = parse_all(answer)
+    return response
+
+
+def refund_request(*headers: bytes, body: bytes = BODY, length: bytes | None = None) -> bytes:
+    length = str(len(body)).encode() if length is None else length
+    return (
+        b"POST /v1/purchases/pur_demo_locker/refund HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + AUTH
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"Content-Length: "
+        + length
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+MALFORMED = {
+    "superscript length": refund_request(length="²".encode()),
+    "negative length": refund_request(length=b"-1"),
+    "exponent length": refund_request(length=b"1e3"),
+    "two lengths": refund_request(b"Content-Length: 5"),
+    "host with a bad port": refund_request(b"Host: x:abc").replace(b"Host: 127.0.0.1\r\n", b""),
+    "chunked": refund_request(b"Transfer-Encoding: chunked"),
+    "body shorter than its length": refund_request(length=b"100"),
+    "one-word request line": b"GARBAGE\r\n\r\n",
+    "four-word request line": b"POST /v1/purchases/x/refund HTTP/1.1 extra\r\n\r\n",
+    "HTTP/0.9 request": b"GET /v1/purchases/x/refund\r\n",
+    "bad version": b"POST /v1/purchases/x/refund HTTP/x.y\r\nHost: a\r\n\r\n",
+    "header without colon": b"POST /v1/purchases/x/refund HTTP/1.1\r\nHost a\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_requests_get_a_json_400_and_a_closed_connection(
+    server: tuple[SandboxServer, list[str]], raw: bytes
+) -> None:
+    running, lines = server
+    before = len(running.fake.refunds)
+    status, headers, body = parse(exchange(running.port, raw))  # recv ended: it closed
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    assert "non_field_errors" in json.loads(body)
+    assert len(running.fake.refunds) == before
+    assert not [line for line in lines if "connection error" in line]
+
+
+def test_header_too_long_and_body_too_large_are_json_too(
+    server: tuple[SandboxServer, list[str]],
+) -> None:
+    running, _ = server
+    status, headers, body = parse(exchange(running.port, refund_request(length=b"99999999")))
+    assert (status, headers["content-type"]) == (413, "application/json")
+    assert "detail" in json.loads(body)
+    long_line = b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"
+    status, headers, body = parse(exchange(running.port, long_line))
+    assert (status, headers["content-type"]) == (414, "application/json")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.sampled_from([*MALFORMED.values(), refund_request()])).map(b"".join),
+        st.builds(lambda a, b: a + b, st.sampled_from(list(MALFORMED.values())), st.binary()),
+    )
+)
+def test_any_bytes_get_an_http_answer_or_a_clean_close(
+    server: tuple[SandboxServer, list[str]], raw: bytes
+) -> None:
+    """Whatever arrives, the server answers HTTP/1.1 (JSON for its own refusals) or closes;
+    it never crashes, and a connection error is never a traceback."""
+    running, lines = server
+    answer = exchange(running.port, raw)
+    for status, headers, body in parse_all(answer):
+        assert 200 <= status < 600
+        if status >= 400:
+            assert headers["content-type"] == "application/json"
+            json.loads(body)
+        assert DEMO_API_KEY.encode() not in body  # nothing of the request is echoed
+    assert running._thread.is_alive()
+    assert not [line for line in lines if "connection error" in line]
+
+
+def test_the_server_still_works_after_the_garbage(server: tuple[SandboxServer, list[str]]) -> None:
+    running, _ = server
+    with httpx.Client(base_url=running.url, timeout=WATCHDOG) as http:
+        response = http.post(
+            "/v1/purchases/pur_demo_nothing/refund",
+            json={"reason": "sold_out"},
+            headers={"authorization": f"Bearer {DEMO_API_KEY}", "idempotency-key": "k"},
+        )
+    assert response.status_code == 404
+
+
+def test_64_concurrent_clients_get_no_connection_errors() -> None:
+    """64 threads open a fresh connection per request, all at once: with the stdlib's default
+    listen backlog (5) some of these were reset; with ours, none is."""
+    clients, per_client = 64, 40
+    fake = FakePreo(auto_purchases=True, keep_history=False)
+    barrier = threading.Barrier(clients)
+
+    def run(worker: int) -> list[int]:
+        statuses = []
+        barrier.wait(timeout=WATCHDOG)
+        for i in range(per_client):
+            connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=WATCHDOG)
+            try:
+                connection.request(
+                    "POST",
+                    f"/v1/purchases/p{worker}_{i}/refund",
+                    body=b'{"reason": "sold_out"}',
+                    headers={
+                        "authorization": f"Bearer {DEMO_API_KEY}",
+                        "content-type": "application/json",
+                        "connection": "close",
+                    },
+                )
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+            finally:
+                connection.close()
+        return statuses
+
+    with (
+        serve(fake) as running,
+        concurrent.futures.ThreadPoolExecutor(clients) as pool,
+    ):
+        futures = [pool.submit(run, worker) for worker in range(clients)]
+        results = [future.result(timeout=300) for future in futures]  # raises any reset
+    assert [status for statuses in results for status in statuses] == [201] * (clients * per_client)
+    assert fake.refund_count == clients * per_client
+
+
+# -- the serve command, in a subprocess --------------------------------------------------------
+
+
+class Served:
+    """``python -m preo_client.testing serve ...`` running; its stdout/stderr collected."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "preo_client.testing", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._out = threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout.put))
+        self._out.start()
+        self._err = threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append))
+        self._err.start()
+        self.first_line = self.stdout.get(timeout=WATCHDOG)
+        match = re.fullmatch(r"serving on (http://\S+:\d+)\n", self.first_line)
+        assert match, self.first_line
+        self.url = match[1]
+
+    @staticmethod
+    def _pump(stream: IO[str], put: object) -> None:
+        for line in stream:
+            put(line)  # type: ignore[operator]
+
+    def post(self, purchase: str, key: str | None = "new", **body: str) -> httpx.Response:
+        headers = {"authorization": f"Bearer {DEMO_API_KEY}"}
+        key = uuid.uuid4().hex if key == "new" else key
+        if key is not None:
+            headers["idempotency-key"] = key
+        return httpx.post(
+            f"{self.url}/v1/purchases/{purchase}/refund",
+            json=body,
+            headers=headers,
+            timeout=WATCHDOG,
+        )
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=WATCHDOG)
+        finally:
+            self.proc.kill()
+            self._out.join(timeout=WATCHDOG)
+            self._err.join(timeout=WATCHDOG)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+        return code
+
+
+@pytest.fixture
+def free_port() -> Iterator[socket.socket]:
+    """A listening socket: its port is busy."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "preo_client.testing", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        check=False,
+    )
+
+
+def test_a_busy_port_is_one_line_and_exit_2(free_port: socket.socket) -> None:
+    port = free_port.getsockname()[1]
+    result = run_serve("--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--port", "70000"], "--port: must be an integer 0-65535"),
+        (["--port", "abc"], "--port: must be an integer 0-65535"),
+        (["--port", "-1"], "--port"),
+        (["--host", "999.1.1.1", "--port", "0"], "cannot listen on 999.1.1.1:0"),
+        (["--host", "a" * 300, "--port", "0"], "cannot listen on"),
+        (["--rate-limit", "0"], "rate_limit must be"),
+        (["--latency", "nan"], "latency must be"),
+        (["--server", "tornado"], "--server: invalid choice"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(args: list[str], words: str) -> None:
+    result = run_serve(*args)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert words in line
+
+
+def test_access_log_one_line_per_request_and_never_the_key(
+    no_contract_request_check: None,
+) -> None:
+    served = Served("--port", "0")
+    try:
+        assert served.post("pur_demo_cup", "abcdefghijkl", reason="deposit_reclaim").status_code
+        assert served.post("pur_missing", None, reason="sold_out").status_code == 404
+        port = int(served.url.rsplit(":", 1)[1])
+        assert parse(exchange(port, MALFORMED["superscript length"]))[0] == 400
+    finally:
+        assert served.stop() == 0
+    log = "".join(served.stderr)
+    lines = log.splitlines()
+    assert len(lines) == 3, log
+    assert re.fullmatch(r"POST /v1/purchases/pur_demo_locker/refund 400 key=- \d+\.\dms", lines[2])
+    assert "Traceback" not in log
+    assert re.fullmatch(
+        r"POST /v1/purchases/pur_demo_cup/refund 201 key=abcdefgh \d+\.\dms", lines[0]
+    )
+    assert re.fullmatch(r"POST /v1/purchases/pur_missing/refund 404 key=- \d+\.\dms", lines[1])
+    assert DEMO_API_KEY not in log
+    assert "Bearer" not in log
+    assert "ijkl" not in log
+
+
+def test_quiet_mutes_the_access_log() -> None:
+    served = Served("--port", "0", "--quiet")
+    try:
+        assert served.post("pur_demo_cup", reason="deposit_reclaim").status_code == 201
+    finally:
+        assert served.stop() == 0
+    assert served.stderr == []
+
+
+def test_binding_beyond_loopback_warns() -> None:
+    served = Served("--port", "0", "--host", "0.0.0.0", "--quiet")  # noqa: S104 - the point
+    try:
+        assert served.url.startswith("http://0.0.0.0:")
+    finally:
+        assert served.stop() == 0
+    (warning,) = served.stderr
+    assert warning.startswith("warning: listening on 0.0.0.0")
+    assert "anyone who can reach this port" in warning
+
+
+def test_loopback_does_not_warn() -> None:
+    served = Served("--port", "0", "--quiet")
+    assert served.stop() == 0
+    assert served.stderr == []
+
+
+@pytest.mark.parametrize("server_kind", ["stdlib", "uvicorn"])
+def test_the_benchmark_command_line_rate_limits_and_answers(server_kind: str) -> None:
+    served = Served(
+        "--port", "0", "--quiet", "--rate-limit", "0.01", "--burst", "2", "--latency", "0.02",
+        "--server", server_kind,
+    )  # fmt: skip
+    try:
+        statuses = [served.post(f"pur_demo_{p}", reason="sold_out") for p in ("ticket", "beer")]
+        refused = served.post("pur_demo_locker", reason="sold_out")
+    finally:
+        assert served.stop() == 0
+    assert [r.status_code for r in statuses] == [201, 201]
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "100"
+    assert refused.json()["detail"].startswith("Request was throttled.")
+
+
+def test_no_retry_after_flag() -> None:
+    served = Served("--port", "0", "--quiet", "--rate-limit", "0.01", "--burst", "1",
+                    "--no-retry-after")  # fmt: skip
+    try:
+        served.post("pur_demo_ticket", reason="sold_out")
+        refused = served.post("pur_demo_beer", reason="sold_out")
+    finally:
+        assert served.stop() == 0
+    assert refused.status_code == 429
+    assert "retry-after" not in refused.headers
+
+
+def test_uvicorn_server_logs_access_too() -> None:
+    served = Served("--port", "0", "--server", "uvicorn")
+    try:
+        assert served.post("pur_demo_cup", "abcdefghijkl", reason="deposit_reclaim").status_code
+    finally:
+        assert served.stop() == 0
+    log = "".join(served.stderr)
+    assert re.search(r"POST /v1/purchases/pur_demo_cup/refund 201 key=abcdefgh \d+\.\dms", log)
+    assert DEMO_API_KEY not in log
+
+
+def test_preo_sandbox_serve_is_the_same_command(free_port: socket.socket) -> None:
+    port = free_port.getsockname()[1]
+    preo = os.path.join(os.path.dirname(sys.executable), "preo")
+    result = subprocess.run(
+        [preo, "sandbox", "serve", "--port", str(port)],
+        capture_output=True, text=True, timeout=WATCHDOG, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
