@@ -78,9 +78,12 @@ def test_response_schema_has_every_field_of_the_page() -> None:
     base: dict[str, Any] = operation()["responses"]["201"]["content"]["application/json"][
         "examples"
     ]["sold_out"]["value"]
-    for flag in (True, "true"):  # the page says string; servers send booleans too
-        check.validate({**base, "can_approve": flag, "can_reject": flag})
+    check.validate({**base, "can_approve": "true", "can_reject": "false"})
+    with pytest.raises(Exception, match="is not of type 'string'"):  # the page says string
+        check.validate({**base, "can_approve": True})
+    check.validate({**base, "comment": None})  # string | null on the page
     check.validate({**base, "status": "some_future_status"})  # forward compatible
+    check.validate({**base, "new_field": {"a": 1}})  # extra fields allowed
 
 
 def _examples(section: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -115,3 +118,103 @@ def test_schema_rejects_a_float_reason_and_unknown_scope() -> None:
         check.validate({"reason": "sold-out"})
     with pytest.raises(Exception, match="is not one of"):
         check.validate({"reason": "sold_out", "scope": "everything"})
+
+
+# -- the page's type line, field by field -----------------------------------------------------
+# Line 2 of the source page (shared/seeds/000_*.txt), in order, transcribed:
+# (name, types, format, required, readOnly). "object" stands for the two nested serializers,
+# "enum" for an enum of strings (the request `scope` has no entry on the line: same shape).
+
+SEED_REQUEST = [
+    ("reason", {"string"}, None, True, False),
+    ("scope", {"string"}, None, False, False),
+    ("amount", {"number", "null"}, "double", False, False),
+    ("comment", {"string"}, None, False, False),
+    ("pickup_point_id", {"string", "null"}, None, False, False),
+]
+SEED_RESPONSE = [
+    ("id", {"string"}, None, True, True),
+    ("edition_id", {"string"}, None, True, True),
+    ("amount", {"number"}, "double", True, False),
+    ("requested_by", {"object"}, None, True, True),
+    ("pickup_point", {"object"}, None, True, True),
+    ("created", {"string"}, "date-time", True, True),
+    ("modified", {"string"}, "date-time", True, True),
+    ("can_approve", {"string"}, None, True, True),
+    ("can_reject", {"string"}, None, True, True),
+    ("organization", {"string", "null"}, None, False, False),
+    ("scope", {"string"}, None, False, False),
+    ("status", {"string"}, None, False, False),
+    ("comment", {"string", "null"}, None, False, False),
+    ("service_response", {"string", "null"}, None, False, False),
+    ("refund_date", {"string", "null"}, "date-time", False, False),
+]
+SEED_ENUMS = {"scope": "RefundScope", "status": "RefundStatus", "reason": "RefundReason"}
+
+
+def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    target: dict[str, Any] = spec()["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return target
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a property admits (through $ref, allOf and anyOf branches)."""
+    schema = _resolve(schema)
+    if "type" in schema:
+        declared = schema["type"]
+        return {declared} if isinstance(declared, str) else set(declared)
+    if "allOf" in schema:
+        return set.intersection(*(_types(s) for s in schema["allOf"]))
+    branches = schema.get("anyOf") or schema.get("oneOf") or []
+    return set().union(*(_types(s) for s in branches))
+
+
+def _enum_refs(schema: dict[str, Any]) -> set[str]:
+    branches = [schema, *schema.get("anyOf", []), *schema.get("allOf", [])]
+    return {b["$ref"].rsplit("/", 1)[1] for b in branches if "$ref" in b}
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "table"),
+    [("RefundRequestCreate", SEED_REQUEST), ("RefundRequest", SEED_RESPONSE)],
+)
+def test_schema_matches_the_page_type_line_field_by_field(
+    schema_name: str, table: list[tuple[str, set[str], str | None, bool, bool]]
+) -> None:
+    schema = spec()["components"]["schemas"][schema_name]
+    assert list(schema["properties"]) == [name for name, *_ in table]
+    required = set(schema.get("required", []))
+    for name, types, fmt, is_required, read_only in table:
+        prop = schema["properties"][name]
+        where = f"{schema_name}.{name}"
+        assert _types(prop) == types, where
+        assert ("null" in _types(prop)) == ("null" in types), where
+        assert _resolve(prop).get("format") == fmt, where
+        assert (name in required) == is_required, where
+        assert bool(prop.get("readOnly", False)) == read_only, where
+        if name in SEED_ENUMS:
+            assert SEED_ENUMS[name] in _enum_refs(prop), where
+    for name in ("requested_by", "pickup_point"):
+        if name in schema["properties"]:
+            (ref,) = _enum_refs(schema["properties"][name])
+            assert spec()["components"]["schemas"][ref]["additionalProperties"] is True
+
+
+def test_path_id_matches_the_page() -> None:
+    (path_param,) = [p for p in operation()["parameters"] if p["in"] == "path"]
+    assert path_param["schema"] == {"type": "string"}
+    assert path_param["required"] is True
+
+
+def test_response_allows_null_comment_and_refuses_what_the_page_refuses() -> None:
+    check = validator("#/components/schemas/RefundRequest")
+    base: dict[str, Any] = operation()["responses"]["201"]["content"]["application/json"][
+        "examples"
+    ]["sold_out"]["value"]
+    check.validate({**base, "comment": None})
+    for field, bad in [("comment", 5), ("created", None), ("can_reject", 7), ("amount", "1")]:
+        with pytest.raises(Exception, match="is not of type"):
+            check.validate({**base, field: bad})
