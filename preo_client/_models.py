@@ -72,8 +72,8 @@ def parse_datetime(text: object) -> datetime.datetime:
         raise ValueError("not a string")
     match = _RFC3339.fullmatch(text)
     if match is None:
-        if len(text) > 64:
-            raise ValueError("not a date-time")
+        if len(text) > 64 or ("T" not in text and "t" not in text):
+            raise ValueError("not a date-time")  # a date alone is not a date-time
         from dateutil.parser import isoparse  # the rarer ISO 8601 forms only
 
         try:
@@ -676,7 +676,7 @@ def parse_refund(
     except _Unreadable as exc:
         raise invalid(exc.reason) from None
     except Exception as exc:  # a last resort: this function raises nothing else
-        raise invalid(f"unexpected {type(exc).__name__} while reading it") from None
+        raise invalid(f"internal error ({type(exc).__name__}) while reading it") from None
 
 
 class _Unreadable(Exception):
