@@ -17,13 +17,15 @@ import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn
 
 import httpx
 
 from ._exceptions import APIResponseValidationError
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ._generated.models.refund_request import RefundRequest
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
@@ -123,9 +125,16 @@ def _amount_text(amount: Decimal) -> str:
     return format(amount, "f")
 
 
-def _depth_ok(value: object) -> bool:
-    """True unless ``value`` nests containers deeper than MAX_DEPTH (checked without recursion)."""
-    stack: list[tuple[object, int]] = [(value, 1)]
+def _depth_ok(data: dict[str, Any]) -> bool:
+    """True unless ``data`` nests containers deeper than MAX_DEPTH (checked without recursion)."""
+    for value in data.values():  # fast path: the documented shape nests two levels only
+        if isinstance(value, dict | list):
+            inner = value.values() if isinstance(value, dict) else value
+            if any(isinstance(child, dict | list) for child in inner):
+                break
+    else:
+        return True
+    stack: list[tuple[object, int]] = [(data, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
@@ -179,9 +188,20 @@ class _Nested:
     _id: str | int | None
 
     def __init__(self, data: Mapping[str, Any]) -> None:
+        """A view of a copy of ``data`` (the object as decoded from JSON)."""
+        self._own(_copy(dict(data)))
+
+    @classmethod
+    def _owning(cls, data: dict[str, Any]) -> Self:
+        """A view that takes ``data`` over without copying it (the parser's own dict)."""
+        view = cls.__new__(cls)
+        view._own(data)
+        return view
+
+    def _own(self, data: dict[str, Any]) -> None:
         raw = data.get("id")
         ok = isinstance(raw, str | int) and not isinstance(raw, bool)
-        object.__setattr__(self, "_data", _copy(dict(data)))
+        object.__setattr__(self, "_data", data)
         object.__setattr__(self, "_id", raw if ok else None)
 
     @property
@@ -210,7 +230,7 @@ class _Nested:
             return NotImplemented
         return self._data == other._data
 
-    __hash__ = None  # type: ignore[assignment]  # equal by value, holds a dict
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # equal by value: unhashable
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self._id!r}, extra={self.extra!r})"
@@ -293,13 +313,13 @@ def _status(value: Any) -> Any:
 def _staff_user(value: Any) -> StaffUser:
     if not isinstance(value, dict):
         raise _Invalid
-    return StaffUser(value)
+    return StaffUser._owning(value)
 
 
 def _pickup_point(value: Any) -> PickupPoint:
     if not isinstance(value, dict):
         raise _Invalid
-    return PickupPoint(value)
+    return PickupPoint._owning(value)
 
 
 # name -> (check, required, what the warning and invalid_fields say was expected). ``id`` and
