@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
 
-__all__ = ["PickupPoint", "Refund", "StaffUser", "parse_datetime", "parse_refund"]
+__all__ = ["PickupPoint", "Refund", "StaffUser", "parse_refund"]
 
 _log: Final = logging.getLogger("preo_client")
 
