@@ -89,7 +89,7 @@ def _money(value: Decimal) -> str:
 
 def refund_to_dict(refund: Refund) -> dict[str, Any]:
     """A refund as JSON-ready data (amount as an exact decimal string)."""
-    data = {k: v for k, v in refund.model.to_dict().items() if k != "amount"}
+    data = {k: v for k, v in refund.to_dict(mode="json").items() if k != "amount"}
     return {
         **data,
         "amount": _money(refund.amount),

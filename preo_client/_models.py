@@ -1,226 +1,667 @@
-"""The refund a call returns: a thin typed view of the generated model, with the exact amount.
+"""The refund a call returns: one exact parse of a 2xx body into a Refund that never raises.
 
-The answer is checked eagerly (every required field present and of the documented type, the
-date-times parseable, the amount exact), so a bad answer fails the call itself. The generated
-``RefundRequest`` is then built on first use of a field that needs it, which keeps its date
-parsing off the hot path of a call whose result is only counted.
+``parse_refund`` decodes the body once (floats as ``Decimal``) and checks every documented
+field once; the :class:`Refund` serves those checked values and never parses again. Only an
+unreadable ``id`` or ``amount`` (or a body that is not a JSON object) fails the call: any other
+field that is not of its documented type is kept raw, reported in ``Refund.invalid_fields`` and
+logged once at WARNING (field names and expected types only, never values).
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
+import decimal
 import json
+import logging
 import re
-import sys
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn
 
 import httpx
 
 from ._exceptions import APIResponseValidationError
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ._generated.models.refund_request import RefundRequest
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
 
-__all__ = ["Refund", "parse_refund"]
+__all__ = ["PickupPoint", "Refund", "StaffUser", "parse_refund"]
 
-_JSON: Final = json.JSONDecoder(
-    parse_float=Decimal
-)  # one decoder: exact amounts, no per-call setup
-_DECIMAL_TEXT: Final = re.compile(r"-?\d+(?:\.\d+)?")
+_log: Final = logging.getLogger("preo_client")
 
-
-@functools.cache
-def _required() -> frozenset[str]:
-    """The generated model's required fields: those its constructor needs a value for."""
-    import attrs
-
-    from ._generated.models.refund_request import RefundRequest
-
-    return frozenset(
-        f.name for f in attrs.fields(RefundRequest) if f.init and f.default is attrs.NOTHING
-    )
+#: Deepest nesting accepted in a response body (the documented shape nests two levels).
+MAX_DEPTH: Final = 64
+#: Amounts with more decimal places than this, or beyond a double's range, are unreadable.
+_MAX_PLACES: Final = 30
+_MAX_ADJUSTED: Final = 308
 
 
-_OPTIONAL_TEXT: Final = ("organization", "scope", "status", "comment", "service_response")
-_NULLABLE: Final = frozenset({"organization", "service_response"})
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
 
 
-def _unset_to_none(value: Any) -> Any:
-    from ._generated.types import Unset
+# One decoder: exact amounts, no NaN/Infinity (not JSON), no per-call setup.
+_JSON: Final = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
+_DECIMAL_TEXT: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+_PAD: Final = decimal.Context(prec=_MAX_ADJUSTED + _MAX_PLACES + 10)
+_CENTS: Final = Decimal("0.01")
+_RFC3339: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))",
+    re.ASCII,
+)
+_ZONES: dict[str, datetime.timezone] = {}
+_UTC: Final = datetime.timezone.utc
 
-    return None if isinstance(value, Unset) else value
+
+# -- values ------------------------------------------------------------------------------------
 
 
 def parse_datetime(text: object) -> datetime.datetime:
-    """An ISO 8601 date-time: the fast standard parser first, dateutil for the rest."""
-    if not isinstance(text, str):
-        raise TypeError(f"expected a date-time string, got {type(text).__name__}")
-    try:
-        if sys.version_info < (3, 11) and text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        return datetime.datetime.fromisoformat(text)
-    except ValueError:
-        from dateutil.parser import isoparse  # the rarer forms the standard parser refuses
+    """An RFC 3339 date-time (the spec's ``date-time``); raise ValueError for anything else.
 
-        return isoparse(text)
+    RFC 3339 text is parsed by this module itself, the same way on every Python version
+    (fractions beyond microseconds are truncated). Other ISO 8601 forms (basic format, no
+    offset: then the result is naive) are read with dateutil; a space before the offset is not
+    ISO 8601 and is refused.
+    """
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        if len(text) > 64 or ("T" not in text and "t" not in text):
+            raise ValueError("not a date-time")  # a date alone is not a date-time
+        from dateutil.parser import isoparse  # the rarer ISO 8601 forms only
+
+        try:
+            return isoparse(text)
+        except Exception:  # dateutil raises ValueError, OverflowError, ...
+            raise ValueError("not a date-time") from None
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    if sign is None or (off_h == "00" and off_m == "00"):
+        zone = _UTC
+    else:
+        key = sign + off_h + off_m
+        found = _ZONES.get(key)
+        if found is None:
+            delta = datetime.timedelta(hours=int(off_h), minutes=int(off_m))
+            found = datetime.timezone(-delta if sign == "-" else delta)  # ValueError if >= 24h
+            if len(_ZONES) < 512:
+                _ZONES[key] = found
+        zone = found
+    micro = int((fraction + "00000")[:6]) if fraction else 0
+    return datetime.datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), micro, zone
+    )
+
+
+def _exact_amount(value: object) -> Decimal | None:
+    """The exact amount, at least two places (``51.50``, never rounded), or None if unreadable."""
+    if isinstance(value, Decimal):
+        amount = value
+    elif (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and len(value) < 400 and _DECIMAL_TEXT.fullmatch(value)
+    ):
+        amount = Decimal(value)
+    else:
+        return None
+    if not amount.is_finite():
+        return None
+    exponent = amount.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent < -_MAX_PLACES:
+        return None
+    if amount.adjusted() > _MAX_ADJUSTED:
+        return None
+    return amount.quantize(_CENTS, context=_PAD) if exponent > -2 else amount
+
+
+def _amount_text(amount: Decimal) -> str:
+    """Fixed-point text of an amount: a valid JSON number and an exact decimal string."""
+    return format(amount, "f")
+
+
+def _depth_ok(data: dict[str, Any]) -> bool:
+    """True unless ``data`` nests containers deeper than MAX_DEPTH (checked without recursion)."""
+    for value in data.values():  # fast path: the documented shape nests two levels only
+        if isinstance(value, dict | list):
+            inner = value.values() if isinstance(value, dict) else value
+            if any(isinstance(child, dict | list) for child in inner):
+                break
+    else:
+        return True
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
+def _json_safe(value: Any) -> Any:
+    """A copy of a decoded JSON value that ``json.dumps`` accepts, with numbers kept exact.
+
+    A ``Decimal`` becomes the ``float`` that prints as the very same number when there is
+    one (``0.1``), else its exact decimal string.
+    """
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        finite = as_float == as_float and abs(as_float) != float("inf")
+        if finite and Decimal(repr(as_float)) == value:
+            return as_float
+        return str(value)
+    return value
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a decoded JSON value (containers only; leaves are immutable)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+# -- nested objects ----------------------------------------------------------------------------
+
+
+class _Nested:
+    """A nested object of the response: a documented ``id`` and everything else in ``extra``."""
+
+    __slots__ = ("_data", "_id")
+    _data: dict[str, Any]
+    _id: str | int | None
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        """A view of a copy of ``data`` (the object as decoded from JSON)."""
+        self._own(_copy(dict(data)))
+
+    @classmethod
+    def _owning(cls, data: dict[str, Any]) -> Self:
+        """A view that takes ``data`` over without copying it (the parser's own dict)."""
+        view = cls.__new__(cls)
+        view._own(data)
+        return view
+
+    def _own(self, data: dict[str, Any]) -> None:
+        raw = data.get("id")
+        ok = isinstance(raw, str | int) and not isinstance(raw, bool)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_id", raw if ok else None)
+
+    @property
+    def id(self) -> str | int | None:
+        """The object's identifier (string or integer); None when absent or of another type."""
+        return self._id
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Every other field the server sent for this object (a copy), e.g. ``name``."""
+        return {k: _copy(v) for k, v in self._data.items() if k != "id"}
+
+    def to_dict(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The object as sent: a fresh dict; ``mode="json"`` makes numbers ``json.dumps``-safe."""
+        copied: dict[str, Any] = _copy(self._data) if mode == "python" else _json_safe(self._data)
+        return copied
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self) or not isinstance(other, _Nested):
+            return NotImplemented
+        return self._data == other._data
+
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # equal by value: unhashable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self._id!r}, extra={self.extra!r})"
+
+
+class StaffUser(_Nested):
+    """The staff user who requested the refund (the page's "Staff user serializer").
+
+    ``id`` is its identifier; the page documents no other field, so everything else the server
+    sends (such as ``name``) is in ``extra``. Read-only; equal when the data is equal.
+    """
+
+    __slots__ = ()
+
+
+class PickupPoint(_Nested):
+    """The pickup point of the refund (the page's "Simple pickup point serializer").
+
+    ``id`` is its identifier; the page documents no other field, so everything else the server
+    sends (such as ``name``) is in ``extra``. Read-only; equal when the data is equal.
+    """
+
+    __slots__ = ()
+
+
+# -- field rules -------------------------------------------------------------------------------
+
+_Check = Callable[[Any], Any]  # raises _Invalid, or returns the typed value
+_UNSET: Final = object()
+
+
+class _Invalid(Exception):
+    """The raw value does not have its documented type."""
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid
+    return value
+
+
+def _nullable_string(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _Invalid
+    return value
+
+
+def _date_time(value: Any) -> datetime.datetime:
+    try:
+        return parse_datetime(value)
+    except (ValueError, OverflowError):
+        raise _Invalid from None
+
+
+def _nullable_date_time(value: Any) -> datetime.datetime | None:
+    return None if value is None else _date_time(value)
+
+
+def _enum_members() -> tuple[dict[str, Any], dict[str, Any]]:
+    global _ENUMS
+    if _ENUMS is None:
+        from ._generated.models.refund_scope import RefundScope
+        from ._generated.models.refund_status import RefundStatus
+
+        _ENUMS = ({m.value: m for m in RefundScope}, {m.value: m for m in RefundStatus})
+    return _ENUMS
+
+
+_ENUMS: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+
+def _scope(value: Any) -> Any:
+    return _enum_members()[0].get(_string(value), value)
+
+
+def _status(value: Any) -> Any:
+    return _enum_members()[1].get(_string(value), value)
+
+
+def _staff_user(value: Any) -> StaffUser:
+    if not isinstance(value, dict):
+        raise _Invalid
+    return StaffUser._owning(value)
+
+
+def _pickup_point(value: Any) -> PickupPoint:
+    if not isinstance(value, dict):
+        raise _Invalid
+    return PickupPoint._owning(value)
+
+
+# name -> (check, required, what the warning and invalid_fields say was expected). ``id`` and
+# ``amount`` are not here: they are read first, and a bad one fails the call.
+_FIELDS: Final[dict[str, tuple[_Check, bool, str]]] = {
+    "edition_id": (_string, True, "string"),
+    "requested_by": (_staff_user, True, "object"),
+    "pickup_point": (_pickup_point, True, "object"),
+    "created": (_date_time, True, "string (date-time)"),
+    "modified": (_date_time, True, "string (date-time)"),
+    "can_approve": (_string, True, "string"),
+    "can_reject": (_string, True, "string"),
+    "organization": (_nullable_string, False, "string or null"),
+    "scope": (_scope, False, "string"),
+    "status": (_status, False, "string"),
+    "comment": (_nullable_string, False, "string or null"),
+    "service_response": (_nullable_string, False, "string or null"),
+    "refund_date": (_nullable_date_time, False, "string (date-time) or null"),
+}
+_DOCUMENTED: Final = frozenset({"id", "amount", *_FIELDS})
+_NESTED_ID: Final = "string or integer"
+
+
+# -- the refund ----------------------------------------------------------------------------------
 
 
 class Refund:
-    """A created refund request.
+    """A created refund request, read from the server's answer.
 
-    Every field of the response is a property; ``amount`` is an exact ``Decimal``; a ``status``
-    or ``scope`` this version does not know is kept as its raw string; fields the server added
-    since are in ``extra``. ``model`` is the generated ``RefundRequest``; ``http_response`` is
-    the raw response; ``replayed`` is true when the server answered from its idempotency store.
+    Every field of the response is a read-only property, typed as documented; each was parsed
+    once when the answer arrived, so reading one never raises.
+
+    * ``id`` (str) and ``amount`` (exact ``Decimal``, at least two places: ``Decimal('51.50')``)
+      are always there: an answer without them fails the call.
+    * Any other field is None when the server left it out, sent null, or sent a value that is
+      not of its documented type. In the last case the raw value is kept (see ``to_dict()``)
+      and ``invalid_fields`` names the field and the type it should have had.
+    * A ``scope`` or ``status`` this version does not know is kept as its plain string.
+    * Fields the server added since are in ``extra``.
+
+    ``to_dict()`` / ``to_dict(mode="json")`` / ``to_json()`` give the data back (see each);
+    ``http_response`` is the raw response, ``request_id`` its ``X-Request-Id``, ``replayed``
+    true when the server answered from its idempotency store, ``idempotency_key`` the key the
+    call sent.
     """
 
     __slots__ = (
+        "_amount",
         "_data",
+        "_extra",
+        "_http_response",
+        "_id",
+        "_idempotency_key",
+        "_invalid",
         "_model",
-        "amount",
-        "created",
-        "http_response",
-        "idempotency_key",
-        "modified",
-        "replayed",
-        "request_id",
+        "_replayed",
+        "_request_id",
+        "_values",
     )
 
     def __init__(
         self,
         data: dict[str, Any],
         *,
+        id: str,
         amount: Decimal,
-        created: datetime.datetime,
-        modified: datetime.datetime,
+        values: dict[str, Any],
+        invalid: dict[str, str],
         idempotency_key: str,
         request_id: str | None,
         replayed: bool,
         http_response: httpx.Response,
     ) -> None:
+        """Built by :func:`parse_refund`; not meant to be called directly."""
         self._data = data
-        self._model: RefundRequest | None = None
-        self.amount = amount
-        self.created = created
-        self.modified = modified
-        self.idempotency_key = idempotency_key
-        self.request_id = request_id
-        self.replayed = replayed
-        self.http_response = http_response
+        self._id = id
+        self._amount = amount
+        self._values = values
+        self._invalid = MappingProxyType(invalid)
+        self._extra = tuple(k for k in data if k not in _DOCUMENTED)
+        self._model: object = _UNSET
+        self._idempotency_key = idempotency_key
+        self._request_id = request_id
+        self._replayed = replayed
+        self._http_response = http_response
 
-    @property
-    def model(self) -> RefundRequest:
-        """The generated ``RefundRequest`` (its ``amount`` is the float of :attr:`amount`)."""
-        if self._model is None:
-            from ._generated.models.refund_request import RefundRequest
-
-            self._model = RefundRequest.from_dict({**self._data, "amount": float(self.amount)})
-        return self._model
+    # -- always present
 
     @property
     def id(self) -> str:
-        value: str = self._data["id"]
+        """The refund request's identifier (a non-empty string)."""
+        return self._id
+
+    @property
+    def amount(self) -> Decimal:
+        """The amount refunded, exact: read from the JSON text, never through a float.
+
+        At least two decimal places (``Decimal('51.50')``); more only if the server sent more
+        (never rounded).
+        """
+        return self._amount
+
+    # -- required by the page, None only when the server broke its contract
+
+    @property
+    def edition_id(self) -> str | None:
+        """The edition (event) the purchase belongs to; None if missing or not a string."""
+        value: str | None = self._values.get("edition_id")
         return value
 
     @property
-    def edition_id(self) -> str:
-        value: str = self._data["edition_id"]
+    def requested_by(self) -> StaffUser | None:
+        """The staff user who requested the refund; None if missing or not an object."""
+        value: StaffUser | None = self._values.get("requested_by")
         return value
 
     @property
-    def requested_by(self) -> dict[str, Any]:
-        return self.model.requested_by.to_dict()
+    def pickup_point(self) -> PickupPoint | None:
+        """The pickup point of the refund; None if missing or not an object."""
+        value: PickupPoint | None = self._values.get("pickup_point")
+        return value
 
     @property
-    def pickup_point(self) -> dict[str, Any]:
-        return self.model.pickup_point.to_dict()
+    def created(self) -> datetime.datetime | None:
+        """When the refund request was created (timezone-aware when the server sent an offset,
+        as the spec requires); None if missing or not a date-time."""
+        value: datetime.datetime | None = self._values.get("created")
+        return value
 
     @property
-    def can_approve(self) -> bool | str:
-        return self.model.can_approve
+    def modified(self) -> datetime.datetime | None:
+        """When the refund request was last modified; None if missing or not a date-time."""
+        value: datetime.datetime | None = self._values.get("modified")
+        return value
 
     @property
-    def can_reject(self) -> bool | str:
-        return self.model.can_reject
+    def can_approve(self) -> str | None:
+        """Whether the caller may approve the request, as the server's string (e.g. ``"true"``);
+        None if missing or not a string (a boolean, say: see ``invalid_fields``)."""
+        value: str | None = self._values.get("can_approve")
+        return value
+
+    @property
+    def can_reject(self) -> str | None:
+        """Whether the caller may reject the request, as the server's string (e.g. ``"true"``);
+        None if missing or not a string (a boolean, say: see ``invalid_fields``)."""
+        value: str | None = self._values.get("can_reject")
+        return value
+
+    # -- optional on the page
 
     @property
     def organization(self) -> str | None:
-        return _unset_to_none(self.model.organization)  # type: ignore[no-any-return]
+        """The organization's identifier; None if absent, null or not a string."""
+        value: str | None = self._values.get("organization")
+        return value
 
     @property
     def scope(self) -> RefundScope | str | None:
-        return _unset_to_none(self.model.scope)  # type: ignore[no-any-return]
+        """What was refunded (``RefundScope``); a value this version does not know is its plain
+        string; None if absent or not a string."""
+        value: RefundScope | str | None = self._values.get("scope")
+        return value
 
     @property
     def status(self) -> RefundStatus | str | None:
-        return _unset_to_none(self.model.status)  # type: ignore[no-any-return]
+        """Where the refund request is (``RefundStatus``, e.g. ``requested``); a value this
+        version does not know is its plain string; None if absent or not a string."""
+        value: RefundStatus | str | None = self._values.get("status")
+        return value
 
     @property
     def comment(self) -> str | None:
-        return _unset_to_none(self.model.comment)  # type: ignore[no-any-return]
+        """Comment added upon a custom refund; None if absent, null or not a string."""
+        value: str | None = self._values.get("comment")
+        return value
 
     @property
     def service_response(self) -> str | None:
-        return _unset_to_none(self.model.service_response)  # type: ignore[no-any-return]
+        """The payment service's answer; None if absent, null or not a string."""
+        value: str | None = self._values.get("service_response")
+        return value
 
     @property
     def refund_date(self) -> datetime.datetime | None:
-        value = _unset_to_none(self.model.refund_date)
-        return value if isinstance(value, datetime.datetime) else None
+        """When the refund was successfully processed; None until then (absent or null), or if
+        not a date-time."""
+        value: datetime.datetime | None = self._values.get("refund_date")
+        return value
+
+    # -- everything else
 
     @property
     def extra(self) -> dict[str, Any]:
-        """Fields the response carried that this version of the SDK does not know."""
-        return dict(self.model.additional_properties)
+        """Fields the response carried that this version of the SDK does not know (a copy;
+        JSON numbers with a fraction are ``Decimal``)."""
+        return {k: _copy(self._data[k]) for k in self._extra}
+
+    @property
+    def invalid_fields(self) -> Mapping[str, str]:
+        """Documented fields whose value was not of the documented type, or that were required
+        and missing: field name (``requested_by.id`` for a nested one) to the type expected.
+        Their properties are None; the raw values are in ``to_dict()``. Empty normally."""
+        return self._invalid
+
+    @property
+    def model(self) -> RefundRequest | None:
+        """The generated ``RefundRequest``, built on first use from the values parsed here.
+
+        A convenience only, not the way to get data out: its ``amount`` is a binary float.
+        None when the answer had an invalid or missing required field (the generated model has
+        no way to hold it); see ``invalid_fields``. Never raises.
+        """
+        if self._model is _UNSET:
+            self._model = self._build_model()
+        return self._model  # type: ignore[return-value]
+
+    def _build_model(self) -> RefundRequest | None:
+        if self._invalid:
+            return None
+        try:
+            from ._generated.models.refund_request import RefundRequest
+            from ._generated.types import UNSET
+
+            values = self._values
+            model = RefundRequest(
+                id=self._id,
+                edition_id=values["edition_id"],
+                amount=float(self._amount),
+                requested_by=_generated_nested("StaffUser", values["requested_by"]),
+                pickup_point=_generated_nested("PickupPoint", values["pickup_point"]),
+                created=values["created"],
+                modified=values["modified"],
+                can_approve=values["can_approve"],
+                can_reject=values["can_reject"],
+                **{
+                    name: values[name] if name in self._data else UNSET
+                    for name in _OPTIONAL_FOR_MODEL
+                },
+            )
+            model.additional_properties = self.extra
+        except Exception:  # a convenience must not fail the caller
+            return None
+        return model
+
+    @property
+    def http_response(self) -> httpx.Response:
+        """The raw HTTP response the refund was read from."""
+        return self._http_response
+
+    @property
+    def replayed(self) -> bool:
+        """True when the server answered from its idempotency store (``Idempotent-Replayed``)."""
+        return self._replayed
+
+    @property
+    def request_id(self) -> str | None:
+        """The response's ``X-Request-Id``, for support; None if the server sent none."""
+        return self._request_id
+
+    @property
+    def idempotency_key(self) -> str:
+        """The ``Idempotency-Key`` the call sent: retrying with it never refunds twice."""
+        return self._idempotency_key
+
+    # -- conversions
+
+    def to_dict(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The response's fields as a fresh dict, in the order the server sent them.
+
+        ``mode="python"``: ``amount`` a ``Decimal``, date-times ``datetime``, ``scope`` and
+        ``status`` plain strings, ``requested_by`` / ``pickup_point`` dicts; unknown fields and
+        the raw values of invalid fields as sent (numbers with a fraction as ``Decimal``).
+        ``mode="json"``: what ``json.dumps`` accepts: ``amount`` an exact decimal string
+        (``"51.50"``), date-times ISO 8601 strings, other numbers a ``float`` when that float
+        is the very same number, else an exact decimal string. Fields the server left out are
+        left out here too. Response metadata (``request_id``, ...) is not included.
+        """
+        if mode not in ("python", "json"):
+            raise ValueError(f"mode must be 'python' or 'json', not {mode!r}")
+        as_json = mode == "json"
+        result: dict[str, Any] = {}
+        values = self._values
+        for name, raw in self._data.items():
+            if name == "amount":
+                result[name] = _amount_text(self._amount) if as_json else self._amount
+            elif name == "id":
+                result[name] = self._id
+            elif name in values and name not in self._invalid:
+                result[name] = _plain(values[name], as_json)
+            else:  # unknown, or kept raw because invalid
+                result[name] = _json_safe(raw) if as_json else _copy(raw)
+        return result
+
+    def to_json(self) -> str:
+        """The refund as JSON text: ``amount`` an exact JSON number (``51.50``, never
+        ``51.500000001``), date-times ISO 8601, everything else as in
+        ``to_dict(mode="json")``."""
+        parts = []
+        for name, value in self.to_dict(mode="json").items():
+            text = _amount_text(self._amount) if name == "amount" else json.dumps(value)
+            parts.append(f"{json.dumps(name)}: {text}")
+        return "{" + ", ".join(parts) + "}"
 
     def __repr__(self) -> str:
-        scope = self._data.get("scope")
-        status = self._data.get("status")
+        scope = self._values.get("scope")
+        status = self._values.get("status")
         return (
-            f"Refund(id={self.id!r}, amount={self.amount!r}, scope={scope!r}, "
-            f"status={status!r}, request_id={self.request_id!r}, replayed={self.replayed!r})"
+            f"Refund(id={self._id!r}, amount={self._amount!r}, scope={_plain(scope, False)!r}, "
+            f"status={_plain(status, False)!r}, request_id={self._request_id!r}, "
+            f"replayed={self._replayed!r})"
         )
 
 
-def _exact_amount(value: object) -> Decimal:
-    if isinstance(value, bool):
-        raise TypeError("amount is a boolean")
-    if isinstance(value, Decimal | int):
-        amount = Decimal(value)
-    elif isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value.strip()):
-        amount = Decimal(value.strip())
-    else:
-        raise TypeError(f"amount is not a number or decimal string: {value!r}")
-    if not amount.is_finite():
-        raise ValueError("amount is not finite")
-    return amount
+_OPTIONAL_FOR_MODEL: Final = (
+    "organization",
+    "scope",
+    "status",
+    "comment",
+    "service_response",
+    "refund_date",
+)
 
 
-def _check_shape(data: dict[str, Any]) -> None:
-    """Raise TypeError/ValueError unless ``data`` is what the generated model can read."""
-    missing = _required() - data.keys()
-    if missing:
-        raise KeyError(sorted(missing)[0])
-    for name in ("id", "edition_id"):
-        if not isinstance(data[name], str):
-            raise TypeError(f"{name} is not a string")
-    for name in ("requested_by", "pickup_point"):
-        if not isinstance(data[name], dict):
-            raise TypeError(f"{name} is not an object")
-    for name in ("can_approve", "can_reject"):
-        if not isinstance(data[name], bool | str):
-            raise TypeError(f"{name} is not a boolean or string")
-    for name in _OPTIONAL_TEXT:
-        value = data.get(name, "")
-        if not (isinstance(value, str) or (value is None and name in _NULLABLE)):
-            raise TypeError(f"{name} is not a string")
-    refund_date = data.get("refund_date")
-    if refund_date is not None:
-        parse_datetime(refund_date)
+def _generated_nested(name: str, view: _Nested) -> Any:
+    from ._generated import models
+
+    return getattr(models, name).from_dict(view.to_dict())
+
+
+def _plain(value: Any, as_json: bool) -> Any:
+    """A parsed field value as a plain Python (or JSON-safe) value."""
+    if isinstance(value, _Nested):
+        return value.to_dict(mode="json" if as_json else "python")
+    if isinstance(value, datetime.datetime):
+        return value.isoformat() if as_json else value
+    if isinstance(value, str):
+        return str.__str__(value)  # a RefundScope/RefundStatus member as its plain string
+    return value
+
+
+# -- the parser ----------------------------------------------------------------------------------
 
 
 def parse_refund(
@@ -230,7 +671,14 @@ def parse_refund(
     idempotency_key: str,
     request_id: str | None,
 ) -> Refund:
-    """Parse a 2xx ``response`` into a :class:`Refund`, or raise APIResponseValidationError."""
+    """Parse a 2xx ``response`` (body ``content``) into a :class:`Refund`.
+
+    Raises :class:`APIResponseValidationError`, and nothing else whatever the bytes, when the
+    body is not a JSON object (not UTF-8, not JSON, nested deeper than ``MAX_DEPTH``, numbers
+    Python cannot read) or its ``id`` or ``amount`` is unreadable. Any other field that is not
+    of its documented type is kept raw, listed in ``Refund.invalid_fields`` and logged once at
+    WARNING on the ``preo_client`` logger (names and expected types, never values).
+    """
 
     def invalid(reason: str) -> APIResponseValidationError:
         return APIResponseValidationError(
@@ -243,31 +691,81 @@ def parse_refund(
             idempotency_key=idempotency_key,
         )
 
+    try:
+        return _parse(response, content, idempotency_key, request_id)
+    except _Unreadable as exc:
+        raise invalid(exc.reason) from None
+    except Exception as exc:  # a last resort: this function raises nothing else
+        raise invalid(f"internal error ({type(exc).__name__}) while reading it") from None
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _parse(
+    response: httpx.Response, content: bytes, idempotency_key: str, request_id: str | None
+) -> Refund:
     headers = response.headers
     content_type = headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise invalid(f"expected JSON, got content type {content_type or 'none'!r}")
+        raise _Unreadable(f"expected JSON, got content type {content_type[:100] or 'none'!r}")
     try:
         data = _JSON.decode(content.decode("utf-8"))
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise invalid(f"body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _Unreadable("body is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise _Unreadable(f"body is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
-        raise invalid(f"expected a JSON object, got {type(data).__name__}")
-    try:
-        _check_shape(data)
-        amount = _exact_amount(data["amount"])
-        created = parse_datetime(data["created"])
-        modified = parse_datetime(data["modified"])
-    except KeyError as exc:
-        raise invalid(f"required field {exc.args[0]!r} is missing") from None
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise invalid(str(exc) or type(exc).__name__) from None
+        raise _Unreadable(f"expected a JSON object, got {type(data).__name__}")
+    if not _depth_ok(data):
+        raise _Unreadable(f"body nests deeper than {MAX_DEPTH} levels")
+
+    refund_id = data.get("id", _UNSET)
+    if refund_id is _UNSET:
+        raise _Unreadable("required field 'id' is missing")
+    if not isinstance(refund_id, str) or not refund_id:
+        raise _Unreadable("id is not a string" if refund_id != "" else "id is empty")
+    if "amount" not in data:
+        raise _Unreadable("required field 'amount' is missing")
+    amount = _exact_amount(data["amount"])
+    if amount is None:
+        raise _Unreadable(
+            "amount is not a finite number or decimal string (at most "
+            f"{_MAX_PLACES} decimal places, within a double's range)"
+        )
+
+    values: dict[str, Any] = {}
+    bad: dict[str, str] = {}
+    for name, (check, required, expected) in _FIELDS.items():
+        raw = data.get(name, _UNSET)
+        if raw is _UNSET:
+            if required:
+                bad[name] = f"{expected} (required, missing)"
+            continue
+        try:
+            values[name] = check(raw)
+        except _Invalid:
+            bad[name] = expected
+    for name in ("requested_by", "pickup_point"):
+        view = values.get(name)
+        if view is not None and view.id is None and "id" in view._data:
+            bad[f"{name}.id"] = _NESTED_ID
+    if bad:
+        _log.warning(
+            "Refund response fields not of their documented type, kept raw "
+            "(see Refund.invalid_fields): %s",
+            ", ".join(f"{name} (expected {expected})" for name, expected in bad.items()),
+        )
     return Refund(
         data,
+        id=refund_id,
         amount=amount,
-        created=created,
-        modified=modified,
+        values=values,
+        invalid=bad,
         idempotency_key=idempotency_key,
         request_id=request_id,
         replayed=headers.get("idempotent-replayed", "").lower() == "true",

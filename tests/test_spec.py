@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -78,9 +79,12 @@ def test_response_schema_has_every_field_of_the_page() -> None:
     base: dict[str, Any] = operation()["responses"]["201"]["content"]["application/json"][
         "examples"
     ]["sold_out"]["value"]
-    for flag in (True, "true"):  # the page says string; servers send booleans too
-        check.validate({**base, "can_approve": flag, "can_reject": flag})
+    check.validate({**base, "can_approve": "true", "can_reject": "false"})
+    with pytest.raises(Exception, match="is not of type 'string'"):  # the page says string
+        check.validate({**base, "can_approve": True})
+    check.validate({**base, "comment": None})  # string | null on the page
     check.validate({**base, "status": "some_future_status"})  # forward compatible
+    check.validate({**base, "new_field": {"a": 1}})  # extra fields allowed
 
 
 def _examples(section: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -115,3 +119,136 @@ def test_schema_rejects_a_float_reason_and_unknown_scope() -> None:
         check.validate({"reason": "sold-out"})
     with pytest.raises(Exception, match="is not one of"):
         check.validate({"reason": "sold_out", "scope": "everything"})
+
+
+# -- the page's type line, field by field -----------------------------------------------------
+# Line 2 of the source page (shared/seeds/000_*.txt), in order, transcribed:
+# (name, types, format, required, readOnly). "object" stands for the two nested serializers,
+# "enum" for an enum of strings (the request `scope` has no entry on the line: same shape).
+
+SEED_REQUEST = [
+    ("reason", {"string"}, None, True, False),
+    ("scope", {"string"}, None, False, False),
+    ("amount", {"number", "null"}, "double", False, False),
+    ("comment", {"string"}, None, False, False),
+    ("pickup_point_id", {"string", "null"}, None, False, False),
+]
+SEED_RESPONSE = [
+    ("id", {"string"}, None, True, True),
+    ("edition_id", {"string"}, None, True, True),
+    ("amount", {"number"}, "double", True, False),
+    ("requested_by", {"object"}, None, True, True),
+    ("pickup_point", {"object"}, None, True, True),
+    ("created", {"string"}, "date-time", True, True),
+    ("modified", {"string"}, "date-time", True, True),
+    ("can_approve", {"string"}, None, True, True),
+    ("can_reject", {"string"}, None, True, True),
+    ("organization", {"string", "null"}, None, False, False),
+    ("scope", {"string"}, None, False, False),
+    ("status", {"string"}, None, False, False),
+    ("comment", {"string", "null"}, None, False, False),
+    ("service_response", {"string", "null"}, None, False, False),
+    ("refund_date", {"string", "null"}, "date-time", False, False),
+]
+SEED_ENUMS = {"scope": "RefundScope", "status": "RefundStatus", "reason": "RefundReason"}
+
+
+Table = list[tuple[str, set[str], str | None, bool, bool]]
+
+
+def _resolve(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    target: dict[str, Any] = schemas[ref.rsplit("/", 1)[1]]
+    return target
+
+
+def _types(schemas: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    """The JSON types a property admits (through $ref, allOf and anyOf branches)."""
+    schema = _resolve(schemas, schema)
+    if "type" in schema:
+        declared = schema["type"]
+        return {declared} if isinstance(declared, str) else set(declared)
+    if "allOf" in schema:
+        return set.intersection(*(_types(schemas, s) for s in schema["allOf"]))
+    branches = schema.get("anyOf") or schema.get("oneOf") or []
+    return set().union(*(_types(schemas, s) for s in branches))
+
+
+def _refs(schema: dict[str, Any]) -> set[str]:
+    branches = [schema, *schema.get("anyOf", []), *schema.get("allOf", [])]
+    return {b["$ref"].rsplit("/", 1)[1] for b in branches if "$ref" in b}
+
+
+def table_mismatches(schemas: dict[str, Any], schema_name: str, table: Table) -> list[str]:
+    """Where ``schemas[schema_name]`` differs from the page's table: "field: what" entries."""
+    schema = schemas[schema_name]
+    found: list[str] = []
+    if list(schema["properties"]) != [name for name, *_ in table]:
+        found.append(f"fields: {list(schema['properties'])}")
+    required = set(schema.get("required", []))
+    for name, types, fmt, is_required, read_only in table:
+        prop = schema["properties"].get(name)
+        if prop is None:
+            found.append(f"{name}: missing")
+            continue
+        if _types(schemas, prop) != types:
+            found.append(f"{name}: type {sorted(_types(schemas, prop))}")
+        if _resolve(schemas, prop).get("format") != fmt:
+            found.append(f"{name}: format")
+        if (name in required) != is_required:
+            found.append(f"{name}: required")
+        if bool(prop.get("readOnly", False)) != read_only:
+            found.append(f"{name}: readOnly")
+        if name in SEED_ENUMS and SEED_ENUMS[name] not in _refs(prop):
+            found.append(f"{name}: enum")
+        if types == {"object"}:
+            (ref,) = _refs(prop)
+            if schemas[ref].get("additionalProperties") is not True:
+                found.append(f"{name}: additionalProperties")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "table"),
+    [("RefundRequestCreate", SEED_REQUEST), ("RefundRequest", SEED_RESPONSE)],
+)
+def test_schema_matches_the_page_type_line_field_by_field(schema_name: str, table: Table) -> None:
+    assert table_mismatches(spec()["components"]["schemas"], schema_name, table) == []
+
+
+def test_the_table_check_catches_each_kind_of_drift() -> None:
+    schemas = copy.deepcopy(spec()["components"]["schemas"])
+    props = schemas["RefundRequest"]["properties"]
+    props["comment"]["type"] = "string"  # the old reading: null refused
+    props["can_approve"]["type"] = ["string", "boolean"]
+    props["amount"]["readOnly"] = True
+    del props["refund_date"]["format"]
+    schemas["RefundRequest"]["required"].remove("modified")
+    props["status"] = {"type": "string"}
+    assert sorted(table_mismatches(schemas, "RefundRequest", SEED_RESPONSE)) == [
+        "amount: readOnly",
+        "can_approve: type ['boolean', 'string']",
+        "comment: type ['string']",
+        "modified: required",
+        "refund_date: format",
+        "status: enum",
+    ]
+
+
+def test_path_id_matches_the_page() -> None:
+    (path_param,) = [p for p in operation()["parameters"] if p["in"] == "path"]
+    assert path_param["schema"] == {"type": "string"}
+    assert path_param["required"] is True
+
+
+def test_response_allows_null_comment_and_refuses_what_the_page_refuses() -> None:
+    check = validator("#/components/schemas/RefundRequest")
+    base: dict[str, Any] = operation()["responses"]["201"]["content"]["application/json"][
+        "examples"
+    ]["sold_out"]["value"]
+    check.validate({**base, "comment": None})
+    for field, bad in [("comment", 5), ("created", None), ("can_reject", 7), ("amount", "1")]:
+        with pytest.raises(Exception, match="is not of type"):
+            check.validate({**base, field: bad})

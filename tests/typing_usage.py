@@ -31,10 +31,11 @@ from preo_client import (
 def sync_usage(client: PreoClient) -> Decimal:
     refund: Refund = client.purchases.refund("pur_demo_ticket", reason="sold_out")
     amount: Decimal = refund.amount
-    created: datetime.datetime = refund.created
+    created: datetime.datetime | None = refund.created
     status: RefundStatus | str | None = refund.status
     scope: RefundScope | str | None = refund.scope
     raw: httpx.Response = refund.http_response
+    assert created is not None
     assert created.tzinfo is not None
     assert status is not None
     assert scope is not None

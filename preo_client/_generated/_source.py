@@ -2,5 +2,5 @@
 # change openapi/ or generator_config.yaml and run `python scripts/regenerate.py`.
 """Fingerprints of the inputs this package was generated from."""
 
-SPEC_SHA256 = "d8db85043839de47bd1379c1cd65813b62f346043fadb6cc0cbbe507a67cc1b1"
+SPEC_SHA256 = "6e4c24a1bee928e609576946e6d100156cfbf28b77e82ed127cf41b494e49880"
 CONFIG_SHA256 = "f286eee456a534b705d3cf1042f30673dc0ea3c2215bdf5af3287553cf2ed790"

@@ -37,8 +37,8 @@ class RefundRequest:
     kept as additional properties. """
     created: datetime.datetime
     modified: datetime.datetime
-    can_approve: bool | str
-    can_reject: bool | str
+    can_approve: str
+    can_reject: str
     organization: None | str | Unset = UNSET
     scope: RefundScope | str | Unset = UNSET
     """ One of RefundScope; a value this document does not know yet is kept as a plain string so that older clients
@@ -46,7 +46,7 @@ class RefundRequest:
     status: RefundStatus | str | Unset = UNSET
     """ One of RefundStatus; a value this document does not know yet is kept as a plain string so that older clients
     keep working when the server adds one. """
-    comment: str | Unset = UNSET
+    comment: None | str | Unset = UNSET
     """ Comment added upon custom refund """
     service_response: None | str | Unset = UNSET
     refund_date: datetime.datetime | None | Unset = UNSET
@@ -68,10 +68,8 @@ class RefundRequest:
 
         modified = self.modified.isoformat()
 
-        can_approve: bool | str
         can_approve = self.can_approve
 
-        can_reject: bool | str
         can_reject = self.can_reject
 
         organization: None | str | Unset
@@ -96,7 +94,11 @@ class RefundRequest:
         else:
             status = self.status
 
-        comment = self.comment
+        comment: None | str | Unset
+        if isinstance(self.comment, Unset):
+            comment = UNSET
+        else:
+            comment = self.comment
 
         service_response: None | str | Unset
         if isinstance(self.service_response, Unset):
@@ -162,15 +164,9 @@ class RefundRequest:
 
         modified = isoparse(d.pop("modified"))
 
-        def _parse_can_approve(data: object) -> bool | str:
-            return cast(bool | str, data)
+        can_approve = d.pop("can_approve")
 
-        can_approve = _parse_can_approve(d.pop("can_approve"))
-
-        def _parse_can_reject(data: object) -> bool | str:
-            return cast(bool | str, data)
-
-        can_reject = _parse_can_reject(d.pop("can_reject"))
+        can_reject = d.pop("can_reject")
 
         def _parse_organization(data: object) -> None | str | Unset:
             if data is None:
@@ -211,7 +207,14 @@ class RefundRequest:
 
         status = _parse_status(d.pop("status", UNSET))
 
-        comment = d.pop("comment", UNSET)
+        def _parse_comment(data: object) -> None | str | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(None | str | Unset, data)
+
+        comment = _parse_comment(d.pop("comment", UNSET))
 
         def _parse_service_response(data: object) -> None | str | Unset:
             if data is None:
