@@ -37,7 +37,7 @@ from ._exceptions import (
     UnprocessableEntityOutcomeUnknownError,
 )
 from ._idempotency import idempotency_key_for
-from ._models import Refund
+from ._models import PickupPoint, Refund, StaffUser
 from ._policy import POLICY, REASONS, SCOPES, Reason, RefundPlan, Scope, plan_refund
 from ._retry import Backoff
 from ._version import __version__
@@ -108,6 +108,7 @@ __all__ = [
     "NotGiven",
     "PermissionDeniedError",
     "PermissionDeniedOutcomeUnknownError",
+    "PickupPoint",
     "PreoClient",
     "PreoError",
     "RateLimitError",
@@ -123,6 +124,7 @@ __all__ = [
     "RefundStatus",
     "RefundValidationError",
     "Scope",
+    "StaffUser",
     "UnprocessableEntityError",
     "UnprocessableEntityOutcomeUnknownError",
     "__version__",
