@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     print(f"  scope:    {scope}")
     print(f"  amount:   {refund.amount:.2f}")
     print(f"  status:   {status}")
-    print(f"  created:  {refund.created.isoformat()}")
+    print(f"  created:  {refund.created.isoformat() if refund.created else '-'}")
     print(f"  idempotency key: {refund.idempotency_key}")
     return 0
 

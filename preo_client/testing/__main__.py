@@ -56,6 +56,12 @@ def build_parser(prog: str = "python -m preo_client.testing") -> argparse.Argume
     run.add_argument("--api-key", default=DEMO_API_KEY, help="bearer token the sandbox accepts")
     run.add_argument("--quiet", action="store_true", help="no access log on stderr")
     run.add_argument(
+        "--auto-purchases",
+        action="store_true",
+        help="create an unknown purchase id on first use (25.00 + 2.00 deposit + 1.50 fees) "
+        "instead of answering 404",
+    )
+    run.add_argument(
         "--server",
         choices=("stdlib", "uvicorn", "auto"),
         default="stdlib",
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m preo_client.te
     """Run the command; returns the exit code (2: usage error or the address cannot be used)."""
     args = build_parser(prog).parse_args(argv)
     try:
-        fake = FakePreo.demo(api_key=args.api_key)
+        fake = FakePreo.demo(api_key=args.api_key, auto_purchases=args.auto_purchases)
         fake.set_rate_limit(
             args.rate_limit, burst=args.burst, send_retry_after=not args.no_retry_after
         )
