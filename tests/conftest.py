@@ -11,6 +11,7 @@ import pytest
 from preo_client.testing import FakePreo
 from preo_client.testing import _fake as fake_module
 from tests._contract import OPERATION_PATH, check_request, check_response
+from tests._wheel import WheelEnv, build_wheel_env
 
 CHECKED: dict[str, int] = {"requests": 0, "responses": 0}
 
@@ -58,3 +59,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"contract: {CHECKED['requests']} requests and {CHECKED['responses']} sandbox "
         "responses validated against openapi/preo.yaml"
     )
+
+
+@pytest.fixture(scope="session")
+def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> WheelEnv:
+    """The built wheel alone in a fresh venv (built once per run)."""
+    return build_wheel_env(tmp_path_factory.mktemp("wheel"))

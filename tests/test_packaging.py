@@ -3,26 +3,17 @@ into a clean venv and imports there."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import sysconfig
-import venv
 import zipfile
 from pathlib import Path
+
+from tests._wheel import WheelEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = dist.glob("preo_client-*.whl")
+def test_wheel_builds_installs_and_imports(wheel_env: WheelEnv, tmp_path: Path) -> None:
+    wheel = wheel_env.wheel
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = next(n for n in names if n.endswith("METADATA"))
@@ -46,15 +37,8 @@ def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
 
     # A clean venv: the wheel alone (no network); its dependencies come from this
     # environment's site-packages through PYTHONPATH, which does not see our editable install.
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
-        check=True,
-        capture_output=True,
-    )
-    site = sysconfig.get_paths()["purelib"]
+    python = wheel_env.python
+    env_dir = python.parent.parent
     code = (
         "import preo_client, pathlib; from preo_client import PreoClient, plan_refund;"
         "print(pathlib.Path(preo_client.__file__).parent);"
@@ -65,7 +49,7 @@ def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": site},
+        env=wheel_env.environ(),
         cwd=tmp_path,
     )
     where, scope = result.stdout.split()
