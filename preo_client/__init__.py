@@ -69,7 +69,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'preo_client' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module, __name__), name)
+    value = getattr(importlib.import_module(module, __name__), name)
+    if isinstance(value, type) and value.__module__.startswith("preo_client."):
+        value.__module__ = __name__  # shows (and pickles) as preo_client.X
+    return value
 
 
 __all__ = [
@@ -135,6 +138,6 @@ __all__ = [
 # Exported classes show (and pickle) as `preo_client.X`, like httpx's do.
 for _name in __all__:
     _value = globals().get(_name)
-    if isinstance(_value, type) and _value.__module__.startswith("preo_client."):
+    if callable(_value) and getattr(_value, "__module__", "").startswith("preo_client."):
         _value.__module__ = __name__
 del _name, _value

@@ -23,7 +23,7 @@ class AmountError(ValueError):
 
 def suggest_decimal(value: float) -> str:
     """Return the ``Decimal("...")`` a caller most likely meant for a float with float noise."""
-    return f'Decimal("{Decimal(repr(value)).quantize(CENT)}")'
+    return f'Decimal("{Decimal(float.__repr__(value)).quantize(CENT)}")'
 
 
 def parse_amount(value: object) -> Decimal:
@@ -49,7 +49,7 @@ def parse_amount(value: object) -> Decimal:
             raise AmountError(f"must be finite, got {value!r}")
         # The float's shortest form is what the caller wrote (12.5 -> "12.5"); only a value
         # whose shortest form already has at most two places is taken as exact money.
-        amount = Decimal(repr(value))
+        amount = Decimal(float.__repr__(value))  # a subclass (numpy) may repr otherwise
         if amount > 0 and amount.as_tuple().exponent < -2:  # type: ignore[operator]
             if amount < CENT:
                 raise AmountError(

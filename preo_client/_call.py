@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import time
+import zlib
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "AsyncSender",
     "AttemptFailed",
+    "BodyReader",
     "Call",
     "CallState",
     "Failure",
@@ -63,17 +65,23 @@ MAX_RESPONSE_BYTES: Final = 1024 * 1024
 _JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def classify_status(status: int) -> Failure:
+KEY_CONFLICTS: Final = frozenset({409, 422})
+
+
+def classify_status(status: int, *, key_supplied: bool = False) -> Failure:
     """The meaning of a non-2xx ``status``: the single rule for answers.
 
     ``429`` and ``503`` are refusals (nothing processed); other ``3xx``/``4xx`` are final
     answers (redirects are never followed); every ``5xx`` but ``503`` — and any status outside
-    the standard classes — may come after the refund was made.
+    the standard classes — may come after the refund was made. ``409`` (the key is in flight)
+    and ``422`` (the key was used with another body) say that *a request with this key* may
+    have made a refund: when the caller supplied the key (a retry of an earlier call, a bulk
+    run's derived key), that refund may exist, so they are final but outcome-unknown.
     """
     if status in (429, 503):
         return Failure.REFUSED
     if 300 <= status < 500:
-        return Failure.FINAL
+        return Failure.UNKNOWN if key_supplied and status in KEY_CONFLICTS else Failure.FINAL
     return Failure.UNKNOWN
 
 
@@ -150,6 +158,7 @@ class Call:
     idempotency_key: str
     deadline: float
     max_retries: int
+    key_supplied: bool = False  # the key came from the caller: it may have been used before
 
 
 @functools.cache
@@ -220,13 +229,16 @@ def build_call(
             extensions={"timeout": timeout.as_dict()},
         )
     except httpx.InvalidURL as exc:  # e.g. longer than a URL may be
-        raise RefundValidationError("purchase_id", f"does not fit in a URL ({exc})") from None
+        raise RefundValidationError(
+            "purchase_id", f"does not fit in a URL with base_url {base_url!r} ({exc})"
+        ) from None
     return Call(
         request=request,
         plan=plan,
         idempotency_key=key,
         deadline=deadline,
         max_retries=max_retries,
+        key_supplied=idempotency_key is not None,
     )
 
 
@@ -303,7 +315,7 @@ def finish(
                 idempotency_key=call.idempotency_key,
             )
             raise AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN) from exc
-    failure = classify_status(status)
+    failure = classify_status(status, key_supplied=call.key_supplied)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     error = make_status_error(
         response,
@@ -312,20 +324,112 @@ def finish(
         idempotency_key=call.idempotency_key,
         retry_after=retry_after,
         note=f"body unreadable: {body_problem}" if body_problem else None,
+        secret=_secret(call),
     )
     if failure is Failure.UNKNOWN:
         error = mark_outcome_unknown(error)
+        if status in KEY_CONFLICTS:  # a final answer, not worth a retry of our own
+            raise AttemptFailed(error, Failure.FINAL, retry_after)
     raise AttemptFailed(error, failure, retry_after)
 
 
-def declared_too_large(response: httpx.Response) -> bool:
-    """True when the answer's ``Content-Length`` is over :data:`MAX_RESPONSE_BYTES`."""
-    length = response.headers.get("content-length", "")
-    return length.isdigit() and int(length) > MAX_RESPONSE_BYTES
+def _secret(call: Call) -> str:
+    """The API key this call sends (to scrub from anything a server echoes back)."""
+    auth: str = call.request.headers.get("authorization", "")
+    return auth[7:] if auth[:7].lower() == "bearer " else auth
 
 
 def too_large_problem() -> str:
     return f"body larger than {MAX_RESPONSE_BYTES} bytes refused"
+
+
+class BodyReader:
+    """Collects an answer's body from raw network chunks, decoded with a bounded decoder.
+
+    Both the bytes on the wire and the decoded bytes are capped at
+    :data:`MAX_RESPONSE_BYTES` (a 2 KB gzip bomb never inflates past the cap); one layer of
+    ``gzip``/``deflate`` is decoded, anything else (stacked or unknown encodings) is refused.
+    ``problem`` says why the body could not be read whole; the status still decides.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.problem: str | None = None
+        self._raw = 0
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._decoder: Any = None
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
+            self.problem = too_large_problem()
+        codings = [
+            c.strip().lower()
+            for c in response.headers.get_list("content-encoding", split_commas=True)
+            if c.strip() and c.strip().lower() != "identity"
+        ]
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+            self.problem = f"unsupported Content-Encoding {', '.join(codings)[:80]!r}"
+        elif codings:
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+
+    @property
+    def done(self) -> bool:
+        return self.problem is not None
+
+    def feed(self, raw: bytes) -> None:
+        """Take one raw chunk; sets ``problem`` once the body can no longer be read."""
+        self._raw += len(raw)
+        if self._raw > MAX_RESPONSE_BYTES:
+            self.problem = too_large_problem()
+            return
+        if self._decoder is None:
+            self._take(raw)
+            return
+        data = raw
+        try:
+            while data and not self.done:
+                out = self._decoder.decompress(data, MAX_RESPONSE_BYTES - self._size + 1)
+                self._take(out)
+                data = self._decoder.unconsumed_tail
+        except zlib.error as exc:
+            self.problem = f"corrupt compressed body ({exc})"
+
+    def _take(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > MAX_RESPONSE_BYTES:
+            self.problem = too_large_problem()
+        else:
+            self._chunks.append(data)
+
+    def fail(self, problem: str) -> None:
+        self.problem = self.problem or problem
+
+    def result(self) -> tuple[bytes, str | None]:
+        """The decoded body and the problem, if any."""
+        if self.problem is None and self._decoder is not None:
+            try:
+                self._take(self._decoder.flush())
+            except zlib.error as exc:
+                self.problem = f"corrupt compressed body ({exc})"
+            if self.problem is None and not self._decoder.eof:
+                self.problem = "compressed body cut short"
+        return b"".join(self._chunks), self.problem
+
+
+def already_read(response: httpx.Response) -> bytes | None:
+    """The body when the transport handed it over already read (e.g. a mock), else None."""
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        return None
+
+
+def keep_body(response: httpx.Response, content: bytes, call: Call) -> None:
+    """Store the decoded body on the response (``http_response.json()`` works), with the API
+    key scrubbed out if the server echoed it."""
+    secret = _secret(call).encode()
+    if secret and secret in content:
+        content = content.replace(secret, b"***")
+    response._content = content
 
 
 def body_problem_of(exc: BaseException) -> str:

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 import httpx
 
 from ._call import (
-    MAX_RESPONSE_BYTES,
     AttemptFailed,
+    BodyReader,
     Call,
     CallState,
+    already_read,
     body_problem_of,
     build_call,
     deadline_failure,
-    declared_too_large,
     finish,
-    too_large_problem,
+    keep_body,
     transport_failure,
 )
 from ._config import (
@@ -152,6 +152,13 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             f"{type(self).__name__}(base_url={s.base_url!r}, max_retries={s.max_retries}, "
             f"retry_unknown_outcome={s.retry_unknown_outcome}, api_key='***')"
         )
+
+    def _check_open(self) -> None:
+        if self._http.is_closed:
+            raise ConfigurationError(
+                f"this {type(self).__name__} is closed (used after its `with` block or "
+                "close()); nothing was sent"
+            )
 
     def _changed(self, changes: dict[str, Any]) -> ClientSettings:
         s = self._settings
@@ -282,6 +289,15 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         )
 
 
+class _LoopBinding:
+    """The event loop an async HTTP client's connections belong to (set on first use)."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+
 class PreoClient(_BaseClient[httpx.Client]):
     """Synchronous client for the Preo refund API.
 
@@ -375,6 +391,7 @@ class PreoClient(_BaseClient[httpx.Client]):
 
     def _send(self, call: Call, state: CallState | None = None) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
+        self._check_open()
         state = state if state is not None else CallState()
         sleep = self._sleep or _sleep
         while True:
@@ -405,28 +422,24 @@ class PreoClient(_BaseClient[httpx.Client]):
             failed = transport_failure(exc, call)
             self._log_attempt(call, attempt, started, None, failed)
             raise failed from exc
-        content, problem = b"", None
-        try:
-            if declared_too_large(response):
-                problem = too_large_problem()
-            else:
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        problem = too_large_problem()
+        content = already_read(response)
+        problem = None
+        if content is None:
+            reader = BodyReader(response)
+            try:
+                for raw in response.iter_raw():
+                    reader.feed(raw)
+                    if not reader.done and time.monotonic() - started > call.deadline:
+                        reader.fail(f"body not complete within {call.deadline:g} s")
+                    if reader.done:
                         break
-                    chunks.append(chunk)
-                    if time.monotonic() - started > call.deadline:
-                        problem = f"body not complete within {call.deadline:g} s"
-                        break
-                content = b"".join(chunks)
-        except Exception as exc:  # a read fault after the status line: the status decides
-            problem = body_problem_of(exc)
-        finally:
-            with contextlib.suppress(Exception):  # a broken stream must not hide the answer
-                response.close()
+            except Exception as exc:  # a read fault after the status line: the status decides
+                reader.fail(body_problem_of(exc))
+            finally:
+                with contextlib.suppress(Exception):  # a broken stream must not hide the answer
+                    response.close()
+            content, problem = reader.result()
+            keep_body(response, content, call)
         self._log_attempt(call, attempt, started, response)
         return finish(response, content, call, body_problem=problem)
 
@@ -485,7 +498,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         super().__init__(settings=settings, http_client=http_client, owns_http=http_client is None)
         self.purchases: AsyncPurchases = AsyncPurchases(self)
         self._sleep: Callable[[float], Awaitable[None]] | None = None
-        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._binding = _LoopBinding()  # shared by copies that share the HTTP client
 
     def _new_http_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
@@ -523,7 +536,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         _BaseClient.__init__(copy, settings=settings, http_client=http, owns_http=False)
         copy.purchases = AsyncPurchases(copy)
         copy._sleep = self._sleep
-        copy._loop = self._loop if http is self._http else None
+        copy._binding = self._binding if http is self._http else _LoopBinding()
         return copy
 
     def _check_loop(self) -> None:
@@ -531,11 +544,12 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         import asyncio
 
         loop = asyncio.get_running_loop()
-        bound = self._loop() if self._loop is not None else None
+        binding = self._binding
+        bound = binding.loop() if binding.loop is not None else None
         if bound is loop:
             return
-        if self._loop is None:
-            self._loop = weakref.ref(loop)
+        if binding.loop is None:
+            binding.loop = weakref.ref(loop)
             return
         raise ConfigurationError(
             "this AsyncPreoClient was first used in another event loop (closed or still "
@@ -545,6 +559,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
 
     async def _send(self, call: Call, state: CallState | None = None) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
+        self._check_open()
         self._check_loop()
         state = state if state is not None else CallState()
         sleep = self._sleep or _async_sleep
@@ -587,8 +602,9 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         except asyncio.CancelledError:
             if not expired:
                 raise
-            if sys.version_info >= (3, 11):
-                task.uncancel()
+            # Our deadline cancelled the task; if its owner cancelled it too, that wins.
+            if sys.version_info >= (3, 11) and task.uncancel() > 0:
+                raise
             failed = deadline_failure(call)
             self._log_attempt(call, attempt, started, None, failed)
             raise failed from None
@@ -602,25 +618,22 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             failed = transport_failure(exc, call)
             self._log_attempt(call, attempt, started, None, failed)
             raise failed from exc
-        content, problem = b"", None
-        try:
-            if declared_too_large(response):
-                problem = too_large_problem()
-            else:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        problem = too_large_problem()
+        content = already_read(response)
+        problem = None
+        if content is None:
+            reader = BodyReader(response)
+            try:
+                async for raw in response.aiter_raw():
+                    reader.feed(raw)
+                    if reader.done:
                         break
-                    chunks.append(chunk)
-                content = b"".join(chunks)
-        except Exception as exc:  # a read fault after the status line: the status decides
-            problem = body_problem_of(exc)
-        finally:
-            with contextlib.suppress(Exception):  # a broken stream must not hide the answer
-                await response.aclose()
+            except Exception as exc:  # a read fault after the status line: the status decides
+                reader.fail(body_problem_of(exc))
+            finally:
+                with contextlib.suppress(Exception):  # a broken stream must not hide the answer
+                    await response.aclose()
+            content, problem = reader.result()
+            keep_body(response, content, call)
         self._log_attempt(call, attempt, started, response)
         return finish(response, content, call, body_problem=problem)
 

@@ -114,9 +114,13 @@ def resolve_base_url(
     ``http://`` is accepted only for a loopback host (``localhost``, ``127.0.0.0/8``, ``::1``) or
     when ``allow_insecure_http=True``, so a typo cannot send the API key in clear text.
     """
+    if base_url is not None and not base_url:
+        raise ConfigurationError("base_url must not be empty (leave it out for the production API)")
     url = base_url or environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     if not isinstance(url, str):
         raise ConfigurationError(f"base_url must be a string, not {type(url).__name__}")
+    if len(url) > 2048:
+        raise ConfigurationError("base_url must be at most 2048 characters")
     if not _VISIBLE_ASCII.fullmatch(url):
         raise ConfigurationError(
             f"base_url must be visible ASCII with no spaces or control characters, got {url!r}"
@@ -131,7 +135,7 @@ def resolve_base_url(
         raise ConfigurationError(f"base_url must be an http(s) URL with a host, got {url!r}")
     if parts.username or parts.password:
         raise ConfigurationError("base_url must not carry credentials; pass api_key instead")
-    if parts.query or parts.fragment:
+    if "?" in url or "#" in url:
         raise ConfigurationError(f"base_url must not have a query or fragment, got {url!r}")
     if parts.scheme == "http" and not (allow_insecure_http or _is_loopback(hostname)):
         raise ConfigurationError(
@@ -145,22 +149,44 @@ def resolve_base_url(
     return url.rstrip("/")
 
 
-def as_timeout(timeout: object, *, field: str = "timeout") -> httpx.Timeout:
-    """A number of seconds or an ``httpx.Timeout``, checked."""
-    if isinstance(timeout, httpx.Timeout):
-        values = (timeout.connect, timeout.read, timeout.write, timeout.pool)
-        if all(v is None for v in values):
-            raise ConfigurationError(f"{field} must set at least one limit")
-        if any(v is not None and not (math.isfinite(v) and v > 0) for v in values):
-            raise ConfigurationError(f"{field} values must be finite numbers > 0")
-        return timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+MAX_TIMEOUT: Final = 86_400.0
+
+
+def _seconds(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(
-            f"{field} must be a number of seconds or an httpx.Timeout, got {timeout!r}"
+            f"{field} must be a number of seconds or an httpx.Timeout, got {value!r}"
         )
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigurationError(f"{field} must be a finite number of seconds > 0, got {timeout!r}")
-    return httpx.Timeout(float(timeout))
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+        raise ConfigurationError(
+            f"{field} must be a number of seconds > 0 and at most {MAX_TIMEOUT:g}, got {value!r}"
+        )
+    return seconds
+
+
+def as_timeout(timeout: object, *, field: str = "timeout") -> httpx.Timeout:
+    """A number of seconds or an ``httpx.Timeout``, checked; every limit set.
+
+    A limit left unset (``None``) in an ``httpx.Timeout`` takes the largest one given, so no
+    phase of an attempt can wait for ever.
+    """
+    if isinstance(timeout, httpx.Timeout):
+        values = {
+            "connect": timeout.connect,
+            "read": timeout.read,
+            "write": timeout.write,
+            "pool": timeout.pool,
+        }
+        given_values = {k: _seconds(v, f"{field}.{k}") for k, v in values.items() if v is not None}
+        if not given_values:
+            raise ConfigurationError(f"{field} must set at least one limit")
+        total = max(given_values.values())
+        return httpx.Timeout(**{k: given_values.get(k, total) for k in values})
+    return httpx.Timeout(_seconds(timeout, field))
 
 
 def total_seconds(timeout: httpx.Timeout) -> float:
@@ -198,8 +224,25 @@ def check_headers(headers: Mapping[str, str] | None, *, field: str) -> Mapping[s
     return MappingProxyType(checked)
 
 
+# Headers the client sets, and those that change how the body is framed or decoded.
 RESERVED_HEADERS: Final = frozenset(
-    {"authorization", "idempotency-key", "content-type", "content-length", "host"}
+    {
+        "accept-encoding",
+        "authorization",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "idempotency-key",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "make_status_error",
     "mark_outcome_unknown",
     "retry_hint",
+    "scrub",
 ]
 
 BODY_TEXT_LIMIT: Final = 2048
@@ -415,14 +416,47 @@ def _server_message(body: object, content: bytes) -> str:
     return _body_text(body, content)
 
 
+MAX_BODY_DEPTH: Final = 32
+
+
+def _shallow(value: object, limit: int = MAX_BODY_DEPTH) -> bool:
+    """True when ``value`` nests at most ``limit`` levels (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
 def parse_error_body(content: bytes) -> object:
-    """An error body as JSON when it is JSON, else as text; never raises."""
+    """An error body as JSON when it is shallow JSON, else as text; never raises."""
     if not content:
         return None
     try:
-        return json.loads(content)
+        body = json.loads(content)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, too many digits
         return content.decode("utf-8", errors="replace")
+    if not _shallow(body):  # kept as text: it must pickle, print and compare safely
+        return content.decode("utf-8", errors="replace")
+    return body
+
+
+def scrub(value: object, secret: str) -> object:
+    """``value`` with every occurrence of ``secret`` in its strings replaced by ``***``."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***")
+    if isinstance(value, dict):
+        return {scrub(k, secret): scrub(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secret) for v in value]
+    return value
 
 
 def make_status_error(
@@ -433,9 +467,16 @@ def make_status_error(
     idempotency_key: str | None,
     retry_after: float | None = None,
     note: str | None = None,
+    secret: str = "",
 ) -> APIStatusError:
-    """Build the exception for an error ``response`` (not yet marked outcome-unknown)."""
+    """Build the exception for an error ``response`` (not yet marked outcome-unknown).
+
+    ``secret`` (the API key) is scrubbed from the body and the message should the server
+    echo it.
+    """
     status = response.status_code
+    if secret and secret.encode() in content:
+        content = content.replace(secret.encode(), b"***")
     body = parse_error_body(content)
     cls = error_class_for_status(status)
     message = f"Error code: {status} {response.reason_phrase}".rstrip()

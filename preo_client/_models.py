@@ -709,12 +709,11 @@ def _parse(
     response: httpx.Response, content: bytes, idempotency_key: str, request_id: str | None
 ) -> Refund:
     headers = response.headers
-    content_type = headers.get("content-type", "")
-    media_type = content_type.partition(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise _Unreadable(f"expected JSON, got content type {content_type[:100] or 'none'!r}")
+    # The body decides, not its label: a refund whose JSON arrives as text/plain, without a
+    # content type or behind a UTF-8 BOM is still the refund that was made (I3); an HTML page
+    # or anything else that is not a JSON object is refused below.
     try:
-        data = _JSON.decode(content.decode("utf-8"))
+        data = _JSON.decode(content.decode("utf-8-sig"))
     except RecursionError:
         raise _Unreadable("body is not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit

@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 RETRY_AFTER_CAP: Final = 60.0
+BACKOFF_LIMIT: Final = 3600.0
 
 
 class Failure(enum.Enum):
@@ -87,6 +88,22 @@ class Backoff:
 
     base: float = 0.5
     cap: float = 8.0
+
+    def __post_init__(self) -> None:
+        for name in ("base", "cap"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 <= value <= BACKOFF_LIMIT
+            ):
+                from ._exceptions import ConfigurationError
+
+                raise ConfigurationError(
+                    f"Backoff.{name} must be a number of seconds from 0 to {BACKOFF_LIMIT:g}, "
+                    f"got {value!r}"
+                )
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to sleep after failed attempt ``attempt``; a server's wait wins when given."""

@@ -323,7 +323,7 @@ def test_exact_amount_from_the_raw_text(runner: Runner, mock: Any) -> None:
 BAD_2XX = [
     (b'{"id": "rr_1", ', "application/json", "not valid JSON"),
     (json.dumps(refund_json()).encode()[:60], "application/json", "not valid JSON"),
-    (b"<html>ok</html>", "text/html", "expected JSON"),
+    (b"<html>ok</html>", "text/html", "not valid JSON"),
     (json.dumps([refund_json()]).encode(), "application/json", "expected a JSON object"),
     (json.dumps(refund_json(amount=None)).encode(), "application/json", "amount"),
     (json.dumps(refund_json(amount=True)).encode(), "application/json", "amount"),

@@ -471,9 +471,20 @@ def test_hostile_bodies_raise_only_response_validation_error(content: bytes) -> 
     assert "internal error" not in str(info.value)
 
 
-def test_non_json_content_type_is_refused() -> None:
-    content = encode(sample()).encode()
-    with pytest.raises(APIResponseValidationError, match="expected JSON"):
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain", "", "text/json"])
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_a_readable_refund_is_returned_whatever_its_label(content_type: str, bom: bytes) -> None:
+    """The body decides (I3): a refund made is a refund returned, however it is labelled."""
+    content = bom + encode(sample()).encode()
+    refund = parse_refund(
+        response_for(content, content_type), content, idempotency_key=KEY, request_id=None
+    )
+    assert refund.id == sample()["id"]
+
+
+def test_an_html_page_is_refused() -> None:
+    content = b"<html>502 Bad Gateway</html>"
+    with pytest.raises(APIResponseValidationError, match="not valid JSON"):
         parse_refund(
             response_for(content, "text/html"), content, idempotency_key=KEY, request_id=None
         )

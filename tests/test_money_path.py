@@ -511,3 +511,167 @@ def test_preo_log_env_turns_on_a_handler_once() -> None:
     finally:
         logger.handlers[:] = before[0]
         logger.setLevel(before[1])
+
+
+# -- found by the adversarial review of the call core -----------------------------------------
+
+
+def test_a_with_options_copy_shares_the_event_loop_binding() -> None:
+    recorder = Recorder(lambda r: created())
+    http = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
+    client = AsyncPreoClient(api_key=KEY, http_client=http)
+    copy = client.with_options(max_retries=0)  # copied before the first call
+
+    async def refund(c: AsyncPreoClient) -> Refund:
+        return await c.purchases.refund("pur_1", reason="sold_out")
+
+    assert isinstance(asyncio.run(refund(client)), Refund)
+    with pytest.raises(ConfigurationError, match="another event loop"):
+        asyncio.run(refund(copy))
+    assert len(recorder.requests) == 1
+
+
+def test_every_timeout_limit_is_set() -> None:
+    client = PreoClient(api_key=KEY, timeout=httpx.Timeout(1.0, read=None))
+    assert (client.timeout.connect, client.timeout.read, client.timeout.write) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("value", [10**400, 1e10, 0, -1, float("nan"), True, "5"])
+def test_timeouts_out_of_range_are_refused(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PreoClient(api_key=KEY, timeout=value)  # type: ignore[arg-type]
+    result, recorder = run("sync", lambda r: created(), timeout=value)
+    assert isinstance(result, RefundValidationError)
+    assert result.field == "timeout"
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("kwargs", [{"base": "0.5"}, {"base": None}, {"cap": 1e300}, {"base": -1}])
+def test_bad_backoff_values_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="Backoff"):
+        Backoff(**kwargs)
+
+
+def test_a_gzip_bomb_never_inflates_past_the_cap() -> None:
+    from preo_client._call import MAX_RESPONSE_BYTES, BodyReader
+
+    bomb = gzip.compress(b"0" * (64 * MAX_RESPONSE_BYTES), 9)  # ~65 KB on the wire
+    response = httpx.Response(201, headers={"content-encoding": "gzip"})
+    reader = BodyReader(response)
+    held = 0
+    for start in range(0, len(bomb), 4096):
+        reader.feed(bomb[start : start + 4096])
+        held = max(held, sum(len(c) for c in reader._chunks))
+        if reader.done:
+            break
+    _content, problem = reader.result()
+    assert problem is not None
+    assert "larger than" in problem
+    assert held <= MAX_RESPONSE_BYTES
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stacked_content_encodings_are_refused_as_unreadable(kind: str) -> None:
+    body = gzip.compress(gzip.compress(json.dumps(refund_json()).encode()))
+    result, recorder = run(
+        kind, lambda r: streamed(201, body, **{"content-encoding": "gzip, gzip"})
+    )
+    unknown_with_key(result, APIResponseValidationError, recorder)
+    assert "Content-Encoding" in str(result)
+
+
+def test_a_float_subclass_with_its_own_repr_is_read_by_value() -> None:
+    class Money(float):
+        def __repr__(self) -> str:
+            return f"Money({float(self)})"
+
+    assert parse_amount(Money(12.5)) == Decimal("12.50")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("status", [409, 422])
+def test_a_key_conflict_on_a_supplied_key_is_outcome_unknown(kind: str, status: int) -> None:
+    result, recorder = run(kind, lambda r: httpx.Response(status), idempotency_key="ticket-42")
+    assert isinstance(result, RefundOutcomeUnknownError)
+    assert result.idempotency_key == "ticket-42"
+    assert len(recorder.requests) == 1
+    result, _ = run(kind, lambda r: httpx.Response(status))  # our own fresh key: a plain 4xx
+    assert not isinstance(result, RefundOutcomeUnknownError)
+
+
+def test_an_error_with_a_deep_body_pickles() -> None:
+    deep = b'{"amount":' + b"[" * 600 + b"]" * 600 + b"}"
+    result, _ = run("sync", lambda r: httpx.Response(400, content=deep))
+    assert isinstance(result, BadRequestError)
+    back = pickle.loads(pickle.dumps(result))  # noqa: S301 - our own bytes
+    assert type(back) is BadRequestError
+
+
+@pytest.mark.parametrize(
+    "name", ["Transfer-Encoding", "Content-Encoding", "Connection", "Accept-Encoding", "TE"]
+)
+def test_headers_that_change_framing_are_reserved(name: str) -> None:
+    result, recorder = run("sync", lambda r: created(), extra_headers={name: "chunked"})
+    assert isinstance(result, RefundValidationError)
+    assert recorder.requests == []
+    with pytest.raises(ConfigurationError, match="cannot be overridden"):
+        PreoClient(api_key=KEY, default_headers={name: "chunked"})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_api_key_echoed_by_the_server_is_scrubbed(kind: str) -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        return streamed(400, json.dumps({"detail": request.headers["authorization"]}).encode())
+
+    result, _ = run(kind, echo)
+    assert isinstance(result, BadRequestError)
+    for text in (str(result), repr(result), repr(result.body), result.response.text):
+        assert KEY not in text
+    assert KEY.encode() not in pickle.dumps(result)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "https://staging.preo.dev?", "https://staging.preo.dev#", "https://x.dev/" + "a" * 3000],
+)
+def test_base_urls_that_would_post_elsewhere_are_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="base_url"):
+        PreoClient(api_key=KEY, base_url=url)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_closed_client_sends_nothing_and_says_so(kind: str) -> None:
+    recorder = Recorder(lambda r: created())
+    if kind == "sync":
+        http = httpx.Client(transport=httpx.MockTransport(recorder))
+        with PreoClient(api_key=KEY, http_client=http) as client:
+            pass
+        http.close()
+        with pytest.raises(ConfigurationError, match="closed"):
+            client.purchases.refund("pur_1", reason="sold_out")
+    else:
+
+        async def go() -> None:
+            http = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
+            await http.aclose()
+            client = AsyncPreoClient(api_key=KEY, http_client=http)
+            with pytest.raises(ConfigurationError, match="closed"):
+                await client.purchases.refund("pur_1", reason="sold_out")
+
+        asyncio.run(go())
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_responses_on_results_and_errors_can_be_read(kind: str) -> None:
+    result, _ = run(kind, lambda r: streamed(201, json.dumps(refund_json()).encode()))
+    assert isinstance(result, Refund)
+    assert result.http_response.json()["id"] == "rr_1"
+    result, _ = run(kind, lambda r: streamed(400, b'{"amount": ["too much"]}'))
+    assert isinstance(result, BadRequestError)
+    assert result.response.json() == {"amount": ["too much"]}
+
+
+def test_lazy_exports_and_functions_show_as_preo_client() -> None:
+    for name in ("RefundScope", "RefundStatus", "plan_refund", "idempotency_key_for"):
+        assert getattr(preo_client, name).__module__ == "preo_client", name
