@@ -444,10 +444,7 @@ class _Core:
         """Record a sent item's refund or error (journal, group, summary)."""
         key = job.call.idempotency_key
         if refund is not None:
-            replayed = not self.summary.claim(refund)
-            outcome = RefundOutcome(
-                job.item, refund, None, attempts, key, False, job.position, replayed
-            )
+            outcome = RefundOutcome(job.item, refund, None, attempts, key, False, job.position)
             if self.journal is not None:
                 self.journal.finish(
                     job.position, "done", refund_id=refund.id, amount=str(refund.amount)
@@ -474,6 +471,14 @@ class _Core:
         return self.finish(outcome)
 
     def finish(self, outcome: RefundOutcome) -> RefundOutcome:
+        return outcome
+
+    def count(self, outcome: RefundOutcome) -> RefundOutcome:
+        """Count an outcome as it is handed out (so the summary is exactly what was yielded);
+        a refund this run already counted is marked replayed."""
+        fresh = outcome.refund is not None and outcome.covered_by is None
+        if fresh and outcome.refund is not None and not self.summary.claim(outcome.refund):
+            outcome = attrs.evolve(outcome, replayed=True)
         self.summary.add(outcome)
         return outcome
 
@@ -533,6 +538,7 @@ class _Run:
         )  # fmt: skip
         self.summary = self._core.summary
         self.run_id = self._core.run_id
+        self._yielded = 0
         try:
             if isinstance(items, Sequence) and not isinstance(items, str):
                 self._core.precheck(items)
@@ -590,11 +596,14 @@ class AsyncBulkRun(_Run):
             return core.end(job, state.attempts, error=exc)
         return core.end(job, state.attempts, refund=refund)
 
-    async def _emit(self, outcome: RefundOutcome) -> None:
+    async def _emit(self, outcome: RefundOutcome) -> RefundOutcome:
+        outcome = self._core.count(outcome)
+        self._yielded += 1
         if self._on_result is not None:
             result = self._on_result(outcome)
             if inspect.isawaitable(result):
                 await result
+        return outcome
 
     async def _outcomes(self) -> AsyncIterator[RefundOutcome]:
         core = self._core
@@ -623,8 +632,7 @@ class AsyncBulkRun(_Run):
                     begun = core.begin(raw, position)
                     position += 1
                     if isinstance(begun, RefundOutcome):
-                        await self._emit(begun)
-                        yield begun
+                        yield await self._emit(begun)
                         continue
                     sender = senders[position % len(senders)]
                     tasks.add(asyncio.ensure_future(self._process(begun, sender)))
@@ -640,7 +648,7 @@ class AsyncBulkRun(_Run):
                     except Exception as exc:
                         stop = stop or exc
                         continue
-                    await self._emit(outcome)
+                    outcome = await self._emit(outcome)
                     yield outcome
                     stop = stop or core.systemic(outcome)
                 if stop is not None:
@@ -649,7 +657,7 @@ class AsyncBulkRun(_Run):
             self.summary.stopped = _stop_reason(exc)
             raise
         finally:
-            self.summary.unfinished = len(tasks)
+            self.summary.unfinished = position - self._yielded
             for task in tasks:
                 task.cancel()
             if tasks:
@@ -786,8 +794,7 @@ class BulkRun(_Run):
                     begun = core.begin(raw, position)
                     position += 1
                     if isinstance(begun, RefundOutcome):
-                        self._emit(begun)
-                        yield begun
+                        yield self._emit(begun)
                         continue
                     pending.add(pool.submit(self._process, begun, sender, stop))
                 if not pending:
@@ -804,7 +811,7 @@ class BulkRun(_Run):
                         continue
                     if outcome is None:
                         continue
-                    self._emit(outcome)
+                    outcome = self._emit(outcome)
                     yield outcome
                     failure = failure or core.systemic(outcome)
                 if failure is not None:
@@ -814,13 +821,16 @@ class BulkRun(_Run):
             raise
         finally:
             stop.set()
-            self.summary.unfinished = sum(1 for f in pending if not f.done())
+            self.summary.unfinished = position - self._yielded
             pool.shutdown(wait=True, cancel_futures=True)
             core.close()
 
-    def _emit(self, outcome: RefundOutcome) -> None:
+    def _emit(self, outcome: RefundOutcome) -> RefundOutcome:
+        outcome = self._core.count(outcome)
+        self._yielded += 1
         if self._on_result is not None:
             self._on_result(outcome)
+        return outcome
 
     def run(self) -> BulkSummary:
         """Consume every outcome (``on_result`` still sees each) and return the summary."""

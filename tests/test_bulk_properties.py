@@ -160,7 +160,7 @@ def _check(fake: FakePreo, inputs: list[Any], runner: Any) -> None:
         assert set(per_key) <= all_keys, "a refund no item accounts for"
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inputs=items, server=faults)
 def test_async_runs_account_for_every_item_once(inputs: list[Any], server: list[Fault]) -> None:
     fake = _fake()
@@ -168,7 +168,7 @@ def test_async_runs_account_for_every_item_once(inputs: list[Any], server: list[
     _check(fake, inputs, _run_async)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inputs=items, server=faults)
 def test_sync_runs_account_for_every_item_once(inputs: list[Any], server: list[Fault]) -> None:
     fake = _fake()
