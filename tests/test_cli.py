@@ -550,3 +550,33 @@ def test_progress_bar_on_a_terminal(
     assert "30/30" in drawn  # done/total
     assert "0 failed" in drawn
     assert "progress:" not in result.output  # no plain lines when a bar is drawn
+
+
+def test_ctrl_c_stops_with_a_summary_and_resumes_cleanly(tmp_path: Path) -> None:
+    fake = FakePreo()
+    for i in range(50):
+        fake.add_purchase(f"pur_{i}", price="10.00")
+    fake.inject(Fault.http_status(429, retry_after="200"))  # the run pauses for 200 s
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(50)))
+    command = [PREO, "refund-bulk", str(source), "--reason", "sold_out", "--journal",
+               str(tmp_path / "j"), "--concurrency", "4"]  # fmt: skip
+    with serve(fake) as server:
+        proc = subprocess.Popen(command, env=env_for(server.url), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not fake.requests:
+            assert time.monotonic() < deadline, "no request was sent"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)  # a hang fails here
+        resumed = run_cli(command[1:], server.url)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted; resume with the same --journal" in stderr
+    assert "Traceback" not in stderr
+    assert "Bulk refund summary" in stdout
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert collections.Counter(r.purchase_id for r in fake.refunds) == {
+        f"pur_{i}": 1 for i in range(50)
+    }
