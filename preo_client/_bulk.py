@@ -38,7 +38,7 @@ from ._exceptions import (
     RefundValidationError,
     truncate,
 )
-from ._journal import Journal, JournalError
+from ._journal import Journal, JournalEntry, JournalError
 from ._models import Refund
 from ._policy import check_comment, check_pickup_point_id, check_purchase_id, plan_refund
 from ._retry import RETRY_AFTER_CAP, SharedPause
@@ -314,22 +314,24 @@ class _Core:
             "items", f"each item must be a purchase id or a RefundItem, not {type(raw).__name__}"
         )
 
-    def check_journal(self, position: int, canonical: str) -> None:
-        """Refuse an input whose item at ``position`` differs from what the journal recorded."""
+    def check_journal(self, position: int, canonical: str) -> JournalEntry | None:
+        """What the journal recorded at ``position``; refuses an input item that differs."""
         entry = self.journal.recorded(position) if self.journal is not None else None
         if entry is not None and entry.request != canonical:
             raise JournalError(
                 f"input item {position + 1} differs from journal {self.journal_path()}: "
                 f"{_differences(entry.request, canonical)}; resume with the input of that run, "
-                "or start a new journal"
+                "or start a new journal",
+                position=position,
             )
+        return entry
 
     def journal_path(self) -> Path | None:
         return self.journal.path if self.journal is not None else None
 
     def precheck(self, items: Sequence[object]) -> None:
         """Compare a whole in-memory input with the journal before anything is sent."""
-        if self.journal is None:
+        if self.journal is None or self.journal.is_empty():
             return
         for position, raw in enumerate(items):
             try:
@@ -356,8 +358,7 @@ class _Core:
             return self.finish(
                 RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)
             )
-        self.check_journal(position, canonical)
-        entry = self.journal.recorded(position) if self.journal is not None else None
+        entry = self.check_journal(position, canonical)
         if entry is not None and entry.state in ("done", "covered"):
             skipped = RefundOutcome(item, None, None, 0, entry.idempotency_key, True, position)
             self._group(item, canonical, position, resolved=skipped)

@@ -613,7 +613,7 @@ def refund_bulk(
                 journal=journal, on_result=None, batch_id=batch_id, max_pause=max_pause,
             )  # fmt: skip
         except JournalError as exc:
-            _fail(EXIT_USAGE, str(exc))
+            _fail(EXIT_USAGE, _journal_message(exc, line_of))
         stack.callback(run.close)
         out = stack.enter_context(
             _results_file(results_path, append=bool(resuming), overwrite=overwrite)
@@ -629,7 +629,12 @@ def refund_bulk(
     if not stderr.is_terminal:
         reporter.line()
     _report(run.summary, elapsed, line_of, results_path, run.run_id)
-    _exit_after(run.summary, stop, journal)
+    _exit_after(run.summary, stop, journal, line_of)
+
+
+def _journal_message(exc: JournalError, line_of: Sequence[int]) -> str:
+    line = None if exc.position is None else _line(exc.position, line_of)
+    return f"line {line}: {exc}" if line is not None else str(exc)
 
 
 def _close_quietly(http: httpx.AsyncClient) -> None:
@@ -685,13 +690,17 @@ async def _drive(
     return None
 
 
-def _exit_after(summary: BulkSummary, stop: BaseException | None, journal: str | None) -> NoReturn:
+def _exit_after(
+    summary: BulkSummary, stop: BaseException | None, journal: str | None, line_of: Sequence[int]
+) -> NoReturn:
     resume = f"; resume with the same --journal {journal}" if journal else ""
     if isinstance(stop, AuthenticationError | PermissionDeniedError):
         _fail(EXIT_AUTH, f"authentication failed, run stopped: {stop}")
     if isinstance(stop, KeyboardInterrupt):
         _fail(EXIT_INTERRUPTED, f"interrupted{resume}")
-    if isinstance(stop, InputError | JournalError):
+    if isinstance(stop, JournalError):
+        _fail(EXIT_USAGE, f"run stopped: {_journal_message(stop, line_of)}{resume}")
+    if isinstance(stop, InputError):
         _fail(EXIT_USAGE, f"run stopped: {stop}{resume}")
     if stop is not None:
         _fail(EXIT_FAILURES, f"run stopped: {stop}{resume}")

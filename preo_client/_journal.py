@@ -47,7 +47,11 @@ _CREATE: Final = (
 
 class JournalError(PreoError, ValueError):
     """A journal that cannot be used: held by another run, damaged, another format, or an
-    input that differs from what it recorded. Raised before anything is sent."""
+    input that differs from what it recorded (``position``: that item's 0-based index)."""
+
+    def __init__(self, message: str, *, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class JournalEntry(NamedTuple):
@@ -185,6 +189,11 @@ class Journal:
                 (position,),
             ).fetchone()
         return None if row is None else JournalEntry(*row)
+
+    def is_empty(self) -> bool:
+        """Whether no item has been recorded yet (a fresh journal)."""
+        with self._mutex:
+            return self._db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
 
     def start(self, position: int, request: str, key: str) -> None:
         """Record (and commit) the item at ``position`` before its request is sent."""

@@ -336,7 +336,7 @@ def test_changed_row_on_resume_is_refused(invoke: CliRunner, tmp_path: Path) -> 
         sent = len(fake.requests)
         result = in_process(invoke, args, server.url)
     assert result.exit_code == 2
-    assert "input item 2 differs from journal" in result.output
+    assert "line 3: input item 2 differs from journal" in result.output
     assert "amount was '2.00', now '2.50'" in result.output
     assert len(fake.requests) == sent
 
