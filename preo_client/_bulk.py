@@ -35,6 +35,7 @@ from ._exceptions import (
     PermissionDeniedError,
     PreoError,
     RateLimitError,
+    RefundOutcomeUnknownError,
     RefundValidationError,
     truncate,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "AsyncBulkRun",
     "BulkRun",
     "BulkSummary",
+    "CoveringRefundUnknownError",
     "InvalidItem",
     "ItemFailedError",
     "JournalError",
@@ -107,6 +109,18 @@ class ItemFailedError(PreoError):
     def __init__(self, original: BaseException) -> None:
         super().__init__(f"{type(original).__name__}: {truncate(str(original), 300)}")
         self.original = original
+
+
+class CoveringRefundUnknownError(PreoError):
+    """The refund of this item's transaction (sent for another item) has an unknown outcome;
+    nothing was sent for this item. A resume resends that refund with its key."""
+
+    def __init__(self, leader: int) -> None:
+        super().__init__(
+            f"the refund of this purchase's transaction (sent for item {leader + 1}) has an "
+            "unknown outcome; nothing was sent for this item: resume with the same journal"
+        )
+        self.leader = leader
 
 
 @attrs.frozen
@@ -420,8 +434,13 @@ class _Core:
                 raise JournalError(f"cannot write journal {self.journal.path}: {exc}") from exc
 
     def cover(self, job: _Job) -> RefundOutcome | None:
-        """The outcome of a follower whose leader succeeded; None: send it itself."""
+        """The outcome of a follower once its leader is done; None: send it itself (the
+        leader's refund surely does not exist)."""
         leader = job.group.outcome if job.group is not None else None
+        if leader is not None and isinstance(leader.error, RefundOutcomeUnknownError):
+            # the transaction may be refunded: a second request could refund it twice
+            error = CoveringRefundUnknownError(leader.position)
+            return self.finish(RefundOutcome(job.item, None, error, 0, None, False, job.position))
         if leader is None or not leader.ok:
             return None
         outcome = RefundOutcome(

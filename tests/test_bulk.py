@@ -31,6 +31,7 @@ from preo_client._bulk import (
     TRANSACTION_HINT,
     AsyncBulkRun,
     BulkRun,
+    CoveringRefundUnknownError,
     InvalidItem,
     ItemFailedError,
     JournalError,
@@ -479,6 +480,25 @@ def test_one_request_per_transaction_the_others_covered(tmp_path: Path, runner: 
     _, again = runner(fake, items, reason="event_cancelled", journal=journal)
     assert again.skipped == 3
     assert len(fake.requests) == 2
+
+
+def test_a_transaction_refund_of_unknown_outcome_is_never_sent_twice(
+    tmp_path: Path, runner: Any
+) -> None:
+    fake = _transaction_fake()
+    items = [RefundItem("ticket", reason="compensation", scope="transaction_custom",
+                        amount="5.00", transaction_id="tx1"),
+             RefundItem("cup", reason="compensation", scope="transaction_custom",
+                        amount="5.00", transaction_id="tx1")]  # fmt: skip
+    journal = tmp_path / "j"
+    fake.inject(Fault.read_timeout())  # the leader's refund lands, its answer is lost
+    outcomes, _ = runner(fake, items, journal=journal, concurrency=2)
+    cup = next(o for o in outcomes if o.position == 1)
+    assert isinstance(cup.error, CoveringRefundUnknownError)
+    assert len(fake.refunds) == 1  # the follower did not send a second custom refund
+    outcomes, summary = runner(fake, items, journal=journal, concurrency=2)
+    assert (summary.succeeded, summary.covered) == (1, 1)
+    assert len(fake.refunds) == 1
 
 
 def test_the_readme_flow_without_transaction_ids_is_explained(runner: Any) -> None:
