@@ -232,6 +232,13 @@ def bulk_idempotency_key(run_id: str, position: int, canonical: str, reference: 
     return f"preo-{uuid.uuid5(_KEY_NAMESPACE, name)}"
 
 
+def _safe_repr(value: object) -> str:
+    try:
+        return truncate(repr(value), 200)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
 def _differences(recorded: str, now: str) -> str:
     before, after = json.loads(recorded), json.loads(now)
     fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -359,10 +366,11 @@ class _Core:
         :class:`JournalError` (systemic) when the input differs from the journal."""
         try:
             item = self.item(raw)
-        except RefundValidationError as exc:
-            where = raw.where if isinstance(raw, InvalidItem) else truncate(repr(raw), 200)
+        except Exception as exc:
+            error = exc if isinstance(exc, PreoError) else ItemFailedError(exc)
+            where = raw.where if isinstance(raw, InvalidItem) else _safe_repr(raw)
             return self.finish(
-                RefundOutcome(RefundItem(where), None, exc, 0, None, False, position)
+                RefundOutcome(RefundItem(where), None, error, 0, None, False, position)
             )
         try:
             canonical = canonical_request(item)

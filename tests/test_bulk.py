@@ -157,6 +157,19 @@ def test_invalid_items_are_reported_failures_not_crashes(runner: Any) -> None:
     assert summary.total == len(items)
 
 
+class _Hostile:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_hostile_objects_are_item_failures(runner: Any) -> None:
+    outcomes, summary = runner(make_fake(1), [_Hostile(), "p0"], reason="sold_out")
+    assert len(outcomes) == 2
+    (bad,) = [o for o in outcomes if not o.ok]
+    assert bad.item.purchase_id == "<_Hostile>"
+    assert summary.succeeded == 1
+
+
 def test_reason_is_required_somewhere(runner: Any) -> None:
     outcomes, _ = runner(make_fake(1), ["p0"])
     assert isinstance(outcomes[0].error, RefundValidationError)
