@@ -475,10 +475,15 @@ def _report(
     line_of: Sequence[int],
     results_path: Path,
     run_id: str,
+    code: int,
+    error: str | None,
 ) -> None:
+    """The summary: a table and the failed rows, or one JSON document (with the error)."""
     failed = _failed_rows(summary, line_of)
     if _OUTPUT["json"]:
         data = {
+            "exit_code": code,
+            "error": None if error is None else {"exit_code": code, "message": error},
             "succeeded": summary.succeeded,
             "replayed": summary.replayed,
             "covered": summary.covered,
@@ -628,8 +633,11 @@ def refund_bulk(
         elapsed = time.monotonic() - reporter.started
     if not stderr.is_terminal:
         reporter.line()
-    _report(run.summary, elapsed, line_of, results_path, run.run_id)
-    _exit_after(run.summary, stop, journal, line_of)
+    code, error = _verdict(run.summary, stop, journal, line_of)
+    _report(run.summary, elapsed, line_of, results_path, run.run_id, code, error)
+    if error is not None and not _OUTPUT["json"]:
+        _fail(code, error)
+    sys.exit(code)
 
 
 def _journal_message(exc: JournalError, line_of: Sequence[int]) -> str:
@@ -690,21 +698,22 @@ async def _drive(
     return None
 
 
-def _exit_after(
+def _verdict(
     summary: BulkSummary, stop: BaseException | None, journal: str | None, line_of: Sequence[int]
-) -> NoReturn:
+) -> tuple[int, str | None]:
+    """The exit code of a finished or stopped run, and the error message if any."""
     resume = f"; resume with the same --journal {journal}" if journal else ""
     if isinstance(stop, AuthenticationError | PermissionDeniedError):
-        _fail(EXIT_AUTH, f"authentication failed, run stopped: {stop}")
+        return EXIT_AUTH, f"authentication failed, run stopped: {stop}"
     if isinstance(stop, KeyboardInterrupt):
-        _fail(EXIT_INTERRUPTED, f"interrupted{resume}")
+        return EXIT_INTERRUPTED, f"interrupted{resume}"
     if isinstance(stop, JournalError):
-        _fail(EXIT_USAGE, f"run stopped: {_journal_message(stop, line_of)}{resume}")
+        return EXIT_USAGE, f"run stopped: {_journal_message(stop, line_of)}{resume}"
     if isinstance(stop, InputError):
-        _fail(EXIT_USAGE, f"run stopped: {stop}{resume}")
+        return EXIT_USAGE, f"run stopped: {stop}{resume}"
     if stop is not None:
-        _fail(EXIT_FAILURES, f"run stopped: {stop}{resume}")
-    sys.exit(EXIT_FAILURES if summary.failures else EXIT_OK)
+        return EXIT_FAILURES, f"run stopped: {stop}{resume}"
+    return (EXIT_FAILURES if summary.failures else EXIT_OK), None
 
 
 # -- sandbox -----------------------------------------------------------------------------

@@ -420,6 +420,19 @@ def test_bulk_json_summary(invoke: CliRunner, tmp_path: Path) -> None:
     assert data["amount_refunded"] == "3.00"
 
 
+def test_bulk_json_errors_are_one_json_document(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(20)))
+    with serve(FakePreo.demo(auto_purchases=True)) as server:
+        result = run_cli(["refund-bulk", str(source), "--reason", "sold_out", "--json"],
+                         server.url, "sk_wrong")  # fmt: skip
+    assert result.returncode == 3
+    (document,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert document["exit_code"] == 3
+    assert "authentication failed" in document["error"]["message"]
+    assert "Bulk refund summary" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("key", [DEMO_API_KEY, "sk_wrong"])
 def test_no_unclosed_session_warnings(tmp_path: Path, key: str) -> None:
     """The fast extra's aiohttp session is closed on every path (warnings are errors here)."""
