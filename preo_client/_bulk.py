@@ -436,10 +436,7 @@ class _Core:
     def start(self, job: _Job) -> None:
         """Commit the item's key to the journal: after this it may be sent."""
         if self.journal is not None:
-            try:
-                self.journal.start(job.position, job.canonical, job.call.idempotency_key)
-            except Exception as exc:
-                raise JournalError(f"cannot write journal {self.journal.path}: {exc}") from exc
+            self.journal.start(job.position, job.canonical, job.call.idempotency_key)
 
     def cover(self, job: _Job) -> RefundOutcome | None:
         """The outcome of a follower once its leader is done; None: send it itself (the

@@ -690,7 +690,7 @@ async def _drive(
                 async for outcome in outcomes:
                     out.write(json.dumps(_result_line(outcome, line_of)) + "\n")
                     reporter.update(outcome)
-            except PreoError as exc:
+            except (PreoError, OSError) as exc:  # OSError: the results file (disk full)
                 return exc
     finally:
         if http is not None:
@@ -711,6 +711,8 @@ def _verdict(
         return EXIT_USAGE, f"run stopped: {_journal_message(stop, line_of)}{resume}"
     if isinstance(stop, InputError):
         return EXIT_USAGE, f"run stopped: {stop}{resume}"
+    if isinstance(stop, OSError):
+        return EXIT_FAILURES, f"run stopped: cannot write results: {stop}{resume}"
     if stop is not None:
         return EXIT_FAILURES, f"run stopped: {stop}{resume}"
     return (EXIT_FAILURES if summary.failures else EXIT_OK), None

@@ -180,30 +180,34 @@ class Journal:
             )
         return str(meta["run_id"])
 
+    def _execute(self, sql: str, parameters: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        with self._mutex:
+            try:
+                return self._db.execute(sql, parameters)
+            except sqlite3.Error as exc:  # disk full, file removed, ...: never send unjournaled
+                raise JournalError(f"journal {self.path} failed: {exc}") from exc
+
     def recorded(self, position: int) -> JournalEntry | None:
         """What an earlier run recorded at input ``position``, if anything."""
-        with self._mutex:
-            row = self._db.execute(
-                "SELECT request, idempotency_key, state, refund_id, amount FROM items "
-                "WHERE position = ?",
-                (position,),
-            ).fetchone()
+        row = self._execute(
+            "SELECT request, idempotency_key, state, refund_id, amount FROM items "
+            "WHERE position = ?",
+            (position,),
+        ).fetchone()
         return None if row is None else JournalEntry(*row)
 
     def is_empty(self) -> bool:
         """Whether no item has been recorded yet (a fresh journal)."""
-        with self._mutex:
-            return self._db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
+        return self._execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
 
     def start(self, position: int, request: str, key: str) -> None:
         """Record (and commit) the item at ``position`` before its request is sent."""
-        with self._mutex:
-            self._db.execute(
-                "INSERT INTO items (position, request, idempotency_key, state) "
-                "VALUES (?, ?, ?, 'started') ON CONFLICT(position) DO UPDATE SET "
-                "state = 'started', error = NULL",
-                (position, request, key),
-            )
+        self._execute(
+            "INSERT INTO items (position, request, idempotency_key, state) "
+            "VALUES (?, ?, ?, 'started') ON CONFLICT(position) DO UPDATE SET "
+            "state = 'started', error = NULL",
+            (position, request, key),
+        )
 
     def finish(
         self,
@@ -215,12 +219,10 @@ class Journal:
         error: str | None = None,
     ) -> None:
         """Record the outcome of the item at ``position`` (``done``, ``covered`` or ``failed``)."""
-        with self._mutex:
-            self._db.execute(
-                "UPDATE items SET state = ?, refund_id = ?, amount = ?, error = ? "
-                "WHERE position = ?",
-                (state, refund_id, amount, error, position),
-            )
+        self._execute(
+            "UPDATE items SET state = ?, refund_id = ?, amount = ?, error = ? WHERE position = ?",
+            (state, refund_id, amount, error, position),
+        )
 
     def close(self) -> None:
         """Close the database and release the lock (idempotent)."""

@@ -442,6 +442,25 @@ def test_a_foreign_or_damaged_journal_is_refused(
     assert journal.read_bytes() == content  # never "repaired" or appended to
 
 
+def test_a_failing_journal_stops_the_run_before_sending_unjournaled(tmp_path: Path) -> None:
+    journal = tmp_path / "j"
+    fake = make_fake(30)
+
+    async def go() -> None:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            items = [f"p{i}" for i in range(30)]
+            run = AsyncBulkRun(client, items, reason="sold_out", scope=None, concurrency=2,
+                               journal=journal, on_result=None)  # fmt: skip
+            db = run._core.journal._db  # type: ignore[union-attr]
+            async for outcome in run:
+                if outcome.position == 3:
+                    db.execute("DROP TABLE items")  # the journal breaks mid-run
+
+    with pytest.raises(JournalError, match="failed"):
+        asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert len(fake.requests) <= 4 + 2  # nothing sent once its key could not be committed
+
+
 def test_a_journal_of_another_schema_or_batch_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.db"
     with contextlib.closing(sqlite3.connect(other)) as db:
