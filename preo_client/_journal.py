@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -83,11 +84,11 @@ class _Lock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        # a run dropped without being iterated or closed still releases its lock when collected
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = -1
+        self._finalizer()  # closing the descriptor releases the lock (once)
 
 
 def _lock_fd(fd: int) -> None:

@@ -424,6 +424,18 @@ def test_a_journal_is_held_by_one_run(tmp_path: Path) -> None:
     assert len(fake.refunds) == 1
 
 
+def test_a_run_dropped_without_iterating_releases_its_journal(tmp_path: Path) -> None:
+    import gc
+
+    journal = tmp_path / "j"
+    with make_fake(1).client() as client:
+        BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1, journal=journal,
+                on_result=None)  # fmt: skip
+        gc.collect()
+        assert BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1,
+                       journal=journal, on_result=None).run().succeeded == 1  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
