@@ -145,6 +145,8 @@ class Journal:
         except sqlite3.Error as exc:
             self._lock_file.release()
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
+        # a journal dropped without close() is still closed (and unlocked) when collected
+        self._finalizer = weakref.finalize(self, _shut, self._db, self._lock_file)
         try:
             self.run_id = self._setup(batch_id)
         except BaseException:
@@ -228,6 +230,10 @@ class Journal:
     def close(self) -> None:
         """Close the database and release the lock (idempotent)."""
         with self._mutex:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._lock_file.release()
+            self._finalizer()
+
+
+def _shut(db: sqlite3.Connection, lock: _Lock) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        db.close()
+    lock.release()
