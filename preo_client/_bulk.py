@@ -369,22 +369,18 @@ class _Core:
         except Exception as exc:
             error = exc if isinstance(exc, PreoError) else ItemFailedError(exc)
             where = raw.where if isinstance(raw, InvalidItem) else _safe_repr(raw)
-            return self.finish(
-                RefundOutcome(RefundItem(where), None, error, 0, None, False, position)
-            )
+            return RefundOutcome(RefundItem(where), None, error, 0, None, False, position)
         try:
             canonical = canonical_request(item)
         except PreoError as exc:
-            return self.finish(RefundOutcome(item, None, exc, 0, None, False, position))
+            return RefundOutcome(item, None, exc, 0, None, False, position)
         except Exception as exc:
-            return self.finish(
-                RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)
-            )
+            return RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)
         entry = self.check_journal(position, canonical)
         if entry is not None and entry.state in ("done", "covered"):
             skipped = RefundOutcome(item, None, None, 0, entry.idempotency_key, True, position)
             self._group(item, canonical, position, resolved=skipped)
-            return self.finish(skipped)
+            return skipped
         key = (
             entry.idempotency_key
             if entry is not None  # resend what may have landed, with the key it was sent with
@@ -402,11 +398,9 @@ class _Core:
                 timeout=self.client.timeout,
             )
         except PreoError as exc:
-            return self.finish(RefundOutcome(item, None, exc, 0, key, False, position))
+            return RefundOutcome(item, None, exc, 0, key, False, position)
         except Exception as exc:
-            return self.finish(
-                RefundOutcome(item, None, ItemFailedError(exc), 0, key, False, position)
-            )
+            return RefundOutcome(item, None, ItemFailedError(exc), 0, key, False, position)
         job = _Job(item, call, position, canonical)
         job.group, job.follower = self._group(item, canonical, position)
         return job
@@ -445,7 +439,7 @@ class _Core:
         if leader is not None and isinstance(leader.error, RefundOutcomeUnknownError):
             # the transaction may be refunded: a second request could refund it twice
             error = CoveringRefundUnknownError(leader.position)
-            return self.finish(RefundOutcome(job.item, None, error, 0, None, False, job.position))
+            return RefundOutcome(job.item, None, error, 0, None, False, job.position)
         if leader is None or not leader.ok:
             return None
         outcome = RefundOutcome(
@@ -456,7 +450,7 @@ class _Core:
             self.journal.start(job.position, job.canonical, leader.idempotency_key or "")
             refund_id = leader.refund.id if leader.refund else None
             self.journal.finish(job.position, "covered", refund_id=refund_id)
-        return self.finish(outcome)
+        return outcome
 
     def end(
         self,
@@ -493,9 +487,6 @@ class _Core:
         if job.group is not None and not job.follower:
             job.group.outcome = outcome
             job.group.done.set()
-        return self.finish(outcome)
-
-    def finish(self, outcome: RefundOutcome) -> RefundOutcome:
         return outcome
 
     def count(self, outcome: RefundOutcome) -> RefundOutcome:
