@@ -7,8 +7,9 @@ import collections
 import contextlib
 import json
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
@@ -335,6 +336,38 @@ class _StdinRows:
             self.line_of.append(row.line)
             yield row.item
 
+    async def __aiter__(self) -> AsyncIterator[RefundItem]:
+        """The rows, read by a daemon thread: a slow producer never blocks the event loop
+        (which would stall in-flight requests until their timeouts fire)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[RefundItem | None, BaseException | None]] = asyncio.Queue(64)
+
+        def hand(entry: tuple[RefundItem | None, BaseException | None]) -> bool:
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(entry), loop).result()
+            except BaseException:
+                return False
+            return True
+
+        def pump() -> None:
+            try:
+                for item in self:
+                    if not hand((item, None)):
+                        return
+            except Exception as exc:
+                hand((None, exc))
+                return
+            hand((None, None))
+
+        threading.Thread(target=pump, name="preo-stdin", daemon=True).start()
+        while True:
+            item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+
 
 def _plan_table(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> Table:
     plans: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -585,7 +618,7 @@ def refund_bulk(
         _fail(EXIT_USAGE, f"--{exc}")
     if batch_id is not None and not batch_id.strip():
         _fail(EXIT_USAGE, "--batch-id must not be empty")
-    items: Iterable[RefundItem]
+    items: Iterable[RefundItem] | _StdinRows
     if file == "-":
         stdin_rows = _StdinRows(sys.stdin.buffer, reason, scope)
         items, line_of, total = stdin_rows, stdin_rows.line_of, None

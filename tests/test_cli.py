@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -593,3 +594,33 @@ def test_ctrl_c_stops_with_a_summary_and_resumes_cleanly(tmp_path: Path) -> None
     assert collections.Counter(r.purchase_id for r in fake.refunds) == {
         f"pur_{i}": 1 for i in range(50)
     }
+
+
+def test_stdin_is_read_off_the_event_loop() -> None:
+    """A slow producer on stdin must not block the loop (in-flight requests would time out)."""
+    import asyncio
+    import threading
+
+    from preo_client._cli import _StdinRows
+
+    released = threading.Event()
+
+    def lines() -> Iterator[bytes]:
+        yield b"purchase_id\n"
+        yield b"pur_1\n"
+        # blocks until the event loop runs the task below: deadlock if reading blocked the loop
+        if not released.wait(10):
+            raise AssertionError("the event loop was blocked by the stdin read")
+        yield b"pur_2\n"
+
+    async def go() -> list[str]:
+        async def release() -> None:
+            await asyncio.sleep(0.01)
+            released.set()
+
+        task = asyncio.ensure_future(release())
+        items = [item.purchase_id async for item in _StdinRows(lines(), "sold_out", None)]
+        await task
+        return items
+
+    assert asyncio.run(asyncio.wait_for(go(), 30)) == ["pur_1", "pur_2"]
