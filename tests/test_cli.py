@@ -624,3 +624,34 @@ def test_stdin_is_read_off_the_event_loop() -> None:
         return items
 
     assert asyncio.run(asyncio.wait_for(go(), 30)) == ["pur_1", "pur_2"]
+
+
+def test_a_too_long_server_pause_stops_the_run_with_exit_1(
+    invoke: CliRunner, tmp_path: Path
+) -> None:
+    fake = FakePreo.demo(auto_purchases=True)
+    fake.inject(*[Fault.http_status(429, retry_after="3600")] * 100)
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(100)))
+    with serve(fake) as server:
+        result = in_process(invoke, ["refund-bulk", str(source), "--reason", "sold_out",
+                                     "--max-pause", "60", "--concurrency", "4"],
+                            server.url)  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "run stopped" in result.output
+    assert len(fake.requests) <= 8  # stopped, not 100 refusals
+
+
+def test_batch_id_gives_the_same_keys_without_a_journal(invoke: CliRunner, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\npur_demo_cup\npur_demo_beer\npur_demo_cup\n")
+    keys = []
+    for n in range(2):
+        result = invoke.invoke(cli, ["refund-bulk", str(source), "--reason", "deposit_reclaim",
+                                     "--sandbox", "--batch-id", "cancel-7", "--results",
+                                     str(tmp_path / f"r{n}.jsonl")])  # fmt: skip
+        assert result.exit_code == 1  # the second cup row: its deposit is already refunded
+        lines = [json.loads(x) for x in (tmp_path / f"r{n}.jsonl").read_text().splitlines()]
+        keys.append({x["line"]: x["idempotency_key"] for x in lines})
+    assert keys[0] == keys[1]
+    assert len(set(keys[0].values())) == 3
