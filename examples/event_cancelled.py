@@ -1,45 +1,50 @@
-"""Event cancelled: refund whole transactions concurrently with the async client.
+"""Event cancelled: refund whole transactions with a bulk run on the async client.
 
-    python examples/event_cancelled.py [PURCHASE_ID ...]
+    python examples/event_cancelled.py [PURCHASE_ID[:TRANSACTION_ID] ...]
 
-``event_cancelled`` derives scope ``transaction_full``: one request per transaction refunds
-every purchase in it (ticket, fees, cup deposit).
+``event_cancelled`` derives scope ``transaction_full``: one request refunds every purchase of
+the transaction (ticket, fees, cup deposit). Giving each purchase its transaction id lets the
+run send one request per transaction and report the other purchases as covered by it; without
+it, the second purchase of a transaction would fail with "Already refunded".
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from decimal import Decimal
 
 from _common import async_sandbox_or_real
 
-from preo_client import PreoError, Refund
+from preo_client import RefundItem
+
+DEFAULT = ["pur_demo_ticket:tx_demo", "pur_demo_cup:tx_demo", "pur_demo_locker"]
 
 
 async def main(argv: list[str]) -> int:
-    purchase_ids = argv[1:] or ["pur_demo_ticket", "pur_demo_locker"]
+    items = []
+    for arg in argv[1:] or DEFAULT:
+        purchase_id, _, transaction_id = arg.partition(":")
+        items.append(RefundItem(purchase_id, transaction_id=transaction_id or None))
     client, fake = async_sandbox_or_real()
     async with client:
-        results = await asyncio.gather(
-            *(client.purchases.refund(p, reason="event_cancelled") for p in purchase_ids),
-            return_exceptions=True,
-        )
-    total = Decimal(0)
-    failures = 0
-    for purchase_id, result in zip(purchase_ids, results, strict=True):
-        if isinstance(result, Refund):
-            total += result.amount
-            print(f"{purchase_id}: {result.id} {result.amount:.2f} ({result.scope})")
-        elif isinstance(result, PreoError):
-            failures += 1
-            print(f"{purchase_id}: failed: {result}")
-        else:
-            raise result
-    print(f"refunded {total:.2f} in {len(purchase_ids) - failures} transaction(s)")
+        run = client.purchases.refund_many(items, reason="event_cancelled", concurrency=8)
+        async for outcome in run:
+            purchase_id = outcome.item.purchase_id
+            if outcome.covered_by is not None:
+                leader = items[outcome.covered_by].purchase_id
+                print(f"{purchase_id}: covered by the refund of {leader}'s transaction")
+            elif outcome.refund is not None:
+                refund = outcome.refund
+                print(f"{purchase_id}: {refund.id} {refund.amount:.2f} ({refund.scope})")
+            else:
+                print(f"{purchase_id}: failed: {outcome.error}")
+                if outcome.note:
+                    print(f"  hint: {outcome.note}")
+    summary = run.summary
+    print(f"refunded {summary.total_amount:.2f} in {summary.succeeded} transaction(s)")
     if fake is not None:
         print(f"sandbox ledger: {len(fake.refunds)} refund(s)")
-    return 1 if failures else 0
+    return 1 if summary.failures else 0
 
 
 if __name__ == "__main__":

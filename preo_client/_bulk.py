@@ -1,49 +1,90 @@
-"""Bulk refunds: bounded concurrency, a pause shared by all workers, a journal to resume from."""
+"""Bulk refunds: a bounded task group, a run-wide pause, a journal, keys that survive restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import inspect
 import json
+import logging
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+import uuid
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO, cast
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 import httpx
 
 from ._call import CallState
-from ._exceptions import PreoError, RefundValidationError
-from ._idempotency import idempotency_key_for
+from ._exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    InternalServerError,
+    PermissionDeniedError,
+    PreoError,
+    RateLimitError,
+    RefundOutcomeUnknownError,
+    RefundValidationError,
+    truncate,
+)
+from ._journal import Journal, JournalEntry, JournalError
 from ._models import Refund
-from ._retry import SharedPause
+from ._pacing import AdaptivePacer
+from ._policy import check_comment, check_pickup_point_id, check_purchase_id, plan_refund
+from ._retry import RETRY_AFTER_CAP, SharedPause
 
 if TYPE_CHECKING:
-    from ._call import Call as _Call
+    from ._call import Call
     from ._client import AsyncPreoClient, PreoClient
 
 __all__ = [
+    "DEFAULT_MAX_PAUSE",
     "AsyncBulkRun",
     "BulkRun",
     "BulkSummary",
+    "CoveringRefundUnknownError",
     "InvalidItem",
-    "Journal",
+    "ItemFailedError",
+    "JournalError",
     "RefundItem",
     "RefundOutcome",
+    "bulk_idempotency_key",
+    "canonical_request",
 ]
 
-_DONE: Final = object()
+log = logging.getLogger("preo_client")
+
 SHARD_SIZE: Final = 8
+DEFAULT_MAX_PAUSE: Final = 300.0
+# Attempts a bulk item may make when the server refuses (429/503) or the request is not sent:
+# a long run-wide pause must not turn every item into a failure.
+BULK_MAX_RETRIES: Final = 8
+_KEY_NAMESPACE: Final = uuid.UUID("0d7c5b8e-1f5a-4c43-9a0e-7b2f8c1e5a11")
+_TEXT_FIELDS: Final = ("comment", "pickup_point_id", "reference", "transaction_id")
+TRANSACTION_HINT: Final = (
+    "this purchase's transaction may already have been refunded by another row of this run "
+    "(transaction scopes refund every purchase of the transaction); give each row its "
+    "transaction_id so one request is sent per transaction and the others are reported as covered"
+)
 
 
 @attrs.frozen
 class RefundItem:
     """One refund of a bulk run. ``reason``/``scope`` fall back to the run's common ones;
-    ``reference`` (a business id) makes the idempotency key deterministic."""
+    ``reference`` (a business id) makes the idempotency key reproducible; ``transaction_id``
+    lets a transaction-scope refund be sent once per transaction."""
 
     purchase_id: str
     reason: str | None = None
@@ -52,11 +93,7 @@ class RefundItem:
     comment: str | None = None
     pickup_point_id: str | None = None
     reference: str | None = None
-
-    @property
-    def journal_id(self) -> str:
-        """Identity of the item in a journal: purchase id plus reference."""
-        return f"{self.purchase_id}\x00{self.reference or ''}"
+    transaction_id: str | None = None
 
 
 @attrs.frozen
@@ -67,11 +104,34 @@ class InvalidItem:
     problem: str
 
 
+class ItemFailedError(PreoError):
+    """An unexpected error while handling one item (``.original``); the run goes on."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {truncate(str(original), 300)}")
+        self.original = original
+
+
+class CoveringRefundUnknownError(PreoError):
+    """The refund of this item's transaction (sent for another item) has an unknown outcome;
+    nothing was sent for this item. A resume resends that refund with its key."""
+
+    def __init__(self, leader: int) -> None:
+        super().__init__(
+            f"the refund of this purchase's transaction (sent for item {leader + 1}) has an "
+            "unknown outcome; nothing was sent for this item: resume with the same journal"
+        )
+        self.leader = leader
+
+
 @attrs.frozen
 class RefundOutcome:
     """What became of one item: the refund or the error, attempts made, the key sent.
 
-    ``skipped`` is true for an item a previous run (per the journal) already refunded.
+    ``position`` is the item's 0-based index in the input. ``skipped``: a previous run (per the
+    journal) already did it. ``replayed``: the server answered with a refund another item of
+    this run already got (counted once). ``covered_by``: the position of the item whose
+    transaction refund covers this one (nothing sent for it). ``note`` explains a failure.
     """
 
     item: RefundItem
@@ -80,100 +140,154 @@ class RefundOutcome:
     attempts: int
     idempotency_key: str | None
     skipped: bool = False
+    position: int = -1
+    replayed: bool = False
+    covered_by: int | None = None
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.refund is not None or self.skipped
+        return self.error is None and (
+            self.refund is not None or self.skipped or self.covered_by is not None
+        )
 
 
 @attrs.define
 class BulkSummary:
-    """Counts of a bulk run so far: succeeded, skipped, failures by error class, money."""
+    """A bulk run so far: distinct refunds and their exact total, replays, covered, skipped,
+    failures by error class (and the failed outcomes), and why the run stopped early."""
 
     succeeded: int = 0
+    replayed: int = 0
+    covered: int = 0
     skipped: int = 0
     failed: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    failed_items: list[RefundOutcome] = attrs.field(factory=list)
     total_amount: Decimal = Decimal(0)
+    stopped: str | None = None
+    unfinished: int = 0
+    _refund_ids: set[str] = attrs.field(factory=set, repr=False, eq=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
 
     @property
     def total(self) -> int:
-        return self.succeeded + self.skipped + sum(self.failed.values())
+        return self.succeeded + self.replayed + self.covered + self.skipped + self.failures
 
     @property
     def failures(self) -> int:
         return sum(self.failed.values())
 
+    def claim(self, refund: Refund) -> bool:
+        """Count ``refund`` once; False if this run already counted it (a replay)."""
+        with self._lock:
+            if refund.id in self._refund_ids:
+                return False
+            self._refund_ids.add(refund.id)
+            self.total_amount += refund.amount
+            return True
+
     def add(self, outcome: RefundOutcome) -> None:
         with self._lock:
             if outcome.skipped:
                 self.skipped += 1
-            elif outcome.refund is not None:
-                self.succeeded += 1
-                self.total_amount += outcome.refund.amount
-            else:
+            elif outcome.covered_by is not None:
+                self.covered += 1
+            elif outcome.error is not None:
                 self.failed[type(outcome.error).__name__] += 1
+                self.failed_items.append(outcome)
+            elif outcome.replayed:
+                self.replayed += 1
+            else:
+                self.succeeded += 1
 
 
-@attrs.frozen
-class _Record:
-    idempotency_key: str
-    done: bool
+def canonical_request(item: RefundItem) -> str:
+    """The item's identity as exact text: the request it sends (scope derived, amount to the
+    cent) and its reference. Raises :class:`RefundValidationError` for an invalid item."""
+    check_purchase_id(item.purchase_id)
+    check_comment(item.comment)
+    check_pickup_point_id(item.pickup_point_id)
+    for name in _TEXT_FIELDS:
+        if not isinstance(getattr(item, name), str | None):
+            raise RefundValidationError(name, "must be a string")
+    if item.reason is None:
+        raise RefundValidationError("reason", "is required (per item or for the run)")
+    plan = plan_refund(item.reason, item.scope, item.amount)
+    amount = None if plan.amount is None else f"{plan.amount.quantize(Decimal('0.01')):f}"
+    request = {
+        "purchase_id": item.purchase_id,
+        "reason": str(plan.reason),
+        "scope": str(plan.scope),
+        "amount": amount,
+        "comment": item.comment,
+        "pickup_point_id": item.pickup_point_id,
+        "reference": item.reference,
+    }
+    return json.dumps(request, sort_keys=True, separators=(",", ":"))  # ASCII: \ud83d escaped
 
 
-class Journal:
-    """An append-only JSON-lines file: each item's key is written and flushed *before* its
-    request, its outcome after. Reopening it tells which items are done (skip them) and which
-    were in flight or failed (resend them with their recorded key)."""
+def bulk_idempotency_key(run_id: str, position: int, canonical: str, reference: str | None) -> str:
+    """The key of a bulk item: from its ``reference`` and request alone when it has one (any
+    run, any position sends the same key), else from the run id, its position and request."""
+    name = f"ref\0{canonical}" if reference else f"run\0{run_id}\0{position}\0{canonical}"
+    return f"preo-{uuid.uuid5(_KEY_NAMESPACE, name)}"
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._records: dict[str, _Record] = {}
-        if self.path.exists():
-            self._load()
-        self._file: TextIO = self.path.open("a", encoding="utf-8")
+
+def _safe_repr(value: object) -> str:
+    try:
+        return truncate(repr(value), 200)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def _differences(recorded: str, now: str) -> str:
+    before, after = json.loads(recorded), json.loads(now)
+    fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return ", ".join(f"{k} was {before.get(k)!r}, now {after.get(k)!r}" for k in fields)
+
+
+class _RunPause(SharedPause):
+    """The run-wide pause; a wait longer than the single-call cap is logged at WARNING."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
 
-    def _load(self) -> None:
-        with self.path.open(encoding="utf-8") as lines:
-            for line in lines:
-                try:
-                    entry = json.loads(line)
-                except ValueError:  # a line cut short by a kill: its request was never sent
-                    continue
-                item_id = f"{entry['purchase_id']}\x00{entry.get('reference') or ''}"
-                done = entry["event"] == "done"
-                previous = self._records.get(item_id)
-                if previous is None or not previous.done:
-                    self._records[item_id] = _Record(entry["idempotency_key"], done)
-
-    def recorded(self, item: RefundItem) -> _Record | None:
-        """What an earlier run journaled for ``item``, if anything."""
-        return self._records.get(item.journal_id)
-
-    def write(self, event: str, item: RefundItem, key: str, **fields: Any) -> None:
-        entry = {
-            "event": event,
-            "purchase_id": item.purchase_id,
-            "reference": item.reference,
-            "idempotency_key": key,
-            **fields,
-        }
-        line = json.dumps(entry, separators=(",", ":")) + "\n"
+    def extend(self, seconds: float) -> None:
         with self._lock:
-            self._file.write(line)
-            self._file.flush()  # in the OS before the request goes out: survives kill -9
+            before = self.remaining()
+            super().extend(seconds)
+        if seconds > RETRY_AFTER_CAP and seconds > before + 1:
+            log.warning("server asked to wait %.0fs: pausing the whole bulk run", seconds)
 
-    def close(self) -> None:
-        self._file.close()
+
+class _Event(Protocol):
+    def set(self) -> None: ...
 
 
-ItemInput = RefundItem | InvalidItem | str
-OnResult = Callable[[RefundOutcome], Awaitable[None] | None]
+@attrs.define
+class _Group:
+    """The items of one transaction that one transaction-scope refund covers."""
+
+    leader: int
+    done: _Event
+    outcome: RefundOutcome | None = None
+
+
+@attrs.define
+class _Job:
+    """An item ready to send: checked, keyed, its request built."""
+
+    item: RefundItem
+    call: Call
+    position: int
+    canonical: str
+    group: _Group | None = None
+    follower: bool = False
 
 
 class _Core:
-    """What the sync and async drivers share: item checks, keys, journal, summary."""
+    """What the sync and async drivers share: item checks, keys, journal, groups, summary."""
 
     def __init__(
         self,
@@ -182,13 +296,36 @@ class _Core:
         reason: str | None,
         scope: str | None,
         journal: str | Path | None,
+        batch_id: str | None,
+        max_pause: float,
+        new_event: Callable[[], _Event],
+        max_rate: float | None = None,
+        pacing: str = "adaptive",
     ) -> None:
+        self.pacer = AdaptivePacer(max_rate=max_rate, pacing=pacing)  # type: ignore[arg-type]
+        if batch_id is not None and (not isinstance(batch_id, str) or not batch_id):
+            raise RefundValidationError("batch_id", "must be a non-empty string")
+        if not max_pause >= 0:
+            raise RefundValidationError("max_pause", f"must be >= 0 seconds, got {max_pause}")
         self.client = client
         self.reason = reason
         self.scope = scope
-        self.journal = Journal(journal) if journal is not None else None
+        self.max_pause = float(max_pause)
+        self.journal = Journal(journal, batch_id=batch_id) if journal is not None else None
+        self.run_id = self.journal.run_id if self.journal else (batch_id or str(uuid.uuid4()))
         self.summary = BulkSummary()
-        self.pause = SharedPause()
+        self.pause = _RunPause()
+        self.max_retries = max(int(getattr(client, "max_retries", 2)), BULK_MAX_RETRIES)
+        self.groups: dict[str, _Group] = {}
+        self._new_event = new_event
+
+    def state(self) -> CallState:
+        return CallState(
+            pause=self.pause,
+            pacer=self.pacer,
+            retry_after_cap=self.max_pause,
+            max_retries=self.max_retries,
+        )
 
     def item(self, raw: object) -> RefundItem:
         if isinstance(raw, str):
@@ -205,30 +342,61 @@ class _Core:
             "items", f"each item must be a purchase id or a RefundItem, not {type(raw).__name__}"
         )
 
-    def begin(self, raw: object) -> RefundOutcome | tuple[RefundItem, _Call]:
-        """Check an item and journal its key; an outcome already means: do not send."""
+    def check_journal(self, position: int, canonical: str) -> JournalEntry | None:
+        """What the journal recorded at ``position``; refuses an input item that differs."""
+        entry = self.journal.recorded(position) if self.journal is not None else None
+        if entry is not None and entry.request != canonical:
+            raise JournalError(
+                f"input item {position + 1} differs from journal {self.journal_path()}: "
+                f"{_differences(entry.request, canonical)}; resume with the input of that run, "
+                "or start a new journal",
+                position=position,
+            )
+        return entry
+
+    def journal_path(self) -> Path | None:
+        return self.journal.path if self.journal is not None else None
+
+    def precheck(self, items: Sequence[object]) -> None:
+        """Compare a whole in-memory input with the journal before anything is sent."""
+        if self.journal is None or self.journal.is_empty():
+            return
+        for position, raw in enumerate(items):
+            try:
+                canonical = canonical_request(self.item(raw))
+            except Exception:  # noqa: S112  # nosec B112 - an invalid item is never sent
+                continue
+            self.check_journal(position, canonical)
+
+    def begin(self, raw: object, position: int) -> RefundOutcome | _Job:
+        """Check an item and key it; an outcome means: nothing to send. Raises
+        :class:`JournalError` (systemic) when the input differs from the journal."""
         try:
             item = self.item(raw)
-        except RefundValidationError as exc:
-            bad = RefundItem(raw.where if isinstance(raw, InvalidItem) else repr(raw))
-            return self.end(bad, None, 0, error=exc)
-        record = self.journal.recorded(item) if self.journal is not None else None
-        if record is not None and record.done:
-            outcome = RefundOutcome(item, None, None, 0, record.idempotency_key, skipped=True)
-            self.summary.add(outcome)
-            return outcome
-        if record is not None:
-            key: str | None = record.idempotency_key  # resend what may have landed, same key
-        elif item.reference:
-            key = idempotency_key_for(item.purchase_id, item.reference)
-        else:
-            key = None
+        except Exception as exc:
+            error = exc if isinstance(exc, PreoError) else ItemFailedError(exc)
+            where = raw.where if isinstance(raw, InvalidItem) else _safe_repr(raw)
+            return RefundOutcome(RefundItem(where), None, error, 0, None, False, position)
         try:
-            if item.reason is None:
-                raise RefundValidationError("reason", "is required (per item or for the run)")
+            canonical = canonical_request(item)
+        except PreoError as exc:
+            return RefundOutcome(item, None, exc, 0, None, False, position)
+        except Exception as exc:
+            return RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)
+        entry = self.check_journal(position, canonical)
+        if entry is not None and entry.state in ("done", "covered"):
+            skipped = RefundOutcome(item, None, None, 0, entry.idempotency_key, True, position)
+            self._group(item, canonical, position, resolved=skipped)
+            return skipped
+        key = (
+            entry.idempotency_key
+            if entry is not None  # resend what may have landed, with the key it was sent with
+            else bulk_idempotency_key(self.run_id, position, canonical, item.reference)
+        )
+        try:
             call = self.client._prepare(
                 item.purchase_id,
-                reason=item.reason,
+                reason=item.reason or "",
                 scope=item.scope,
                 amount=item.amount,
                 comment=item.comment,
@@ -236,36 +404,136 @@ class _Core:
                 idempotency_key=key,
                 timeout=self.client.timeout,
             )
-        except RefundValidationError as exc:
-            return self.end(item, None, 0, error=exc)
+        except PreoError as exc:
+            return RefundOutcome(item, None, exc, 0, key, False, position)
+        except Exception as exc:
+            return RefundOutcome(item, None, ItemFailedError(exc), 0, key, False, position)
+        job = _Job(item, call, position, canonical)
+        job.group, job.follower = self._group(item, canonical, position)
+        return job
+
+    def _group(
+        self,
+        item: RefundItem,
+        canonical: str,
+        position: int,
+        *,
+        resolved: RefundOutcome | None = None,
+    ) -> tuple[_Group | None, bool]:
+        """Join or lead the transaction group of a transaction-scope item with a transaction id."""
+        if item.transaction_id is None or '"scope":"transaction_' not in canonical:
+            return None, False
+        request = json.loads(canonical)
+        del request["purchase_id"]
+        key = f"{item.transaction_id}\0{json.dumps(request, sort_keys=True)}"
+        group = self.groups.get(key)
+        if group is not None:
+            return group, True
+        group = self.groups[key] = _Group(position, self._new_event(), resolved)
+        if resolved is not None:
+            group.done.set()
+        return group, False
+
+    def start(self, job: _Job) -> None:
+        """Commit the item's key to the journal: after this it may be sent."""
         if self.journal is not None:
-            self.journal.write("start", item, call.idempotency_key)
-        return item, call
+            self.journal.start(job.position, job.canonical, job.call.idempotency_key)
+
+    def cover(self, job: _Job) -> RefundOutcome | None:
+        """The outcome of a follower once its leader is done; None: send it itself (the
+        leader's refund surely does not exist)."""
+        leader = job.group.outcome if job.group is not None else None
+        if leader is not None and isinstance(leader.error, RefundOutcomeUnknownError):
+            # the transaction may be refunded: a second request could refund it twice
+            error = CoveringRefundUnknownError(leader.position)
+            return RefundOutcome(job.item, None, error, 0, None, False, job.position)
+        if leader is None or not leader.ok:
+            return None
+        outcome = RefundOutcome(
+            job.item, leader.refund, None, 0, leader.idempotency_key, False, job.position,
+            covered_by=leader.position if leader.covered_by is None else leader.covered_by,
+        )  # fmt: skip
+        if self.journal is not None:
+            self.journal.start(job.position, job.canonical, leader.idempotency_key or "")
+            refund_id = leader.refund.id if leader.refund else None
+            self.journal.finish(job.position, "covered", refund_id=refund_id)
+        return outcome
 
     def end(
         self,
-        item: RefundItem,
-        call: _Call | None,
+        job: _Job,
         attempts: int,
         *,
         refund: Refund | None = None,
-        error: PreoError | None = None,
+        error: BaseException | None = None,
     ) -> RefundOutcome:
-        key = call.idempotency_key if call is not None else None
-        outcome = RefundOutcome(item, refund, error, attempts, key)
-        if self.journal is not None and key is not None:
-            if refund is not None:
-                self.journal.write(
-                    "done", item, key, refund_id=refund.id, amount=str(refund.amount)
+        """Record a sent item's refund or error (journal, group, summary)."""
+        key = job.call.idempotency_key
+        if refund is not None:
+            outcome = RefundOutcome(job.item, refund, None, attempts, key, False, job.position)
+            if self.journal is not None:
+                self.journal.finish(
+                    job.position, "done", refund_id=refund.id, amount=str(refund.amount)
                 )
-            else:
-                self.journal.write("failed", item, key, error=type(error).__name__)
+        else:
+            failure = (
+                error
+                if isinstance(error, PreoError)
+                else ItemFailedError(error if error is not None else RuntimeError("no refund"))
+            )
+            note = None
+            if isinstance(failure, BadRequestError) and job.call.plan.scope.startswith(
+                "transaction_"
+            ):
+                note = TRANSACTION_HINT if job.item.transaction_id is None else None
+            outcome = RefundOutcome(
+                job.item, None, failure, attempts, key, False, job.position, note=note
+            )
+            if self.journal is not None:
+                self.journal.finish(job.position, "failed", error=type(failure).__name__)
+        if job.group is not None and not job.follower:
+            job.group.outcome = outcome
+            job.group.done.set()
+        return outcome
+
+    def count(self, outcome: RefundOutcome) -> RefundOutcome:
+        """Count an outcome as it is handed out (so the summary is exactly what was yielded);
+        a refund this run already counted is marked replayed."""
+        fresh = outcome.refund is not None and outcome.covered_by is None
+        if fresh and outcome.refund is not None and not self.summary.claim(outcome.refund):
+            outcome = attrs.evolve(outcome, replayed=True)
         self.summary.add(outcome)
         return outcome
+
+    def systemic(self, outcome: RefundOutcome) -> PreoError | None:
+        """The error that must stop the whole run, if this outcome carries one."""
+        error = outcome.error
+        if isinstance(error, AuthenticationError | PermissionDeniedError):
+            return error
+        wait_for = getattr(error, "retry_after", None)
+        if (
+            isinstance(error, RateLimitError | InternalServerError)
+            and wait_for is not None
+            and wait_for > self.max_pause
+        ):
+            return error
+        return None
 
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
+
+
+ItemInput = RefundItem | InvalidItem | str
+OnResult = Callable[[RefundOutcome], Awaitable[None] | None]
+
+
+def _stop_reason(exc: BaseException) -> str:
+    if isinstance(exc, GeneratorExit):
+        return "the consumer stopped reading outcomes"
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return "cancelled"
+    return f"{type(exc).__name__}: {truncate(str(exc), 300)}"
 
 
 class _Run:
@@ -274,27 +542,48 @@ class _Run:
     def __init__(
         self,
         client: PreoClient | AsyncPreoClient,
+        items: object,
         *,
         reason: str | None,
         scope: str | None,
         concurrency: int,
         journal: str | Path | None,
+        batch_id: str | None,
+        max_pause: float,
+        new_event: Callable[[], _Event],
+        max_rate: float | None = None,
+        pacing: str = "adaptive",
     ) -> None:
-        if concurrency < 1:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise RefundValidationError("concurrency", f"must be at least 1, got {concurrency}")
         self._concurrency = concurrency
-        self._core = _Core(client, reason=reason, scope=scope, journal=journal)
+        self._core = _Core(
+            client, reason=reason, scope=scope, journal=journal, batch_id=batch_id,
+            max_pause=max_pause, new_event=new_event, max_rate=max_rate, pacing=pacing,
+        )  # fmt: skip
         self.summary = self._core.summary
+        self.pacer: AdaptivePacer = self._core.pacer
+        self.run_id = self._core.run_id
+        self._yielded = 0
+        try:
+            if isinstance(items, Sequence) and not isinstance(items, str):
+                self._core.precheck(items)
+        except BaseException:
+            self._core.close()
+            raise
 
-    def _state(self) -> CallState:
-        return CallState(pause=self._core.pause)
+    def close(self) -> None:
+        """Release the journal of a run that will not be iterated (idempotent)."""
+        self._core.close()
 
 
 class AsyncBulkRun(_Run):
     """An async iterator of :class:`RefundOutcome`, in completion order; ``summary`` is live.
 
-    Items are read lazily and at most ``concurrency`` requests are in flight, so memory stays
-    flat however many items there are. ``await run.run()`` consumes it and returns the summary.
+    A task group: at most ``concurrency`` items in flight; every task is awaited or cancelled
+    on every exit path (end, error, ``break``, cancellation). One outcome per input item, or
+    the run raises the systemic error that stopped it (``401``/``403``, a ``Retry-After`` above
+    ``max_pause``, ``on_result`` raising, a journal problem, the input iterator failing).
     """
 
     def __init__(
@@ -307,77 +596,104 @@ class AsyncBulkRun(_Run):
         concurrency: int,
         journal: str | Path | None,
         on_result: OnResult | None,
+        batch_id: str | None = None,
+        max_pause: float = DEFAULT_MAX_PAUSE,
+        max_rate: float | None = None,
+        pacing: str = "adaptive",
     ) -> None:
-        super().__init__(client, reason=reason, scope=scope, concurrency=concurrency,
-                         journal=journal)  # fmt: skip
+        super().__init__(
+            client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
+            batch_id=batch_id, max_pause=max_pause, new_event=asyncio.Event, max_rate=max_rate,
+            pacing=pacing,
+        )  # fmt: skip
         self._client = client
         self._items = items
         self._on_result = on_result
 
-    async def _process(self, raw: object, sender: AsyncPreoClient) -> RefundOutcome:
+    async def _process(self, job: _Job, sender: AsyncPreoClient) -> RefundOutcome:
         core = self._core
-        begun = core.begin(raw)
-        if isinstance(begun, RefundOutcome):
-            return begun
-        item, call = begun
-        state = self._state()
+        if job.follower and job.group is not None:
+            await job.group.done.wait()  # type: ignore[attr-defined]
+            covered = core.cover(job)
+            if covered is not None:
+                return covered
+        core.start(job)
+        state = core.state()
         try:
-            refund = await sender._send(call, state)
-        except PreoError as exc:
-            return core.end(item, call, state.attempts, error=exc)
-        return core.end(item, call, state.attempts, refund=refund)
+            refund = await sender._send(job.call, state)
+        except Exception as exc:
+            return core.end(job, state.attempts, error=exc)
+        return core.end(job, state.attempts, refund=refund)
+
+    async def _emit(self, outcome: RefundOutcome) -> RefundOutcome:
+        outcome = self._core.count(outcome)
+        self._yielded += 1
+        if self._on_result is not None:
+            result = self._on_result(outcome)
+            if inspect.isawaitable(result):
+                await result
+        return outcome
 
     async def _outcomes(self) -> AsyncIterator[RefundOutcome]:
-        inbox: asyncio.Queue[object] = asyncio.Queue(maxsize=self._concurrency)
-        outbox: asyncio.Queue[object] = asyncio.Queue(maxsize=self._concurrency)
-        feed_error: list[BaseException] = []
-
-        async def feed() -> None:
-            try:
-                if isinstance(self._items, AsyncIterable):
-                    async for raw in self._items:
-                        await inbox.put(raw)
-                else:
-                    for raw in self._items:
-                        await inbox.put(raw)
-            except Exception as exc:  # the caller's iterator failed: stop, then re-raise
-                feed_error.append(exc)
-            finally:
-                for _ in range(self._concurrency):
-                    await inbox.put(_DONE)
-
-        async def work(sender: AsyncPreoClient) -> None:
-            while (raw := await inbox.get()) is not _DONE:
-                await outbox.put(await self._process(raw, sender))
-            await outbox.put(_DONE)
-
+        core = self._core
         senders, shards = self._senders()
-        tasks = [asyncio.ensure_future(feed())]
-        tasks += [
-            asyncio.ensure_future(work(senders[i % len(senders)])) for i in range(self._concurrency)
-        ]
-        running = self._concurrency
+        items = self._items
+        source_async = items.__aiter__() if isinstance(items, AsyncIterable) else None
+        source_sync = iter(items) if source_async is None else None  # type: ignore[arg-type]
+        tasks: set[asyncio.Task[RefundOutcome]] = set()
+        position = 0
+        exhausted = False
+        source_error: Exception | None = None
         try:
-            while running:
-                outcome = await outbox.get()
-                if outcome is _DONE:
-                    running -= 1
-                    continue
-                outcome = cast(RefundOutcome, outcome)
-                if self._on_result is not None:
-                    result = self._on_result(outcome)
-                    if inspect.isawaitable(result):
-                        await result
-                yield outcome
-            if feed_error:
-                raise feed_error[0]
+            while True:
+                while not exhausted and len(tasks) < self._concurrency:
+                    try:
+                        if source_async is not None:
+                            raw: object = await source_async.__anext__()
+                        else:
+                            raw = next(source_sync)  # type: ignore[arg-type]
+                    except (StopIteration, StopAsyncIteration):
+                        exhausted = True
+                        break
+                    except Exception as exc:  # the input failed: finish what is in flight
+                        exhausted, source_error = True, exc
+                        break
+                    begun = core.begin(raw, position)
+                    position += 1
+                    if isinstance(begun, RefundOutcome):
+                        yield await self._emit(begun)
+                        continue
+                    sender = senders[position % len(senders)]
+                    tasks.add(asyncio.ensure_future(self._process(begun, sender)))
+                if not tasks:
+                    if source_error is not None:
+                        raise source_error
+                    break
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                stop: BaseException | None = None
+                for task in done:
+                    try:
+                        outcome = task.result()
+                    except Exception as exc:
+                        stop = stop or exc
+                        continue
+                    outcome = await self._emit(outcome)
+                    yield outcome
+                    stop = stop or core.systemic(outcome)
+                if stop is not None:
+                    raise stop
+        except BaseException as exc:
+            self.summary.stopped = _stop_reason(exc)
+            raise
         finally:
+            self.summary.unfinished = position - self._yielded
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                await asyncio.wait(tasks)
             for shard in shards:
                 await shard.aclose()
-            self._core.close()
+            core.close()
 
     def _senders(self) -> tuple[list[AsyncPreoClient], list[httpx.AsyncClient]]:
         """Clients the workers send through. httpcore's async pool slows down sharply above
@@ -386,7 +702,7 @@ class AsyncBulkRun(_Run):
         injected HTTP client (a custom transport, proxy or the aiohttp transport) is used as
         it is."""
         client = self._client
-        if not client._owns_http or self._concurrency <= SHARD_SIZE * 2:
+        if not getattr(client, "_owns_http", False) or self._concurrency <= SHARD_SIZE * 2:
             return [client], []
         count = -(-self._concurrency // SHARD_SIZE)
         limits = httpx.Limits(max_connections=SHARD_SIZE, max_keepalive_connections=SHARD_SIZE)
@@ -394,7 +710,12 @@ class AsyncBulkRun(_Run):
             httpx.AsyncClient(timeout=client.timeout, limits=limits, follow_redirects=False)
             for _ in range(count)
         ]
-        return [client.with_options(http_client=shard) for shard in shards], shards
+        senders = []
+        for shard in shards:
+            sender = client.with_options(http_client=shard)
+            sender._sleep = client._sleep
+            senders.append(sender)
+        return senders, shards
 
     def __aiter__(self) -> AsyncIterator[RefundOutcome]:
         return self._outcomes()
@@ -406,8 +727,16 @@ class AsyncBulkRun(_Run):
         return self.summary
 
 
+class _Stopped(Exception):
+    """Raised in a worker thread's wait when the run stops."""
+
+
 class BulkRun(_Run):
-    """The sync twin of :class:`AsyncBulkRun`: an iterator of outcomes, threads underneath."""
+    """The sync twin of :class:`AsyncBulkRun`: an iterator of outcomes, threads underneath.
+
+    On a stop, waits in workers are interrupted; requests already on the wire finish (within
+    the client's timeout) and stay journaled as in flight.
+    """
 
     def __init__(
         self,
@@ -419,49 +748,121 @@ class BulkRun(_Run):
         concurrency: int,
         journal: str | Path | None,
         on_result: Callable[[RefundOutcome], None] | None,
+        batch_id: str | None = None,
+        max_pause: float = DEFAULT_MAX_PAUSE,
+        max_rate: float | None = None,
+        pacing: str = "adaptive",
     ) -> None:
-        super().__init__(client, reason=reason, scope=scope, concurrency=concurrency,
-                         journal=journal)  # fmt: skip
+        super().__init__(
+            client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
+            batch_id=batch_id, max_pause=max_pause, new_event=threading.Event, max_rate=max_rate,
+            pacing=pacing,
+        )  # fmt: skip
         self._client = client
         self._items = items
         self._on_result = on_result
 
-    def _process(self, raw: object) -> RefundOutcome:
+    def _sender(self, stop: threading.Event) -> PreoClient:
+        """The client with a wait that a stopping run interrupts (shares its HTTP client)."""
+        sender = copy.copy(self._client)
+        virtual: Callable[[float], None] | None = getattr(self._client, "_sleep", None)
+
+        def sleep(seconds: float) -> None:
+            if virtual is not None:
+                virtual(seconds)
+            elif stop.wait(seconds):
+                raise _Stopped
+            if stop.is_set():
+                raise _Stopped
+
+        sender._sleep = sleep
+        return sender
+
+    def _process(
+        self, job: _Job, sender: PreoClient, stop: threading.Event
+    ) -> RefundOutcome | None:
         core = self._core
-        begun = core.begin(raw)
-        if isinstance(begun, RefundOutcome):
-            return begun
-        item, call = begun
-        state = self._state()
+        if job.follower and job.group is not None:
+            done: threading.Event = job.group.done  # type: ignore[assignment]
+            while not done.wait(0.05):
+                if stop.is_set():
+                    return None
+            covered = core.cover(job)
+            if covered is not None:
+                return covered
+        if stop.is_set():
+            return None
+        core.start(job)
+        state = core.state()
         try:
-            refund = self._client._send(call, state)
-        except PreoError as exc:
-            return core.end(item, call, state.attempts, error=exc)
-        return core.end(item, call, state.attempts, refund=refund)
+            refund = sender._send(job.call, state)
+        except _Stopped:
+            return None  # journaled as started: a resumed run resends it with its key
+        except Exception as exc:
+            return core.end(job, state.attempts, error=exc)
+        return core.end(job, state.attempts, refund=refund)
 
     def __iter__(self) -> Iterator[RefundOutcome]:
-        source = iter(self._items)
-        pending: set[Future[RefundOutcome]] = set()
+        core = self._core
+        stop = threading.Event()
+        sender = self._sender(stop)
+        pending: set[Future[RefundOutcome | None]] = set()
         pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="preo-refund")
+        position = 0
+        source_error: Exception | None = None
         try:
-            for raw in source:
-                pending.add(pool.submit(self._process, raw))
-                if len(pending) >= self._concurrency:
-                    yield from self._drain(pending)
-            while pending:
-                yield from self._drain(pending)
+            source = iter(self._items)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < self._concurrency:
+                    try:
+                        raw = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    except Exception as exc:  # the input failed: finish what is in flight
+                        exhausted, source_error = True, exc
+                        break
+                    begun = core.begin(raw, position)
+                    position += 1
+                    if isinstance(begun, RefundOutcome):
+                        yield self._emit(begun)
+                        continue
+                    pending.add(pool.submit(self._process, begun, sender, stop))
+                if not pending:
+                    if source_error is not None:
+                        raise source_error
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                failure: BaseException | None = None
+                for future in done:
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:
+                        failure = failure or exc
+                        continue
+                    if outcome is None:
+                        continue
+                    outcome = self._emit(outcome)
+                    yield outcome
+                    failure = failure or core.systemic(outcome)
+                if failure is not None:
+                    raise failure
+        except BaseException as exc:
+            self.summary.stopped = _stop_reason(exc)
+            raise
         finally:
+            stop.set()
+            self.summary.unfinished = position - self._yielded
             pool.shutdown(wait=True, cancel_futures=True)
-            self._core.close()
+            core.close()
 
-    def _drain(self, pending: set[Future[RefundOutcome]]) -> Iterator[RefundOutcome]:
-        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            pending.discard(future)
-            outcome = future.result()
-            if self._on_result is not None:
-                self._on_result(outcome)
-            yield outcome
+    def _emit(self, outcome: RefundOutcome) -> RefundOutcome:
+        outcome = self._core.count(outcome)
+        self._yielded += 1
+        if self._on_result is not None:
+            self._on_result(outcome)
+        return outcome
 
     def run(self) -> BulkSummary:
         """Consume every outcome (``on_result`` still sees each) and return the summary."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
+import collections
+import contextlib
 import json
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
@@ -30,38 +30,63 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
         "The preo command needs the 'cli' extra: pip install 'preo-client[cli]'"
     ) from exc
 
+import attrs
 import httpx
 
-from ._bulk import BulkSummary, InvalidItem, RefundItem, RefundOutcome
+from ._bulk import (
+    DEFAULT_MAX_PAUSE,
+    AsyncBulkRun,
+    BulkSummary,
+    InvalidItem,
+    JournalError,
+    RefundItem,
+    RefundOutcome,
+    canonical_request,
+)
+from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
-from ._config import ConfigurationError
-from ._exceptions import APIError, AuthenticationError, PreoError, RefundValidationError
+from ._config import ConfigurationError, resolve_base_url
+from ._exceptions import (
+    APIError,
+    AuthenticationError,
+    PermissionDeniedError,
+    PreoError,
+    RefundValidationError,
+)
 from ._models import Refund
+from ._pacing import AdaptivePacer
 from ._policy import REASONS, SCOPES, plan_refund
 
-__all__ = ["main"]
+__all__ = ["ITEM_FIELDS", "main"]
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
-ITEM_FIELDS = (
-    "purchase_id",
-    "reason",
-    "scope",
-    "amount",
-    "comment",
-    "pickup_point_id",
-    "reference",
-)
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SHOWN_ERRORS = 20
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-stderr = Console(stderr=True)
+
+def _console(*, err: bool) -> Console:
+    """A console that never hard-wraps when it is not a terminal (CI logs are grepped)."""
+    console = Console(stderr=err, soft_wrap=True, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(stderr=err, soft_wrap=True, highlight=False, width=1000)
+
+
+stderr = _console(err=True)
+_OUTPUT = {"json": False}  # --json on the running command: errors are JSON too
 
 
 def _connection_options(command: _F) -> _F:
-    """--api-key / --base-url / --sandbox, on every command."""
+    """--api-key / --base-url / --allow-insecure-http / --sandbox, on every API command."""
     command = click.option(
         "--sandbox",
         is_flag=True,
         help="Run against an in-process sandbox with demo purchases (no key, no network).",
+    )(command)
+    command = click.option(
+        "--allow-insecure-http",
+        is_flag=True,
+        help="Allow a plain http:// --base-url on a non-loopback host (sends the key in clear).",
     )(command)
     command = click.option(
         "--base-url", envvar="PREO_BASE_URL", help="API base URL [env: PREO_BASE_URL]."
@@ -74,13 +99,55 @@ def _connection_options(command: _F) -> _F:
     )(command)
 
 
+def _printable(text: str) -> str:
+    """Text safe for any terminal encoding (a lone surrogate in input must not crash output)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _fail(code: int, message: str) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    message = _printable(message)
+    if _OUTPUT["json"]:
+        click.echo(json.dumps({"error": {"exit_code": code, "message": message}}))
+    else:
+        stderr.print(f"[bold red]error:[/] {_escape(message)}", markup=True)
     sys.exit(code)
 
 
-def _client_options(api_key: str | None, base_url: str | None) -> dict[str, Any]:
-    return {"api_key": api_key, "base_url": base_url}
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _cli_words(message: str) -> str:
+    """A client message in the command line's words: flags, not constructor arguments."""
+    for word, flag in (
+        ("allow_insecure_http=True", "--allow-insecure-http"),
+        ("base_url", "--base-url"),
+        ("api_key", "--api-key"),
+    ):
+        message = message.replace(word, flag)
+    return message
+
+
+def _check_connection(
+    api_key: str | None, base_url: str | None, sandbox: bool, allow_insecure_http: bool
+) -> None:
+    """Refuse a missing key or an unsafe URL before anything else, naming the flags."""
+    if sandbox:
+        return
+    if not api_key:
+        _fail(EXIT_USAGE, "no API key: pass --api-key, set PREO_API_KEY, or use --sandbox")
+    try:
+        resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+    except ConfigurationError as exc:
+        if base_url and base_url.lower().startswith("http://"):
+            _fail(
+                EXIT_USAGE,
+                f"--base-url {base_url} is plain http:// (the API key would travel in clear "
+                "text): use https://, a loopback host, or pass --allow-insecure-http",
+            )
+        _fail(EXIT_USAGE, _cli_words(str(exc)))
 
 
 def _money(value: Decimal) -> str:
@@ -89,9 +156,9 @@ def _money(value: Decimal) -> str:
 
 def refund_to_dict(refund: Refund) -> dict[str, Any]:
     """A refund as JSON-ready data (amount as an exact decimal string)."""
-    data = {k: v for k, v in refund.to_dict(mode="json").items() if k != "amount"}
+    plain = {k: v for k, v in refund.to_dict(mode="json").items() if k != "amount"}
     return {
-        **data,
+        **plain,
         "amount": _money(refund.amount),
         "idempotency_key": refund.idempotency_key,
         "request_id": refund.request_id,
@@ -113,7 +180,7 @@ def cli() -> None:
 @click.option("--comment", help="Comment explaining the refund.")
 @click.option("--pickup-point", "pickup_point_id", help="Pickup point id.")
 @click.option("--idempotency-key", help="Key making a retry of this command safe.")
-@click.option("--json", "as_json", is_flag=True, help="Print the refund as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the refund (or the error) as JSON.")
 @_connection_options
 def refund(
     purchase_id: str,
@@ -126,11 +193,14 @@ def refund(
     as_json: bool,
     api_key: str | None,
     base_url: str | None,
+    allow_insecure_http: bool,
     sandbox: bool,
 ) -> None:
     """Create one refund request for PURCHASE_ID and print it."""
+    _OUTPUT["json"] = as_json
+    _check_connection(api_key, base_url, sandbox, allow_insecure_http)
     try:
-        client = _sync_client(api_key, base_url, sandbox)
+        client = _sync_client(api_key, base_url, sandbox, allow_insecure_http)
         with client:
             result = client.purchases.refund(
                 purchase_id,
@@ -141,9 +211,11 @@ def refund(
                 pickup_point_id=pickup_point_id,
                 idempotency_key=idempotency_key,
             )
-    except (RefundValidationError, ConfigurationError) as exc:
+    except ConfigurationError as exc:
+        _fail(EXIT_USAGE, _cli_words(str(exc)))
+    except RefundValidationError as exc:
         _fail(EXIT_USAGE, str(exc))
-    except AuthenticationError as exc:
+    except (AuthenticationError, PermissionDeniedError) as exc:
         _fail(EXIT_AUTH, str(exc))
     except APIError as exc:
         _fail(EXIT_FAILURES, str(exc))
@@ -153,123 +225,196 @@ def refund(
     table = Table(title=f"Refund request for {purchase_id}", show_header=False)
     for key, value in refund_to_dict(result).items():
         table.add_row(key, "" if value is None else str(value))
-    Console().print(table)
+    _console(err=False).print(table)
 
 
-def _sync_client(api_key: str | None, base_url: str | None, sandbox: bool) -> PreoClient:
+def _sync_client(
+    api_key: str | None, base_url: str | None, sandbox: bool, allow_insecure_http: bool = False
+) -> PreoClient:
     if sandbox:
         from .testing import FakePreo
 
         return FakePreo.demo(auto_purchases=True).client()
-    return PreoClient(**_client_options(api_key, base_url))
+    return PreoClient(api_key=api_key, base_url=base_url, allow_insecure_http=allow_insecure_http)
 
 
-def _async_client(api_key: str | None, base_url: str | None, sandbox: bool) -> AsyncPreoClient:
+def _async_client(
+    api_key: str | None, base_url: str | None, sandbox: bool, allow_insecure_http: bool = False
+) -> tuple[AsyncPreoClient, httpx.AsyncClient | None]:
+    """The client, and the HTTP client the command must close itself (an injected one)."""
     if sandbox:
         from .testing import FakePreo
 
-        return FakePreo.demo(auto_purchases=True).async_client()
+        fake = FakePreo.demo(auto_purchases=True)
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        return fake.async_client(http_client=http), http
+    options: dict[str, Any] = {
+        "api_key": api_key,
+        "base_url": base_url,
+        "allow_insecure_http": allow_insecure_http,
+    }
     try:  # the `fast` extra, when installed: much faster at high concurrency
         from ._aiohttp import AiohttpTransport
     except ImportError:
-        return AsyncPreoClient(**_client_options(api_key, base_url))
-    return AsyncPreoClient(
-        **_client_options(api_key, base_url),
-        http_client=httpx.AsyncClient(transport=AiohttpTransport(), follow_redirects=False),
-    )
+        return AsyncPreoClient(**options), None
+    http = httpx.AsyncClient(transport=AiohttpTransport(), follow_redirects=False)
+    try:
+        return AsyncPreoClient(**options, http_client=http), http
+    except BaseException:
+        asyncio.run(http.aclose())  # closes the aiohttp session: no "Unclosed" warning
+        raise
 
 
 # -- bulk --------------------------------------------------------------------------------
 
 
-def _read_items(stream: IO[str]) -> Iterator[RefundItem | InvalidItem]:
-    """Items from CSV (header with purchase_id) or JSON lines, read lazily; a bad row becomes
-    an :class:`InvalidItem`, reported as a failure without stopping the run."""
-    first = stream.readline()
-    while first and not first.strip():
-        first = stream.readline()
-    if not first:
-        return
-    if first.lstrip().startswith("{"):
-        for number, line in enumerate(_chain(first, stream), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                yield InvalidItem(f"line {number}", "not valid JSON")
-                continue
-            yield _item(row, f"line {number}")
-        return
-    reader = csv.DictReader(_chain(first, stream))
-    if reader.fieldnames is None or "purchase_id" not in reader.fieldnames:
-        raise RefundValidationError("FILE", "CSV needs a header line with a purchase_id column")
-    unknown = set(reader.fieldnames) - set(ITEM_FIELDS)
-    if unknown:
-        raise RefundValidationError(
-            "FILE", f"unknown CSV columns {sorted(unknown)}; allowed: {', '.join(ITEM_FIELDS)}"
-        )
-    for number, row in enumerate(reader, start=2):
-        yield _item(row, f"line {number}")
+def _with_defaults(item: RefundItem, reason: str | None, scope: str | None) -> RefundItem:
+    return attrs.evolve(item, reason=item.reason or reason, scope=item.scope or scope)
 
 
-def _chain(first: str, rest: IO[str]) -> Iterator[str]:
-    yield first
-    yield from rest
-
-
-def _item(row: object, where: str) -> RefundItem | InvalidItem:
-    if not isinstance(row, dict):
-        return InvalidItem(where, "expected an object with a purchase_id")
-    values = {k: None if v in ("", None) else str(v) for k, v in row.items() if k in ITEM_FIELDS}
-    purchase_id = values.get("purchase_id")
-    if not purchase_id:
-        return InvalidItem(where, "no purchase_id")
-    return RefundItem(
-        purchase_id,
-        reason=values.get("reason"),
-        scope=values.get("scope"),
-        amount=values.get("amount"),
-        comment=values.get("comment"),
-        pickup_point_id=values.get("pickup_point_id"),
-        reference=values.get("reference"),
-    )
-
-
-def _count_lines(path: Path) -> int | None:
+def _problem(row: Row, reason: str | None, scope: str | None) -> str | None:
+    """Why ``row`` cannot be sent (None: it can), in words naming its line and field."""
+    if isinstance(row.item, InvalidItem):
+        return f"line {row.line}: {row.item.problem}"
     try:
-        with path.open("rb") as data:
-            lines = sum(1 for line in data if line.strip())
-    except OSError:
-        return None
-    with path.open(encoding="utf-8") as text:
-        first = text.readline().lstrip()
-    return lines if first.startswith("{") else max(lines - 1, 0)
+        canonical_request(_with_defaults(row.item, reason, scope))
+    except RefundValidationError as exc:
+        return f"line {row.line}: {exc}"
+    return None
 
 
-def _result_line(outcome: RefundOutcome) -> dict[str, Any]:
+def _missing_reason(rows: Sequence[Row], reason: str | None) -> None:
+    if reason is not None:
+        return
+    lines = [r.line for r in rows if isinstance(r.item, RefundItem) and r.item.reason is None]
+    if lines:
+        shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+        _fail(
+            EXIT_USAGE,
+            f"--reason is required: {len(lines)} row(s) have no reason (lines {shown}); pass "
+            f"--reason ({', '.join(REASONS)}) or add a reason column. Nothing was sent.",
+        )
+
+
+def _validate(rows: Sequence[Row], reason: str | None, scope: str | None) -> None:
+    """The first pass over a file: every row checked before anything is sent."""
+    _missing_reason(rows, reason)
+    problems = [p for row in rows if (p := _problem(row, reason, scope)) is not None]
+    if problems:
+        more = len(problems) - SHOWN_ERRORS
+        listing = "\n  ".join(problems[:SHOWN_ERRORS]) + (
+            f"\n  ... and {more} more" if more > 0 else ""
+        )
+        _fail(
+            EXIT_USAGE,
+            f"{len(problems)} invalid row(s), nothing was sent:\n  {listing}",
+        )
+
+
+class _StdinRows:
+    """Rows of standard input, checked as they are read: a bad row stops the run cleanly."""
+
+    def __init__(self, lines: Iterable[bytes], reason: str | None, scope: str | None) -> None:
+        self.line_of: list[int] = []
+        self._rows = read_rows(lines)
+        self._reason = reason
+        self._scope = scope
+
+    def __iter__(self) -> Iterator[RefundItem]:
+        for row in self._rows:
+            problem = _problem(row, self._reason, self._scope)
+            if problem is not None:
+                raise InputError(row.line, problem.split(": ", 1)[1])
+            assert isinstance(row.item, RefundItem)  # nosec B101 - _problem checked it
+            self.line_of.append(row.line)
+            yield row.item
+
+    async def __aiter__(self) -> AsyncIterator[RefundItem]:
+        """The rows, read by a daemon thread: a slow producer never blocks the event loop
+        (which would stall in-flight requests until their timeouts fire)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[RefundItem | None, BaseException | None]] = asyncio.Queue(64)
+
+        def hand(entry: tuple[RefundItem | None, BaseException | None]) -> bool:
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(entry), loop).result()
+            except BaseException:
+                return False
+            return True
+
+        def pump() -> None:
+            try:
+                for item in self:
+                    if not hand((item, None)):
+                        return
+            except Exception as exc:
+                hand((None, exc))
+                return
+            hand((None, None))
+
+        threading.Thread(target=pump, name="preo-stdin", daemon=True).start()
+        while True:
+            item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+
+
+def _plan_table(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> Table:
+    plans: collections.Counter[tuple[str, str]] = collections.Counter()
+    custom = Decimal(0)
+    for item in items:
+        plan = plan_refund(item.reason or reason or "", item.scope or scope, item.amount)
+        plans[(str(plan.reason), str(plan.scope))] += 1
+        custom += plan.amount or 0
+    table = Table(title="Bulk refund plan (dry run: nothing sent)")
+    table.add_column("reason")
+    table.add_column("scope")
+    table.add_column("rows", justify="right")
+    for (reason_, scope_), count in sorted(plans.items()):
+        table.add_row(reason_, scope_, str(count))
+    table.add_row("total", "", str(len(items)))
+    table.add_row("custom amounts", "", _money(custom))
+    return table
+
+
+def _result_line(outcome: RefundOutcome, line_of: Sequence[int]) -> dict[str, Any]:
     refund = outcome.refund
+    covered_by = outcome.covered_by
     return {
+        "line": _line(outcome.position, line_of),
         "purchase_id": outcome.item.purchase_id,
         "reference": outcome.item.reference,
         "ok": outcome.ok,
         "skipped": outcome.skipped,
+        "replayed": outcome.replayed,
+        "covered_by_line": None if covered_by is None else _line(covered_by, line_of),
         "refund_id": refund.id if refund else None,
         "amount": _money(refund.amount) if refund else None,
         "scope": getattr(refund.scope, "value", refund.scope) if refund else None,
         "status": getattr(refund.status, "value", refund.status) if refund else None,
         "error": type(outcome.error).__name__ if outcome.error else None,
         "message": str(outcome.error) if outcome.error else None,
+        "note": outcome.note,
         "attempts": outcome.attempts,
         "idempotency_key": outcome.idempotency_key,
     }
 
 
+def _line(position: int, line_of: Sequence[int]) -> int | None:
+    return line_of[position] if 0 <= position < len(line_of) else None
+
+
 class _Reporter:
     """A live progress bar on a terminal; plain periodic lines otherwise."""
 
-    def __init__(self, total: int | None, *, interval: float = 2.0) -> None:
+    def __init__(
+        self, total: int | None, *, interval: float = 2.0, pacer: AdaptivePacer | None = None
+    ) -> None:
         self.total = total
+        self.pacer = pacer
         self.done = 0
         self.failed = 0
         self.started = time.monotonic()
@@ -283,21 +428,36 @@ class _Reporter:
                 TaskProgressColumn(),
                 TextColumn("{task.completed}/{task.total} · {task.fields[rate]:.0f}/s"),
                 TextColumn("· [red]{task.fields[failed]} failed"),
+                TextColumn("· {task.fields[pace]}"),
                 TimeRemainingColumn(),
                 console=stderr,
             )
-            self._task = self._progress.add_task("refunds", total=total, rate=0.0, failed=0)
+            self._task = self._progress.add_task(
+                "refunds", total=total, rate=0.0, failed=0, pace=self.pace()
+            )
             self._progress.start()
 
     def rate(self) -> float:
         return self.done / max(time.monotonic() - self.started, 1e-9)
+
+    def pace(self) -> str:
+        """The send rate in force and the throttled share (``429``/``503`` of answers)."""
+        if self.pacer is None:
+            return "pace n/a"
+        limit = self.pacer.rate
+        rate = "unlimited" if limit is None else f"{limit:.0f}/s"
+        return f"pace {rate}, {self.pacer.throttled_share:.1%} throttled"
 
     def update(self, outcome: RefundOutcome) -> None:
         self.done += 1
         self.failed += 0 if outcome.ok else 1
         if self._progress is not None:
             self._progress.update(
-                self._task, completed=self.done, rate=self.rate(), failed=self.failed
+                self._task,
+                completed=self.done,
+                rate=self.rate(),
+                failed=self.failed,
+                pace=self.pace(),
             )
             return
         now = time.monotonic()
@@ -312,13 +472,15 @@ class _Reporter:
             left = (self.total - self.done) / max(self.rate(), 1e-9)
             eta = f", eta {left:.0f}s"
         click.echo(
-            f"progress: {self.done}/{total} done, {self.rate():.0f}/s, {self.failed} failed{eta}",
+            f"progress: {self.done}/{total} done, {self.rate():.0f}/s, {self.failed} failed{eta}"
+            f", {self.pace()}",
             err=True,
         )
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
 
 
 def _summary_table(summary: BulkSummary, elapsed: float) -> Table:
@@ -326,13 +488,85 @@ def _summary_table(summary: BulkSummary, elapsed: float) -> Table:
     table.add_column("outcome")
     table.add_column("count", justify="right")
     table.add_row("succeeded", str(summary.succeeded))
+    table.add_row("replayed (same refund as another row)", str(summary.replayed))
+    table.add_row("covered (by its transaction's refund)", str(summary.covered))
     table.add_row("skipped (done before)", str(summary.skipped))
     for name, count in sorted(summary.failed.items()):
         table.add_row(f"failed: {name}", str(count))
     table.add_row("total", str(summary.total))
+    if summary.unfinished:
+        table.add_row("in flight at stop (resume to finish)", str(summary.unfinished))
     table.add_row("amount refunded", _money(summary.total_amount))
     table.add_row("elapsed", f"{elapsed:.1f}s")
     return table
+
+
+def _failed_rows(summary: BulkSummary, line_of: Sequence[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "line": _line(o.position, line_of),
+            "purchase_id": o.item.purchase_id,
+            "error": type(o.error).__name__,
+            "message": str(o.error),
+            "note": o.note,
+        }
+        for o in sorted(summary.failed_items, key=lambda o: o.position)
+    ]
+
+
+def _report(
+    summary: BulkSummary,
+    elapsed: float,
+    line_of: Sequence[int],
+    results_path: Path,
+    run_id: str,
+    code: int,
+    error: str | None,
+) -> None:
+    """The summary: a table and the failed rows, or one JSON document (with the error)."""
+    failed = _failed_rows(summary, line_of)
+    if _OUTPUT["json"]:
+        data = {
+            "exit_code": code,
+            "error": None if error is None else {"exit_code": code, "message": error},
+            "succeeded": summary.succeeded,
+            "replayed": summary.replayed,
+            "covered": summary.covered,
+            "skipped": summary.skipped,
+            "failed": dict(summary.failed),
+            "total": summary.total,
+            "unfinished": summary.unfinished,
+            "amount_refunded": _money(summary.total_amount),
+            "elapsed_s": round(elapsed, 3),
+            "stopped": summary.stopped,
+            "failed_rows": failed,
+            "results": str(results_path),
+            "batch_id": run_id,
+        }
+        click.echo(json.dumps(data))
+        return
+    out = _console(err=False)
+    out.print(_summary_table(summary, elapsed))
+    for row in failed[:SHOWN_ERRORS]:
+        note = f" ({row['note']})" if row["note"] else ""
+        out.print(_escape(_printable(f"line {row['line']}: {row['message']}{note}")))
+    if len(failed) > SHOWN_ERRORS:
+        out.print(f"... and {len(failed) - SHOWN_ERRORS} more failed rows in {results_path}")
+    click.echo(f"results: {results_path}")
+    click.echo(f"batch id: {run_id}")
+
+
+def _results_file(path: Path, *, append: bool, overwrite: bool) -> IO[str]:
+    if path.exists() and not append and not overwrite:
+        _fail(
+            EXIT_USAGE,
+            f"results file {path} already exists; pass --overwrite to replace it, --results PATH "
+            "to write elsewhere, or resume with the same --journal to append to it",
+        )
+    try:
+        return path.open("a" if append else "w", encoding="utf-8")
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"cannot write results file {path}: {exc.strerror}")
 
 
 @cli.command("refund-bulk")
@@ -340,12 +574,45 @@ def _summary_table(summary: BulkSummary, elapsed: float) -> Table:
 @click.option("--reason", help="Reason for rows without one.")
 @click.option("--scope", help="Scope for rows without one (default: derived from reason).")
 @click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 512))
-@click.option("--journal", type=click.Path(dir_okay=False), help="Journal file to resume from.")
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False),
+    help="Journal (SQLite) to resume from; one run at a time.",
+)
+@click.option(
+    "--batch-id",
+    help="Fixes every idempotency key of the run: the same input and batch id send the same "
+    "keys, even without the journal.",
+)
 @click.option(
     "--results",
     type=click.Path(dir_okay=False),
     help="JSON-lines results file [default: FILE.results.jsonl, or preo-results.jsonl].",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing results file.")
+@click.option(
+    "--max-pause",
+    default=DEFAULT_MAX_PAUSE,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Longest server-asked pause (Retry-After, seconds) the run waits out; longer stops it.",
+)
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Cap on requests per second (your contract's limit); default: as fast as "
+    "--concurrency allows until the server throttles, then its limit.",
+)
+@click.option(
+    "--pacing",
+    type=click.Choice(["adaptive", "fixed"]),
+    default="adaptive",
+    show_default=True,
+    help="adaptive: follow the server's 429/503 (back off, probe up); fixed: exactly --max-rate.",
+)
+@click.option("--dry-run", is_flag=True, help="Check every row and print the plan; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or the error) as JSON.")
 @_connection_options
 def refund_bulk(
     file: str,
@@ -353,75 +620,166 @@ def refund_bulk(
     scope: str | None,
     concurrency: int,
     journal: str | None,
+    batch_id: str | None,
     results: str | None,
+    overwrite: bool,
+    max_pause: float,
+    max_rate: float | None,
+    pacing: str,
+    dry_run: bool,
+    as_json: bool,
     api_key: str | None,
     base_url: str | None,
+    allow_insecure_http: bool,
     sandbox: bool,
 ) -> None:
     """Refund every purchase in FILE (CSV with a purchase_id column, or JSON lines; - for
     stdin). Re-run with the same --journal to resume: done items are skipped and in-flight
     ones resent with their recorded idempotency key."""
-    if reason is not None and reason not in REASONS:
-        try:
-            plan_refund(reason)  # refused: its message names the reasons and a close match
-        except RefundValidationError as exc:
-            _fail(EXIT_USAGE, str(exc))
+    _OUTPUT["json"] = as_json
+    try:  # an unknown --reason / --scope: the message names the values and a close match
+        if reason is not None and reason not in REASONS:
+            plan_refund(reason)
+        if scope is not None and scope not in SCOPES:
+            plan_refund("other", scope)
+    except RefundValidationError as exc:
+        _fail(EXIT_USAGE, f"--{exc}")
+    if batch_id is not None and not batch_id.strip():
+        _fail(EXIT_USAGE, "--batch-id must not be empty")
+    items: Iterable[RefundItem] | _StdinRows
+    if file == "-":
+        stdin_rows = _StdinRows(sys.stdin.buffer, reason, scope)
+        items, line_of, total = stdin_rows, stdin_rows.line_of, None
+    else:
+        rows = _read_file(Path(file))
+        _validate(rows, reason, scope)
+        items = [r.item for r in rows if isinstance(r.item, RefundItem)]
+        line_of, total = [r.line for r in rows], len(rows)
+        if dry_run:
+            _console(err=False).print(_plan_table(items, reason, scope))
+            sys.exit(EXIT_OK)
+        _transaction_note(items, reason, scope)
+    if dry_run:
+        _fail(EXIT_USAGE, "--dry-run needs a FILE (standard input cannot be read twice)")
+    _check_connection(api_key, base_url, sandbox, allow_insecure_http)
     results_path = Path(
         results or (f"{file}.results.jsonl" if file != "-" else "preo-results.jsonl")
     )
-    total = None if file == "-" else _count_lines(Path(file))
+    resuming = journal is not None and Path(journal).is_file() and Path(journal).stat().st_size
     try:
-        client = _async_client(api_key, base_url, sandbox)
+        client, http = _async_client(api_key, base_url, sandbox, allow_insecure_http)
     except ConfigurationError as exc:
-        _fail(EXIT_USAGE, str(exc))
-    with ExitStack() as stack:
+        _fail(EXIT_USAGE, _cli_words(str(exc)))
+    with contextlib.ExitStack() as stack:
+        if http is not None:
+            stack.callback(_close_quietly, http)
         try:
-            source = sys.stdin if file == "-" else stack.enter_context(open(file, encoding="utf-8"))
-        except OSError as exc:
-            _fail(EXIT_USAGE, f"cannot read {file}: {exc.strerror}")
-        out = stack.enter_context(results_path.open("w", encoding="utf-8"))
-        reporter = _Reporter(total)
+            run = AsyncBulkRun(
+                client, items, reason=reason, scope=scope, concurrency=concurrency,
+                journal=journal, on_result=None, batch_id=batch_id, max_pause=max_pause,
+                max_rate=max_rate, pacing=pacing,
+            )  # fmt: skip
+        except JournalError as exc:
+            _fail(EXIT_USAGE, _journal_message(exc, line_of))
+        except RefundValidationError as exc:
+            _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}")
+        stack.callback(run.close)
+        out = stack.enter_context(
+            _results_file(results_path, append=bool(resuming), overwrite=overwrite)
+        )
+        reporter = _Reporter(total, pacer=run.pacer)
         stack.callback(reporter.close)
         try:
-            summary, auth_error = asyncio.run(
-                _run_bulk(client, source, reason, scope, concurrency, journal, out, reporter)
-            )
-        except (RefundValidationError, ValueError) as exc:
-            _fail(EXIT_USAGE, str(exc))
+            stop = asyncio.run(_drive(client, http, run, out, reporter, line_of))
+        except KeyboardInterrupt:
+            stop = KeyboardInterrupt()
+        reporter.close()
         elapsed = time.monotonic() - reporter.started
     if not stderr.is_terminal:
         reporter.line()
-    Console().print(_summary_table(summary, elapsed))
-    click.echo(f"results: {results_path}")
-    if auth_error is not None:
-        _fail(EXIT_AUTH, f"authentication failed, run stopped: {auth_error}")
-    sys.exit(EXIT_FAILURES if summary.failures else EXIT_OK)
+    code, error = _verdict(run.summary, stop, journal, line_of)
+    _report(run.summary, elapsed, line_of, results_path, run.run_id, code, error)
+    if error is not None and not _OUTPUT["json"]:
+        _fail(code, error)
+    sys.exit(code)
 
 
-async def _run_bulk(
-    client: AsyncPreoClient,
-    source: IO[str],
-    reason: str | None,
-    scope: str | None,
-    concurrency: int,
-    journal: str | None,
-    out: io.TextIOBase | IO[str],
-    reporter: _Reporter,
-) -> tuple[BulkSummary, PreoError | None]:
-    async with client:
-        run = client.purchases.refund_many(
-            _read_items(source),
-            reason=reason,  # type: ignore[arg-type]  # checked at run time, like any str
-            scope=scope,  # type: ignore[arg-type]
-            concurrency=concurrency,
-            journal=journal,
+def _journal_message(exc: JournalError, line_of: Sequence[int]) -> str:
+    line = None if exc.position is None else _line(exc.position, line_of)
+    return f"line {line}: {exc}" if line is not None else str(exc)
+
+
+def _close_quietly(http: httpx.AsyncClient) -> None:
+    if not http.is_closed:
+        with contextlib.suppress(Exception):
+            asyncio.run(http.aclose())
+
+
+def _read_file(path: Path) -> list[Row]:
+    try:
+        with path.open("rb") as data:
+            return list(read_rows(data))
+    except InputError as exc:
+        _fail(EXIT_USAGE, f"{path}: {exc}; nothing was sent")
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"cannot read {path}: {exc.strerror}")
+
+
+def _transaction_note(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> None:
+    unguarded = 0
+    for item in items:
+        plan = plan_refund(item.reason or reason or "", item.scope or scope, item.amount)
+        if str(plan.scope).startswith("transaction_") and item.transaction_id is None:
+            unguarded += 1
+    if unguarded > 1 and not _OUTPUT["json"]:
+        stderr.print(
+            f"note: {unguarded} rows use a transaction scope without a transaction_id column: "
+            "a row whose transaction another row already refunded fails with 'Already "
+            "refunded'. Add transaction_id to send one request per transaction."
         )
-        async for outcome in run:
-            out.write(json.dumps(_result_line(outcome)) + "\n")
-            reporter.update(outcome)
-            if isinstance(outcome.error, AuthenticationError):
-                return run.summary, outcome.error
-    return run.summary, None
+
+
+async def _drive(
+    client: AsyncPreoClient,
+    http: httpx.AsyncClient | None,
+    run: AsyncBulkRun,
+    out: IO[str],
+    reporter: _Reporter,
+    line_of: Sequence[int],
+) -> BaseException | None:
+    """Run to the end or to a systemic stop (returned); always closes every connection."""
+    try:
+        async with client, contextlib.aclosing(run.__aiter__()) as outcomes:  # type: ignore[type-var]
+            try:
+                async for outcome in outcomes:
+                    out.write(json.dumps(_result_line(outcome, line_of)) + "\n")
+                    reporter.update(outcome)
+            except (PreoError, OSError) as exc:  # OSError: the results file (disk full)
+                return exc
+    finally:
+        if http is not None:
+            await http.aclose()
+    return None
+
+
+def _verdict(
+    summary: BulkSummary, stop: BaseException | None, journal: str | None, line_of: Sequence[int]
+) -> tuple[int, str | None]:
+    """The exit code of a finished or stopped run, and the error message if any."""
+    resume = f"; resume with the same --journal {journal}" if journal else ""
+    if isinstance(stop, AuthenticationError | PermissionDeniedError):
+        return EXIT_AUTH, f"authentication failed, run stopped: {stop}"
+    if isinstance(stop, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, f"interrupted{resume}"
+    if isinstance(stop, JournalError):
+        return EXIT_USAGE, f"run stopped: {_journal_message(stop, line_of)}{resume}"
+    if isinstance(stop, InputError):
+        return EXIT_USAGE, f"run stopped: {stop}{resume}"
+    if isinstance(stop, OSError):
+        return EXIT_FAILURES, f"run stopped: cannot write results: {stop}{resume}"
+    if stop is not None:
+        return EXIT_FAILURES, f"run stopped: {stop}{resume}"
+    return (EXIT_FAILURES if summary.failures else EXIT_OK), None
 
 
 # -- sandbox -----------------------------------------------------------------------------

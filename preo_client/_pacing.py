@@ -87,7 +87,8 @@ class AdaptivePacer:
         self._lock = threading.Lock()
         # The bucket: ``_rate`` None = not enforced. ``_next`` is the earliest time of the next
         # slot booked without credit; ``_credit`` is the burst saved up while the bucket idled.
-        self._rate: float | None = None if self._adaptive else self._max_rate
+        # Unlimited until the first throttle, unless max_rate caps it from the first request.
+        self._rate: float | None = self._max_rate
         self._next = -math.inf
         self._credit = 0.0
         # Stats.

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 from ._config import NOT_GIVEN, NotGiven, Timeout
 from ._policy import Reason, Scope
+
+DEFAULT_MAX_PAUSE = 300.0  # seconds; the same as _bulk.DEFAULT_MAX_PAUSE (checked by a test)
 
 if TYPE_CHECKING:
     from ._bulk import AsyncBulkRun, BulkRun, ItemInput, OnResult, RefundOutcome
@@ -102,15 +104,24 @@ class Purchases:
         concurrency: int = 16,
         journal: str | Path | None = None,
         on_result: Callable[[RefundOutcome], None] | None = None,
-        **options: Any,
+        batch_id: str | None = None,
+        max_pause: float = DEFAULT_MAX_PAUSE,
+        max_rate: float | None = None,
+        pacing: Literal["adaptive", "fixed"] = "adaptive",
     ) -> BulkRun:
         """Refund many purchases: an iterator of :class:`RefundOutcome` as they complete.
 
         ``items`` are purchase ids (with the common ``reason``/``scope``) or
         :class:`RefundItem`; they are read lazily. At most ``concurrency`` requests run at once
-        (threads); a ``429``/``503`` pauses every worker. With ``journal`` (a file path) a
-        re-run skips what is done and resends in-flight items with their recorded key. An
-        invalid item is a failed outcome, not a crash. ``.run()`` returns the summary.
+        (threads); a ``429``/``503`` pauses every worker for its ``Retry-After`` (up to
+        ``max_pause`` seconds; a longer one stops the run). With ``journal`` (a file path: an
+        SQLite journal one run holds at a time) a re-run skips what is done and resends
+        in-flight items with their recorded key; ``batch_id`` makes the keys reproducible
+        without it. ``pacing="adaptive"`` (default) sends as fast as ``concurrency`` allows until
+        the server throttles, then follows its limit (a shared token bucket whose rate backs
+        off on ``429``/``503`` and probes back up); ``max_rate`` caps requests per second
+        (``pacing="fixed"``: exactly that rate, no adaptation). An invalid item is a failed
+        outcome, not a crash. ``.run()`` returns the summary.
         """
         from ._bulk import BulkRun  # loaded on first use, like the rest of the bulk machinery
 
@@ -122,7 +133,10 @@ class Purchases:
             concurrency=concurrency,
             journal=journal,
             on_result=on_result,
-            **options,
+            batch_id=batch_id,
+            max_pause=max_pause,
+            max_rate=max_rate,
+            pacing=pacing,
         )
 
 
@@ -172,7 +186,10 @@ class AsyncPurchases:
         concurrency: int = 16,
         journal: str | Path | None = None,
         on_result: OnResult | None = None,
-        **options: Any,
+        batch_id: str | None = None,
+        max_pause: float = DEFAULT_MAX_PAUSE,
+        max_rate: float | None = None,
+        pacing: Literal["adaptive", "fixed"] = "adaptive",
     ) -> AsyncBulkRun:
         """Refund many purchases concurrently (see :meth:`Purchases.refund_many`).
 
@@ -189,5 +206,8 @@ class AsyncPurchases:
             concurrency=concurrency,
             journal=journal,
             on_result=on_result,
-            **options,
+            batch_id=batch_id,
+            max_pause=max_pause,
+            max_rate=max_rate,
+            pacing=pacing,
         )

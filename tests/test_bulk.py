@@ -1,10 +1,12 @@
-"""refund_many: lazy, bounded, shared pause, journal and resume, summary; sync and async."""
+"""refund_many: lazy, bounded, a task group that never hangs, journal and resume, keys, summary."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
+import contextlib
+import logging
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -15,19 +17,31 @@ import httpx
 import pytest
 
 from preo_client import (
+    AuthenticationError,
     Backoff,
     BadRequestError,
     NotFoundError,
+    RateLimitError,
     RefundItem,
     RefundOutcome,
     RefundValidationError,
-    idempotency_key_for,
 )
 from preo_client import _client as client_module
-from preo_client._bulk import InvalidItem
+from preo_client._bulk import (
+    TRANSACTION_HINT,
+    AsyncBulkRun,
+    BulkRun,
+    CoveringRefundUnknownError,
+    InvalidItem,
+    ItemFailedError,
+    JournalError,
+    bulk_idempotency_key,
+    canonical_request,
+)
 from preo_client.testing import FakePreo, Fault
 
 NO_WAIT = Backoff(base=0, cap=0)
+WATCHDOG = 30.0  # seconds: a hang fails the test instead of blocking CI
 
 
 def make_fake(count: int, **kw: Any) -> FakePreo:
@@ -37,20 +51,48 @@ def make_fake(count: int, **kw: Any) -> FakePreo:
     return fake
 
 
-def run_sync(fake: FakePreo, items: Any, **kw: Any) -> tuple[list[RefundOutcome], Any]:
-    with fake.client(backoff=NO_WAIT) as client:
-        run = client.purchases.refund_many(items, **kw)
-        outcomes = list(run)
-    return outcomes, run.summary
+async def _no_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
 
 
-def run_async(fake: FakePreo, items: Any, **kw: Any) -> tuple[list[RefundOutcome], Any]:
+def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
+    return {"reason": None, "scope": None, "concurrency": 16, "journal": None, "on_result": None,
+            **kw}  # fmt: skip
+
+
+def run_sync(
+    fake: FakePreo, items: Any, client_options: dict[str, Any] | None = None, **kw: Any
+) -> tuple[list[RefundOutcome], Any]:
+    result: list[Any] = []
+
+    def go() -> None:
+        try:
+            with fake.client(backoff=NO_WAIT, **(client_options or {})) as client:
+                client._sleep = lambda seconds: None
+                run = BulkRun(client, items, **_run_options(kw))
+                result.append((list(run), run.summary))
+        except BaseException as exc:  # re-raised in the test's thread
+            result.append(exc)
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(WATCHDOG)
+    assert not worker.is_alive(), "the sync run hung"
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]  # type: ignore[no-any-return]
+
+
+def run_async(
+    fake: FakePreo, items: Any, client_options: dict[str, Any] | None = None, **kw: Any
+) -> tuple[list[RefundOutcome], Any]:
     async def go() -> tuple[list[RefundOutcome], Any]:
-        async with fake.async_client(backoff=NO_WAIT) as client:
-            run = client.purchases.refund_many(items, **kw)
+        async with fake.async_client(backoff=NO_WAIT, **(client_options or {})) as client:
+            client._sleep = _no_sleep
+            run = AsyncBulkRun(client, items, **_run_options(kw))
             return [o async for o in run], run.summary
 
-    return asyncio.run(go())
+    return asyncio.run(asyncio.wait_for(go(), WATCHDOG))
 
 
 RUNNERS = {"sync": run_sync, "async": run_async}
@@ -67,6 +109,7 @@ def test_every_item_refunded_once_with_a_summary(runner: Any) -> None:
     items += [RefundItem(f"p{i}", reason="compensation", amount="2.50") for i in range(45, 50)]
     outcomes, summary = runner(fake, items, reason="sold_out", concurrency=8)
     assert len(outcomes) == 50
+    assert sorted(o.position for o in outcomes) == list(range(50))
     assert all(o.ok and o.attempts == 1 for o in outcomes)
     assert summary.succeeded == 50
     assert summary.failures == 0
@@ -75,6 +118,13 @@ def test_every_item_refunded_once_with_a_summary(runner: Any) -> None:
         f"p{i}": 1 for i in range(50)
     }
     assert {o.idempotency_key for o in outcomes} == {r.idempotency_key for r in fake.refunds}
+
+
+def test_the_public_refund_many_still_works() -> None:
+    fake = make_fake(5)
+    with fake.client(backoff=NO_WAIT) as client:
+        summary = client.purchases.refund_many([f"p{i}" for i in range(5)], reason="sold_out").run()
+    assert summary.succeeded == 5
 
 
 def test_invalid_items_are_reported_failures_not_crashes(runner: Any) -> None:
@@ -87,20 +137,37 @@ def test_invalid_items_are_reported_failures_not_crashes(runner: Any) -> None:
         InvalidItem("line 7", "not valid JSON"),
         42,
         "missing",
+        RefundItem("p0", reference=7),  # type: ignore[arg-type]
+        "\ud83d",
+        "x" * 70_000,
     ]
     outcomes, summary = runner(fake, items, reason="sold_out", concurrency=4)
-    by_id = {o.item.purchase_id: o for o in outcomes}
-    assert by_id["p0"].ok
-    for bad, field in [("bad id", "purchase_id"), ("p1", "reason"), ("p2", "amount"),
-                       ("line 7", "item"), ("42", "items")]:  # fmt: skip
-        error = by_id[bad].error
-        assert isinstance(error, RefundValidationError), bad
+    assert len(outcomes) == len(items)
+    by_position = {o.position: o for o in outcomes}
+    assert by_position[0].ok
+    for position, field in [(1, "purchase_id"), (2, "reason"), (3, "amount"), (4, "item"),
+                            (5, "items"), (7, "reference"), (8, "purchase_id")]:  # fmt: skip
+        error = by_position[position].error
+        assert isinstance(error, RefundValidationError), position
         assert error.field == field
-        assert by_id[bad].attempts == 0
-    assert isinstance(by_id["missing"].error, NotFoundError)
+        assert by_position[position].attempts == 0
+    assert isinstance(by_position[6].error, NotFoundError)
+    assert not by_position[9].ok  # a 70,000-character id: some failure, never a hang
     assert summary.succeeded == 1
-    assert summary.failed == {"RefundValidationError": 5, "NotFoundError": 1}
-    assert len(fake.requests) == 2  # invalid items never reach the wire
+    assert summary.total == len(items)
+
+
+class _Hostile:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_hostile_objects_are_item_failures(runner: Any) -> None:
+    outcomes, summary = runner(make_fake(1), [_Hostile(), "p0"], reason="sold_out")
+    assert len(outcomes) == 2
+    (bad,) = [o for o in outcomes if not o.ok]
+    assert bad.item.purchase_id == "<_Hostile>"
+    assert summary.succeeded == 1
 
 
 def test_reason_is_required_somewhere(runner: Any) -> None:
@@ -149,7 +216,6 @@ def test_items_are_consumed_lazily_with_bounded_concurrency() -> None:
 
 
 async def test_async_iterable_input_and_async_on_result() -> None:
-    fake = make_fake(30)
     seen: list[str] = []
 
     async def items() -> AsyncIterator[RefundItem]:
@@ -160,15 +226,38 @@ async def test_async_iterable_input_and_async_on_result() -> None:
     async def on_result(outcome: RefundOutcome) -> None:
         seen.append(outcome.item.purchase_id)
 
-    async with fake.async_client(backoff=NO_WAIT) as client:
-        summary = await client.purchases.refund_many(
-            items(), reason="event_cancelled", concurrency=4, on_result=on_result
-        ).run()
-    assert summary.succeeded == 30
-    assert sorted(seen) == sorted(f"p{i}" for i in range(30))
-    assert {r.idempotency_key for r in fake.refunds} == {
-        idempotency_key_for(f"p{i}", f"batch-7/{i}") for i in range(30)
+    keys = []
+    for _ in range(2):  # a reference makes the keys reproducible: no journal, fresh sandbox
+        fake = make_fake(30)
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            run = client.purchases.refund_many(
+                items(), reason="event_cancelled", concurrency=4, on_result=on_result
+            )
+            summary = await asyncio.wait_for(run.run(), WATCHDOG)
+        assert summary.succeeded == 30
+        keys.append({r.idempotency_key for r in fake.refunds})
+    assert sorted(seen) == sorted([f"p{i}" for i in range(30)] * 2)
+    expected = {
+        bulk_idempotency_key(
+            "any run",
+            0,
+            canonical_request(RefundItem(f"p{i}", "event_cancelled", reference=f"batch-7/{i}")),
+            f"batch-7/{i}",
+        )
+        for i in range(30)
     }
+    assert keys[0] == keys[1] == expected
+
+
+def test_batch_id_makes_keys_reproducible_without_a_journal(runner: Any) -> None:
+    items = [f"p{i}" for i in range(10)] + ["p0"]  # p0 twice: two items, two keys
+    keys = []
+    for batch in ("cancel-7", "cancel-7", "cancel-8"):
+        outcomes, _ = runner(make_fake(10), items, reason="deposit_reclaim", batch_id=batch)
+        keys.append({o.position: o.idempotency_key for o in outcomes})
+    assert keys[0] == keys[1]
+    assert set(keys[0].values()).isdisjoint(keys[2].values())
+    assert len(set(keys[0].values())) == len(items)
 
 
 def test_a_429_pauses_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,13 +269,71 @@ def test_a_429_pauses_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_module, "_async_sleep", record)
     fake = make_fake(40)
     fake.inject(Fault.http_status(429, retry_after="5"))
-    _, summary = run_async(fake, [f"p{i}" for i in range(40)], reason="sold_out",
-                                  concurrency=8)  # fmt: skip
+
+    async def go() -> Any:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            return await client.purchases.refund_many(
+                [f"p{i}" for i in range(40)], reason="sold_out", concurrency=8
+            ).run()
+
+    summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
     assert summary.succeeded == 40
     # the worker that got the 429 and every worker that started an attempt after it waited
     # for the shared pause, not only the one that was refused
     assert len([w for w in waits + fake.slept if w > 4]) >= 2  # fake.slept: virtual waits
     assert len(fake.refunds) == 40
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_long_retry_after_pauses_the_run_instead_of_hammering(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a Retry-After above the single-call cap sent 5,000 requests in 1.8 s."""
+    fake = make_fake(60)
+    fake.inject(*[Fault.http_status(429, retry_after="120")] * 3)
+    waits: list[float] = []
+    items = [f"p{i}" for i in range(60)]
+    with caplog.at_level(logging.WARNING, logger="preo_client"):
+        if kind == "async":
+
+            async def go() -> Any:
+                async with fake.async_client(backoff=NO_WAIT) as client:
+
+                    async def sleep(seconds: float) -> None:
+                        waits.append(seconds)
+
+                    client._sleep = sleep
+                    run = AsyncBulkRun(client, items, reason="sold_out", scope=None,
+                                       concurrency=8, journal=None, on_result=None)  # fmt: skip
+                    return await run.run()
+
+            summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+        else:
+            with fake.client(backoff=NO_WAIT) as client:
+                client._sleep = waits.append
+                summary = BulkRun(client, items, reason="sold_out", scope=None, concurrency=8,
+                                  journal=None, on_result=None).run()  # fmt: skip
+    assert summary.succeeded == 60
+    assert len(fake.requests) == 60 + 3  # each refusal retried once, after the pause
+    assert any(w >= 119 for w in waits)
+    assert "pausing the whole bulk run" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_retry_after_above_max_pause_stops_the_run(kind: str) -> None:
+    fake = make_fake(300)
+    fake.inject(*[Fault.http_status(429, retry_after="3600")] * 500)
+    items = [f"p{i}" for i in range(300)]
+    with pytest.raises(RateLimitError) as stopped:
+        (run_sync if kind == "sync" else run_async)(fake, items, reason="sold_out", concurrency=8)
+    assert stopped.value.retry_after == 3600
+    assert len(fake.requests) <= 8 + 8  # a few, never a flood
+
+
+def _rows(journal: Path) -> dict[int, tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        return {p: (k, s) for p, k, s in db.execute("SELECT position, idempotency_key, state "
+                                                     "FROM items")}  # fmt: skip
 
 
 def test_journal_resume_skips_done_and_resends_in_flight_with_the_same_key(
@@ -195,14 +342,14 @@ def test_journal_resume_skips_done_and_resends_in_flight_with_the_same_key(
     fake = make_fake(20)
     journal = tmp_path / "run.journal"
     items = [f"p{i}" for i in range(20)]
-    # The first run "dies": five read timeouts after the refund was recorded leave five items
-    # whose outcome is unknown to the client.
+    # five read timeouts after the refund was recorded: five items whose outcome is unknown
     fake.inject(*[Fault.read_timeout()] * 5)
     first, summary1 = runner(fake, items, reason="sold_out", concurrency=4, journal=journal)
     assert summary1.succeeded == 15
     assert summary1.failed == {"APITimeoutOutcomeUnknownError": 5}
     unknown_keys = {o.idempotency_key for o in first if not o.ok}
     assert len(fake.refunds) == 20  # the server did make all 20
+    assert collections.Counter(s for _, s in _rows(journal).values()) == {"done": 15, "failed": 5}
 
     second, summary2 = runner(fake, items, reason="sold_out", concurrency=4, journal=journal)
     assert summary2.skipped == 15
@@ -212,31 +359,362 @@ def test_journal_resume_skips_done_and_resends_in_flight_with_the_same_key(
     assert all(o.refund is not None and o.refund.replayed for o in second if not o.skipped)
     assert len(fake.refunds) == 20
     assert collections.Counter(r.purchase_id for r in fake.refunds) == dict.fromkeys(items, 1)
-
-    events = [json.loads(line)["event"] for line in journal.read_text().splitlines()]
-    assert events.count("start") == 25
-    assert events.count("done") == 20
-    assert events.count("failed") == 5
+    assert {k for k, s in _rows(journal).values()} == {r.idempotency_key for r in fake.refunds}
 
 
-def test_a_truncated_journal_line_is_ignored(tmp_path: Path) -> None:
-    fake = make_fake(2)
-    journal = tmp_path / "j"
-    run_sync(fake, ["p0"], reason="sold_out", journal=journal)
-    with journal.open("a") as f:
-        f.write('{"event": "start", "purchase_id": "p1", "idem')  # killed mid-write
-    _, summary = run_sync(fake, ["p0", "p1"], reason="sold_out", journal=journal)
-    assert (summary.skipped, summary.succeeded) == (1, 1)
-
-
-def test_over_refund_in_bulk_is_a_bad_request(runner: Any) -> None:
+def test_two_rows_for_one_purchase_are_two_items(tmp_path: Path, runner: Any) -> None:
+    """Regression: a second row for the same purchase was 'skipped (done before)'."""
     fake = make_fake(1)
     items = [
-        RefundItem("p0", reason="compensation", amount="8.00", reference=f"r{i}") for i in range(2)
+        RefundItem("p0", reason="compensation", amount="5.00", reference="T-1"),
+        RefundItem("p0", reason="overcharge", amount="3.00", reference="T-1"),
     ]
-    outcomes, summary = runner(fake, items, concurrency=1)
+    journal = tmp_path / "j"
+    _, summary = runner(fake, items, journal=journal)
+    assert summary.succeeded == 2
+    assert sorted(r.amount for r in fake.refunds) == [Decimal("3.00"), Decimal("5.00")]
+    _, again = runner(fake, items, journal=journal)
+    assert again.skipped == 2
+    assert len(fake.refunds) == 2
+
+
+def test_resuming_with_a_changed_row_is_refused_before_sending(tmp_path: Path) -> None:
+    """Regression: a changed amount resent the recorded key with a new body: 422 forever."""
+    fake = make_fake(3)
+    journal = tmp_path / "j"
+    items = [RefundItem(f"p{i}", reason="compensation", amount="5.00") for i in range(3)]
+    fake.inject(Fault.read_timeout())
+    run_sync(fake, items, journal=journal)
+    sent = len(fake.requests)
+    changed = [*items[:1], RefundItem("p1", reason="compensation", amount="4.00"), items[2]]
+    with fake.client(backoff=NO_WAIT) as client, pytest.raises(JournalError) as refused:
+        BulkRun(client, changed, reason=None, scope=None, concurrency=2, journal=journal,
+                on_result=None)  # fmt: skip
+    assert "item 2" in str(refused.value)
+    assert "amount was '5.00', now '4.00'" in str(refused.value)
+    assert len(fake.requests) == sent
+
+    async def lazy() -> AsyncIterator[RefundItem]:  # a lazy input is checked item by item
+        for item in changed:
+            yield item
+
+    async def go() -> list[RefundOutcome]:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            run = AsyncBulkRun(client, lazy(), reason=None, scope=None, concurrency=1,
+                               journal=journal, on_result=None)  # fmt: skip
+            return [o async for o in run]
+
+    with pytest.raises(JournalError):
+        asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+
+
+def test_a_journal_is_held_by_one_run(tmp_path: Path) -> None:
+    """Regression: two runs on one journal at once refunded 292 of 300 purchases twice."""
+    journal = tmp_path / "j"
+    fake = make_fake(2)
+    with fake.client(backoff=NO_WAIT) as client:
+        first = BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1,
+                        journal=journal, on_result=None)  # fmt: skip
+        with pytest.raises(JournalError, match=r"in use by another run \(pid \d+\)"):
+            BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1,
+                    journal=journal, on_result=None)  # fmt: skip
+        first.run()
+        second = BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1,
+                         journal=journal, on_result=None)  # fmt: skip
+        assert second.run().skipped == 1  # the lock is released when a run ends
+    assert len(fake.refunds) == 1
+
+
+def test_a_run_dropped_without_iterating_releases_its_journal(tmp_path: Path) -> None:
+    import gc
+
+    journal = tmp_path / "j"
+    with make_fake(1).client() as client:
+        BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1, journal=journal,
+                on_result=None)  # fmt: skip
+        gc.collect()
+        assert BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1,
+                       journal=journal, on_result=None).run().succeeded == 1  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"event": "start", "purchase_id": "p1", "idem', "old JSON-lines format"),
+        (b"\x00\x01garbage" * 50, "not a preo journal"),
+    ],
+)
+def test_a_foreign_or_damaged_journal_is_refused(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    journal = tmp_path / "j"
+    journal.write_bytes(content)
+    with make_fake(1).client() as client, pytest.raises(JournalError, match=message):
+        BulkRun(client, ["p0"], reason="sold_out", scope=None, concurrency=1, journal=journal,
+                on_result=None)  # fmt: skip
+    assert journal.read_bytes() == content  # never "repaired" or appended to
+
+
+def test_a_failing_journal_stops_the_run_before_sending_unjournaled(tmp_path: Path) -> None:
+    journal = tmp_path / "j"
+    fake = make_fake(30)
+
+    async def go() -> None:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            items = [f"p{i}" for i in range(30)]
+            run = AsyncBulkRun(client, items, reason="sold_out", scope=None, concurrency=2,
+                               journal=journal, on_result=None)  # fmt: skip
+            db = run._core.journal._db  # type: ignore[union-attr]
+            async for outcome in run:
+                if outcome.position == 3:
+                    db.execute("DROP TABLE items")  # the journal breaks mid-run
+
+    with pytest.raises(JournalError, match="failed"):
+        asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert len(fake.requests) <= 4 + 2  # nothing sent once its key could not be committed
+
+
+def test_a_journal_of_another_schema_or_batch_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE notes (x)")
+        db.commit()
+    journal = tmp_path / "j"
+    with make_fake(1).client() as client:
+        with pytest.raises(JournalError, match="not a preo journal"):
+            BulkRun(client, [], reason="sold_out", scope=None, concurrency=1, journal=other,
+                    on_result=None)  # fmt: skip
+        BulkRun(client, [], reason="sold_out", scope=None, concurrency=1, journal=journal,
+                on_result=None, batch_id="b1").run()  # fmt: skip
+        with pytest.raises(JournalError, match="belongs to batch 'b1'"):
+            BulkRun(client, [], reason="sold_out", scope=None, concurrency=1, journal=journal,
+                    on_result=None, batch_id="b2")  # fmt: skip
+
+
+def test_the_same_item_twice_is_one_refund_counted_once(runner: Any) -> None:
+    """Regression: a replay was counted as a second success with twice the amount."""
+    fake = make_fake(1)
+    item = RefundItem("p0", reason="compensation", amount="2.00", reference="ticket-9")
+    outcomes, summary = runner(fake, [item, item], concurrency=1)
+    assert (summary.succeeded, summary.replayed) == (1, 1)
+    assert summary.total_amount == Decimal("2.00")
+    assert [o.replayed for o in sorted(outcomes, key=lambda o: o.position)] == [False, True]
+    assert len(fake.refunds) == 1
+
+
+def _transaction_fake() -> FakePreo:
+    fake = FakePreo()
+    fake.add_purchase("ticket", price="49.00", fees="2.50", transaction_id="tx1")
+    fake.add_purchase("cup", price="3.00", deposit="2.00", transaction_id="tx1")
+    fake.add_purchase("locker", price="10.00", deposit="20.00", transaction_id="tx2")
+    return fake
+
+
+def test_one_request_per_transaction_the_others_covered(tmp_path: Path, runner: Any) -> None:
+    fake = _transaction_fake()
+    items = [RefundItem("ticket", transaction_id="tx1"), RefundItem("cup", transaction_id="tx1"),
+             RefundItem("locker", transaction_id="tx2")]  # fmt: skip
+    journal = tmp_path / "j"
+    outcomes, summary = runner(fake, items, reason="event_cancelled", journal=journal)
+    assert all(o.ok for o in outcomes)
+    assert (summary.succeeded, summary.covered, summary.failures) == (2, 1, 0)
+    assert summary.total_amount == Decimal("56.50") + Decimal("30.00")
+    (cup,) = [o for o in outcomes if o.item.purchase_id == "cup"]
+    assert cup.covered_by == 0
+    assert len(fake.requests) == 2
+    _, again = runner(fake, items, reason="event_cancelled", journal=journal)
+    assert again.skipped == 3
+    assert len(fake.requests) == 2
+
+
+def test_a_transaction_refund_of_unknown_outcome_is_never_sent_twice(
+    tmp_path: Path, runner: Any
+) -> None:
+    fake = _transaction_fake()
+    items = [RefundItem("ticket", reason="compensation", scope="transaction_custom",
+                        amount="5.00", transaction_id="tx1"),
+             RefundItem("cup", reason="compensation", scope="transaction_custom",
+                        amount="5.00", transaction_id="tx1")]  # fmt: skip
+    journal = tmp_path / "j"
+    fake.inject(Fault.read_timeout())  # the leader's refund lands, its answer is lost
+    outcomes, _ = runner(fake, items, journal=journal, concurrency=2)
+    cup = next(o for o in outcomes if o.position == 1)
+    assert isinstance(cup.error, CoveringRefundUnknownError)
+    assert len(fake.refunds) == 1  # the follower did not send a second custom refund
+    outcomes, summary = runner(fake, items, journal=journal, concurrency=2)
+    assert (summary.succeeded, summary.covered) == (1, 1)
+    assert len(fake.refunds) == 1
+
+
+def test_the_readme_flow_without_transaction_ids_is_explained(runner: Any) -> None:
+    """Regression: event_cancelled on two purchases of one transaction ended in a bare 400."""
+    outcomes, summary = runner(_transaction_fake(), ["ticket", "cup"], reason="event_cancelled",
+                               concurrency=1)  # fmt: skip
     assert summary.succeeded == 1
-    assert summary.failed == {"BadRequestError": 1}
     (failed,) = [o for o in outcomes if not o.ok]
     assert isinstance(failed.error, BadRequestError)
-    assert "amount" in failed.error.field_errors
+    assert failed.note == TRANSACTION_HINT
+
+
+def _workers() -> list[asyncio.Task[Any]]:
+    """The run's worker tasks still alive."""
+    return [
+        t for t in asyncio.all_tasks() if "_process" in getattr(t.get_coro(), "__qualname__", "")
+    ]
+
+
+# -- B1: no hangs, one outcome per item or a raise, on every path ---------------------------
+
+
+def _patched_send(client: Any, bad: set[str], exc: BaseException) -> None:
+    send = client._send
+
+    def wrapper(call: Any, state: Any = None) -> Any:
+        if any(f"/purchases/{p}/" in str(call.request.url) for p in bad):
+            raise exc
+        return send(call, state)
+
+    async def async_wrapper(call: Any, state: Any = None) -> Any:
+        if any(f"/purchases/{p}/" in str(call.request.url) for p in bad):
+            raise exc
+        return await send(call, state)
+
+    client._send = async_wrapper if asyncio.iscoroutinefunction(send) else wrapper
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_non_preo_error_in_a_worker_is_that_items_failure(kind: str) -> None:
+    """Regression: any non-PreoError killed an async worker without a done signal: a hang."""
+    fake = make_fake(20)
+    items = [f"p{i}" for i in range(20)]
+    bad = {"p3", "p11"}
+    if kind == "async":
+
+        async def go() -> list[RefundOutcome]:
+            async with fake.async_client(backoff=NO_WAIT) as client:
+                _patched_send(client, bad, TypeError("boom"))
+                return [o async for o in client.purchases.refund_many(items, reason="sold_out",
+                                                                     concurrency=4)]  # fmt: skip
+
+        outcomes = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    else:
+        with fake.client(backoff=NO_WAIT) as client:
+            _patched_send(client, bad, TypeError("boom"))
+            outcomes = list(client.purchases.refund_many(items, reason="sold_out", concurrency=4))
+    assert len(outcomes) == 20
+    failed = {o.item.purchase_id: o.error for o in outcomes if not o.ok}
+    assert set(failed) == bad
+    assert all(isinstance(e, ItemFailedError) and "TypeError: boom" in str(e)
+               for e in failed.values())  # fmt: skip
+
+
+def test_a_corrupt_gzip_body_is_an_item_failure_not_a_hang() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, content=b"\x1f\x8bnot gzip at all",
+                              headers={"content-encoding": "gzip",
+                                       "content-type": "application/json"})  # fmt: skip
+
+    async def go() -> list[RefundOutcome]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with FakePreo().async_client(backoff=NO_WAIT, http_client=http) as client:
+            run = client.purchases.refund_many(["a", "b", "c"], reason="sold_out")
+            outcomes = [o async for o in run]
+        await http.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert len(outcomes) == 3
+    assert not any(o.ok for o in outcomes)
+
+
+def test_a_wrong_key_stops_the_run_promptly(runner: Any) -> None:
+    """Regression: a wrong key on 200 rows hung (the feeder waited on a full queue)."""
+    fake = make_fake(200, api_key="sk_right")
+    items = [f"p{i}" for i in range(200)]
+    with pytest.raises(AuthenticationError):
+        runner(fake, items, {"api_key": "sk_wrong"}, reason="sold_out", concurrency=8)
+    assert len(fake.requests) <= 8 + 8  # stopped at the first 401, not after 200
+
+
+def test_on_result_raising_stops_the_run(runner: Any) -> None:
+    fake = make_fake(100)
+    items = [f"p{i}" for i in range(100)]
+
+    def on_result(outcome: RefundOutcome) -> None:
+        if outcome.position == 10:
+            raise LookupError("consumer bug")
+
+    with pytest.raises(LookupError):
+        runner(fake, items, reason="sold_out", concurrency=4, on_result=on_result)
+    assert len(fake.refunds) < 100
+
+
+def test_break_inside_aclosing_ends_every_task(tmp_path: Path) -> None:
+    fake = make_fake(100)
+    journal = tmp_path / "j"
+
+    async def go() -> Any:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            run = client.purchases.refund_many([f"p{i}" for i in range(100)],
+                                               reason="sold_out", concurrency=8,
+                                               journal=journal)  # fmt: skip
+            async with contextlib.aclosing(run.__aiter__()) as outcomes:  # type: ignore[type-var]
+                async for outcome in outcomes:
+                    if outcome.position >= 5:
+                        break
+            tasks = _workers()
+            return run.summary, tasks
+
+    summary, leftover = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert leftover == []
+    assert summary.stopped == "the consumer stopped reading outcomes"
+    # the journal is released and complete: a resume finishes the run exactly once
+    _, resumed = run_async(fake, [f"p{i}" for i in range(100)], reason="sold_out",
+                           journal=journal)  # fmt: skip
+    assert resumed.failures == 0
+    assert collections.Counter(r.purchase_id for r in fake.refunds) == {
+        f"p{i}": 1 for i in range(100)
+    }
+
+
+def test_cancelling_the_run_ends_every_task() -> None:
+    fake = make_fake(50)
+
+    async def go() -> list[asyncio.Task[Any]]:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            client._sleep = asyncio.sleep  # a real, long pause: only cancellation ends it
+            fake.inject(Fault.http_status(429, retry_after="200"))
+            run = client.purchases.refund_many([f"p{i}" for i in range(50)], reason="sold_out",
+                                               concurrency=4)  # fmt: skip
+            task = asyncio.ensure_future(run.run())
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return _workers()
+
+    assert asyncio.run(asyncio.wait_for(go(), WATCHDOG)) == []
+
+
+def test_the_sync_run_interrupts_its_pauses_when_stopped() -> None:
+    fake = make_fake(50)
+    fake.inject(Fault.http_status(429, retry_after="200"))
+    done = threading.Event()
+
+    def items() -> Iterator[str]:
+        yield from ("p0", "p1", "p2")
+        while not fake.requests:  # the 429 is in: the workers are pausing for 200 s
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.05)
+        yield "bad id"  # an immediate outcome, after which the consumer stops
+
+    def go() -> None:
+        with fake.client(backoff=NO_WAIT) as client:  # real sleeps: only the stop ends them
+            run = client.purchases.refund_many(items(), reason="sold_out", concurrency=4)
+            for _ in run:
+                break
+        done.set()
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    assert done.wait(WATCHDOG), "the sync run did not stop"

@@ -319,7 +319,11 @@ def _check(
     if not retry_unknown:
         assert server.refunds <= 1, f"{server.refunds} refunds from one call"
         assert sum(step.may_have_refunded for step in played) <= 1
-    maybe = any(step.may_have_refunded for step in played)
+    # a 409/422 on a key the caller supplied: a request with that key may have made it earlier
+    conflict = key is not None and any(
+        step.kind == "answer" and step.status in (409, 422) for step in played
+    )
+    maybe = conflict or any(step.may_have_refunded for step in played)
     if isinstance(result, PreoError):
         # I2, both ways
         if maybe:

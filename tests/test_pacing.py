@@ -539,3 +539,55 @@ def test_benchmark_retry_after_parsing() -> None:
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 1.0
     assert retry_after("-3") == 1.0
     assert retry_after("nan") == 1.0
+
+
+def test_max_rate_caps_an_adaptive_run_from_the_first_request() -> None:
+    now = [0.0]
+    pacer = AdaptivePacer(max_rate=5, clock=lambda: now[0])
+    waits = [pacer.reserve() for _ in range(5)]
+    assert waits == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert pacer.rate == 5
+
+
+def test_refund_many_paces_every_attempt_through_the_shared_pacer() -> None:
+    """A run's pacer is wired into every attempt: with max_rate=5 and pacing="fixed", ten
+    refunds are booked 0.2 s apart (the sandbox's virtual sleep records the waits), and pacing
+    changes nothing else: one refund per item."""
+    import asyncio
+
+    from preo_client.testing import FakePreo
+
+    fake = FakePreo.demo(auto_purchases=True)
+
+    async def go() -> list[float]:
+        async with fake.async_client() as client:
+            summary = await client.purchases.refund_many(
+                [f"pur_p{i}" for i in range(10)],
+                reason="sold_out",
+                concurrency=4,
+                max_rate=5,
+                pacing="fixed",
+            ).run()
+            assert summary.succeeded == 10
+        return list(fake.slept)
+
+    waits = asyncio.run(asyncio.wait_for(go(), 30))
+    assert len(waits) == 9  # the first request goes at once
+    assert max(waits) == pytest.approx(1.8, abs=0.1)
+    assert len(fake.refunds) == 10
+
+
+@pytest.mark.parametrize(
+    ("options", "field"), [({"max_rate": 0}, "max_rate"), ({"pacing": "x"}, "pacing")]
+)
+def test_refund_many_refuses_bad_pacing_before_any_request(
+    options: dict[str, object], field: str
+) -> None:
+    from preo_client import RefundValidationError
+    from preo_client.testing import FakePreo
+
+    fake = FakePreo.demo(auto_purchases=True)
+    with fake.client() as client, pytest.raises(RefundValidationError) as refused:
+        client.purchases.refund_many(["pur_p1"], reason="sold_out", **options).run()  # type: ignore[arg-type]
+    assert refused.value.field == field
+    assert fake.requests == []

@@ -21,7 +21,10 @@ from tests._wheel import WheelEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+SNIPPETS = [
+    textwrap.dedent(code)
+    for code in re.findall(r"^ *```python\n(.*?)^ *```", README, flags=re.DOTALL | re.MULTILINE)
+]
 
 
 def _has_top_level_await(code: str) -> bool:

@@ -1,0 +1,176 @@
+"""Bulk-run invariants under Hypothesis: random items x random server behaviour, with a watchdog.
+
+Whatever the items (valid, invalid, odd Unicode, huge ids, duplicates, two rows per purchase)
+and whatever the server does (faults, a 401 mid-run, 429s with long Retry-After, made virtual):
+
+- a run yields exactly one outcome per item, or raises a systemic error, and never hangs;
+- an item identity (position + request) never gets more than one key, nor more than one refund;
+- after a resume on the same journal with a healthy server, every item is accounted for and
+  every successful item has exactly one refund in the sandbox ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from preo_client import AuthenticationError, Backoff, RateLimitError, RefundItem, RefundOutcome
+from preo_client._bulk import AsyncBulkRun, BulkRun, BulkSummary
+from preo_client.testing import FakePreo, Fault
+
+NO_WAIT = Backoff(base=0, cap=0)
+WATCHDOG = 30.0
+PURCHASES = [f"p{i}" for i in range(6)]
+
+purchase_ids = st.one_of(
+    st.sampled_from(PURCHASES),
+    st.sampled_from(["missing", "bad id", "\ud83d", "x" * 70_000, "", "..", "p\x00"]),
+    st.text(min_size=1, max_size=8),
+)
+items = st.lists(
+    st.one_of(
+        st.sampled_from(PURCHASES),
+        st.builds(
+            RefundItem,
+            purchase_ids,
+            reason=st.sampled_from(["compensation", "overcharge"]),
+            amount=st.sampled_from(["0.01", "1.00", "2.50", "3", "-1", "0.001", "abc"]),
+            comment=st.one_of(st.none(), st.text(max_size=5)),
+            reference=st.one_of(st.none(), st.sampled_from(["r1", "r2"])),
+        ),
+        st.builds(
+            RefundItem, purchase_ids, reason=st.sampled_from(["deposit_reclaim", "sold-out"])
+        ),
+    ),
+    min_size=1,
+    max_size=25,
+)
+faults = st.lists(
+    st.sampled_from(
+        [
+            Fault.read_timeout(),
+            Fault.read_timeout(after_commit=False),
+            Fault.connection_reset(),
+            Fault.connect_error(),
+            Fault.http_status(500),
+            Fault.http_status(503),
+            Fault.http_status(429, retry_after="120"),  # above the single-call cap: a run pause
+            Fault.http_status(429, retry_after="3600"),  # above the run's cap: the run stops
+            Fault.http_status(401),
+            Fault.malformed_json(),
+        ]
+    ),
+    max_size=8,
+)
+
+
+def _fake() -> FakePreo:
+    fake = FakePreo()
+    for purchase_id in PURCHASES:
+        fake.add_purchase(purchase_id, price="10.00", deposit="1.00")
+    return fake
+
+
+async def _virtual_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+Result = tuple[list[RefundOutcome], BulkSummary, bool]
+
+
+def _run_async(fake: FakePreo, inputs: list[Any], journal: Path) -> Result:
+    outcomes: list[RefundOutcome] = []
+
+    async def go() -> tuple[BulkSummary, bool]:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            client._sleep = _virtual_sleep
+            run = AsyncBulkRun(client, inputs, reason="sold_out", scope=None, concurrency=4,
+                               journal=journal, on_result=None)  # fmt: skip
+            try:
+                async for outcome in run:
+                    outcomes.append(outcome)
+            except (AuthenticationError, RateLimitError):
+                return run.summary, True
+            return run.summary, False
+
+    summary, stopped = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    return outcomes, summary, stopped
+
+
+def _run_sync(fake: FakePreo, inputs: list[Any], journal: Path) -> Result:
+    outcomes: list[RefundOutcome] = []
+    result: list[Any] = []
+
+    def go() -> None:
+        with fake.client(backoff=NO_WAIT) as client:
+            client._sleep = lambda seconds: None
+            run = BulkRun(client, inputs, reason="sold_out", scope=None, concurrency=4,
+                          journal=journal, on_result=None)  # fmt: skip
+            try:
+                outcomes.extend(run)
+            except (AuthenticationError, RateLimitError):
+                result.append((run.summary, True))
+            except BaseException as exc:
+                result.append(exc)
+            else:
+                result.append((run.summary, False))
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(WATCHDOG)
+    assert not worker.is_alive(), "the sync run hung"
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    summary, stopped = result[0]
+    return outcomes, summary, stopped
+
+
+def _check(fake: FakePreo, inputs: list[Any], runner: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Path(tmp) / "run.journal"
+        first, summary, stopped = runner(fake, inputs, journal)
+        positions = [o.position for o in first]
+        assert len(positions) == len(set(positions)), "an item got two outcomes"
+        if not stopped:
+            assert sorted(positions) == list(range(len(inputs))), "an item got no outcome"
+        assert summary.total == len(first)
+        keys = {o.position: o.idempotency_key for o in first if o.idempotency_key}
+
+        with fake._lock:  # resume on the same journal against a healthy server
+            fake._faults.clear()
+        second, _, stopped2 = runner(fake, inputs, journal)
+        assert not stopped2
+        assert sorted(o.position for o in second) == list(range(len(inputs)))
+        for outcome in second:  # an identity keeps its key across runs (never re-keyed)
+            if outcome.position in keys and outcome.idempotency_key and not outcome.covered_by:
+                assert outcome.idempotency_key == keys[outcome.position]
+        per_key = collections.Counter(r.idempotency_key for r in fake.refunds)
+        assert all(count == 1 for count in per_key.values()), "one key, two refunds"
+        for outcome in second:
+            if outcome.ok and outcome.covered_by is None:
+                assert per_key[outcome.idempotency_key] == 1, "a done item without its refund"
+        all_keys = {o.idempotency_key for o in first + second if o.idempotency_key}
+        assert set(per_key) <= all_keys, "a refund no item accounts for"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=items, server=faults)
+def test_async_runs_account_for_every_item_once(inputs: list[Any], server: list[Fault]) -> None:
+    fake = _fake()
+    fake.inject(*server)
+    _check(fake, inputs, _run_async)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=items, server=faults)
+def test_sync_runs_account_for_every_item_once(inputs: list[Any], server: list[Fault]) -> None:
+    fake = _fake()
+    fake.inject(*server)
+    _check(fake, inputs, _run_sync)
