@@ -313,7 +313,7 @@ async def _refund_many(url: str, ids: list[str], recorder: Recorder, **options: 
 
 
 async def refund_many_fixed(url: str, ids: list[str], recorder: Recorder) -> int:
-    return await _refund_many(url, ids, recorder)
+    return await _refund_many(url, ids, recorder, pacing="fixed")  # no max_rate: no pacing
 
 
 async def refund_many_adaptive(url: str, ids: list[str], recorder: Recorder) -> int:

@@ -44,17 +44,31 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._aiohttp import AiohttpTransport
-    from ._bulk import AsyncBulkRun, BulkRun, BulkSummary, RefundItem, RefundOutcome
+    from ._bulk import (
+        AsyncBulkRun,
+        BulkRun,
+        BulkSummary,
+        CoveringRefundUnknownError,
+        ItemFailedError,
+        RefundItem,
+        RefundOutcome,
+    )
     from ._generated.models.refund_reason import RefundReason
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
+    from ._journal import JournalError
+    from ._pacing import AdaptivePacer
 
 # Loaded on first use, so that a plain `import preo_client` stays cheap.
 _LAZY = {
     "AiohttpTransport": "._aiohttp",
+    "AdaptivePacer": "._pacing",
     "AsyncBulkRun": "._bulk",
     "BulkRun": "._bulk",
     "BulkSummary": "._bulk",
+    "CoveringRefundUnknownError": "._bulk",
+    "ItemFailedError": "._bulk",
+    "JournalError": "._journal",
     "RefundItem": "._bulk",
     "RefundOutcome": "._bulk",
     "RefundReason": "._generated.models.refund_reason",
@@ -90,6 +104,7 @@ __all__ = [
     "APIStatusOutcomeUnknownError",
     "APITimeoutError",
     "APITimeoutOutcomeUnknownError",
+    "AdaptivePacer",
     "AiohttpTransport",
     "AsyncBulkRun",
     "AsyncPreoClient",
@@ -104,8 +119,11 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ConflictOutcomeUnknownError",
+    "CoveringRefundUnknownError",
     "InternalServerError",
     "InternalServerOutcomeUnknownError",
+    "ItemFailedError",
+    "JournalError",
     "NotFoundError",
     "NotFoundOutcomeUnknownError",
     "NotGiven",

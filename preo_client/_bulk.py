@@ -112,9 +112,10 @@ class ItemFailedError(PreoError):
         self.original = original
 
 
-class CoveringRefundUnknownError(PreoError):
-    """The refund of this item's transaction (sent for another item) has an unknown outcome;
-    nothing was sent for this item. A resume resends that refund with its key."""
+class CoveringRefundUnknownError(RefundOutcomeUnknownError):
+    """The refund of this item's transaction (sent for another item) has an unknown outcome:
+    this purchase may be refunded by it. Nothing was sent for this item; a resume resends that
+    refund with its key."""
 
     def __init__(self, leader: int) -> None:
         super().__init__(
