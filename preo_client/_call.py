@@ -127,6 +127,12 @@ class Pacer(Protocol):
         """Record an answered attempt: ``throttled`` for a ``429``/``503``."""
         ...
 
+    @property
+    def paces_throttling(self) -> bool:
+        """True when the pacer itself slows the run down on a ``429`` (adaptive pacing): then
+        a short ``Retry-After`` holds back only the item that got it, not the whole run."""
+        ...
+
 
 @dataclasses.dataclass(slots=True)
 class CallState:

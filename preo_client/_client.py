@@ -254,8 +254,16 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             "refund attempt %d failed (%s), retrying in %.3fs", attempt, failed.failure.value, delay
         )
         if state.pause is not None and failed.failure is Failure.REFUSED:
-            state.pause.extend(delay)  # every worker of the run waits, not just this one
-            return 0.0
+            if not (
+                state.pacer is not None
+                and state.pacer.paces_throttling
+                and failed.error.status_code == 429  # type: ignore[attr-defined]
+                and delay <= RETRY_AFTER_CAP
+            ):
+                state.pause.extend(delay)  # every worker of the run waits, not just this one
+                return 0.0
+            # A rate limit under adaptive pacing: the shared rate has just been cut, so only
+            # this item waits; an outage (503) or a long wait still pauses the whole run.
         return delay
 
     def _log_attempt(

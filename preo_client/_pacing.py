@@ -111,6 +111,11 @@ class AdaptivePacer:
 
     # -- the Pacer protocol ---------------------------------------------------------------
 
+    @property
+    def paces_throttling(self) -> bool:
+        """True in adaptive mode: a ``429`` cuts the shared rate (see ``Pacer``)."""
+        return self._adaptive
+
     def reserve(self) -> float:
         """Take one send slot; return the seconds to wait before using it (0 = send now)."""
         with self._lock:
