@@ -156,6 +156,7 @@ class RefundOutcome:
     - ``covered_by``: the position of the item whose transaction refund covers this one
       (nothing sent for it); None otherwise.
     - ``note``: a hint explaining a failure, or None.
+    - ``ok``: nothing more to do for the item (refunded, skipped or covered).
     """
 
     item: RefundItem
@@ -650,6 +651,10 @@ class AsyncBulkRun(_Run):
         max_rate: float | None = None,
         pacing: str = "adaptive",
     ) -> None:
+        """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
+        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
+        journal, before anything is sent."""
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, new_event=asyncio.Event, max_rate=max_rate,
@@ -767,6 +772,8 @@ class AsyncBulkRun(_Run):
         return senders, shards
 
     def __aiter__(self) -> AsyncIterator[RefundOutcome]:
+        """The outcomes in completion order: one per input item, or the systemic error that
+        stopped the run."""
         return self._outcomes()
 
     async def run(self) -> BulkSummary:
@@ -809,6 +816,10 @@ class BulkRun(_Run):
         max_rate: float | None = None,
         pacing: str = "adaptive",
     ) -> None:
+        """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
+        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
+        journal, before anything is sent."""
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, new_event=threading.Event, max_rate=max_rate,
@@ -859,6 +870,8 @@ class BulkRun(_Run):
         return core.end(job, state.attempts, refund=refund)
 
     def __iter__(self) -> Iterator[RefundOutcome]:
+        """The outcomes in completion order: one per input item, or the systemic error that
+        stopped the run."""
         core = self._core
         stop = threading.Event()
         sender = self._sender(stop)
