@@ -76,6 +76,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._inner = _HttpxAiohttpTransport(**options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through aiohttp. A failure is classed by what happened:
+        ``httpx.ConnectError`` / ``ConnectTimeout`` only when no connection was ever made, else
+        ``httpx.ReadError`` / ``ReadTimeout`` (the request may have reached the server)."""
         try:
             response = await self._inner.handle_async_request(request)
         except Exception as exc:
@@ -91,4 +94,5 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        """Close the aiohttp session (``httpx.AsyncClient.aclose()`` calls it)."""
         await self._inner.aclose()

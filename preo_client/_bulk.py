@@ -82,9 +82,22 @@ TRANSACTION_HINT: Final = (
 
 @attrs.frozen
 class RefundItem:
-    """One refund of a bulk run. ``reason``/``scope`` fall back to the run's common ones;
-    ``reference`` (a business id) makes the idempotency key reproducible; ``transaction_id``
-    lets a transaction-scope refund be sent once per transaction."""
+    """One refund of a bulk run (frozen). Every field but ``purchase_id`` is optional:
+
+    - ``purchase_id``: the purchase to refund.
+    - ``reason`` / ``scope``: as for ``client.purchases.refund``; None falls back to the
+      run's common ``reason`` / ``scope`` (a scope left out is derived from the reason).
+    - ``amount``: for the custom scopes only: a ``Decimal``, ``int`` or decimal ``str``
+      (exact; at most two decimal places).
+    - ``comment``: free text sent with the refund; ``pickup_point_id``: the pickup point
+      where the refund is processed.
+    - ``reference``: a business id (e.g. an order line) that makes the idempotency key
+      reproducible from the item alone: the same reference and request send the same key in
+      any run, at any position.
+    - ``transaction_id``: the purchase's transaction. With a transaction scope, one request
+      is sent per transaction and the run's other items of it are reported as covered
+      (``RefundOutcome.covered_by``).
+    """
 
     purchase_id: str
     reason: str | None = None
@@ -129,10 +142,22 @@ class CoveringRefundUnknownError(RefundOutcomeUnknownError):
 class RefundOutcome:
     """What became of one item: the refund or the error, attempts made, the key sent.
 
-    ``position`` is the item's 0-based index in the input. ``skipped``: a previous run (per the
-    journal) already did it. ``replayed``: the server answered with a refund another item of
-    this run already got (counted once). ``covered_by``: the position of the item whose
-    transaction refund covers this one (nothing sent for it). ``note`` explains a failure.
+    - ``item``: the :class:`RefundItem` (for an input row that could not be read, one whose
+      ``purchase_id`` says where the row was or what it held).
+    - ``refund``: the :class:`~preo_client.Refund` the server answered with (for a covered
+      item, its transaction's refund); None when the item failed or was skipped.
+    - ``error``: the :class:`~preo_client.PreoError` the item failed with, else None.
+    - ``attempts``: requests sent for this item (0 when nothing was sent).
+    - ``idempotency_key``: the key sent for it (for a skipped item, the one the journal
+      recorded; for a covered item, its transaction's); None when nothing was keyed.
+    - ``skipped``: a previous run (per the journal) already did it; nothing was sent.
+    - ``position``: the item's 0-based index in the input.
+    - ``replayed``: the server answered with a refund another item of this run already got
+      (counted once in the summary).
+    - ``covered_by``: the position of the item whose transaction refund covers this one
+      (nothing sent for it); None otherwise.
+    - ``note``: a hint explaining a failure, or None.
+    - ``ok``: nothing more to do for the item (refunded, skipped or covered).
     """
 
     item: RefundItem
@@ -148,6 +173,8 @@ class RefundOutcome:
 
     @property
     def ok(self) -> bool:
+        """True when the item needs nothing more: refunded, skipped (done by a previous run)
+        or covered by its transaction's refund."""
         return self.error is None and (
             self.refund is not None or self.skipped or self.covered_by is not None
         )
@@ -155,8 +182,21 @@ class RefundOutcome:
 
 @attrs.define
 class BulkSummary:
-    """A bulk run so far: distinct refunds and their exact total, replays, covered, skipped,
-    failures by error class (and the failed outcomes), and why the run stopped early."""
+    """A bulk run so far (live while it runs; final once it ends), counting each outcome
+    handed out once:
+
+    - ``succeeded``: items answered with a refund this run had not counted yet.
+    - ``replayed``: items answered with a refund another item of this run already got.
+    - ``covered``: items covered by their transaction's refund (nothing sent for them).
+    - ``skipped``: items a previous run already did (per the journal).
+    - ``failed``: failed items by error class name (a ``collections.Counter``).
+    - ``failed_items``: the failed :class:`RefundOutcome` objects, in the order handed out.
+    - ``total_amount``: the exact total (``Decimal``) of the distinct refunds counted.
+    - ``stopped``: why the run stopped early (``"cancelled"``, the consumer stopped reading,
+      or the error that stopped it); None when it ran to the end.
+    - ``unfinished``: items read from the input but not handed out when the run stopped.
+    - ``total`` / ``failures``: all items counted / the failed ones.
+    """
 
     succeeded: int = 0
     replayed: int = 0
@@ -172,10 +212,12 @@ class BulkSummary:
 
     @property
     def total(self) -> int:
+        """Every item counted so far: succeeded, replayed, covered, skipped and failed."""
         return self.succeeded + self.replayed + self.covered + self.skipped + self.failures
 
     @property
     def failures(self) -> int:
+        """The failed items (the sum of ``failed``)."""
         return sum(self.failed.values())
 
     def claim(self, refund: Refund) -> bool:
@@ -188,6 +230,7 @@ class BulkSummary:
             return True
 
     def add(self, outcome: RefundOutcome) -> None:
+        """Count ``outcome`` under exactly one heading (the run calls it; thread-safe)."""
         with self._lock:
             if outcome.skipped:
                 self.skipped += 1
@@ -562,9 +605,9 @@ class _Run:
             client, reason=reason, scope=scope, journal=journal, batch_id=batch_id,
             max_pause=max_pause, new_event=new_event, max_rate=max_rate, pacing=pacing,
         )  # fmt: skip
-        self.summary = self._core.summary
+        self.summary: BulkSummary = self._core.summary
         self.pacer: AdaptivePacer = self._core.pacer
-        self.run_id = self._core.run_id
+        self.run_id: str = self._core.run_id
         self._yielded = 0
         try:
             if isinstance(items, Sequence) and not isinstance(items, str):
@@ -585,6 +628,13 @@ class AsyncBulkRun(_Run):
     on every exit path (end, error, ``break``, cancellation). One outcome per input item, or
     the run raises the systemic error that stopped it (``401``/``403``, a ``Retry-After`` above
     ``max_pause``, ``on_result`` raising, a journal problem, the input iterator failing).
+
+    Attributes: ``summary`` (the live :class:`BulkSummary`; ``run()`` returns it), ``run_id``
+    (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
+    fresh UUID; a run given it as ``batch_id`` sends the same keys for the same input) and
+    ``pacer`` (the run's send-rate limiter: its current ``rate`` and ``throttled_share``).
+    Made by ``client.purchases.refund_many(...)`` (see there for the arguments); ``close()``
+    releases the journal of a run that will not be iterated.
     """
 
     def __init__(
@@ -602,6 +652,10 @@ class AsyncBulkRun(_Run):
         max_rate: float | None = None,
         pacing: str = "adaptive",
     ) -> None:
+        """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
+        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
+        journal, before anything is sent."""
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, new_event=asyncio.Event, max_rate=max_rate,
@@ -719,6 +773,8 @@ class AsyncBulkRun(_Run):
         return senders, shards
 
     def __aiter__(self) -> AsyncIterator[RefundOutcome]:
+        """The outcomes in completion order: one per input item, or the systemic error that
+        stopped the run."""
         return self._outcomes()
 
     async def run(self) -> BulkSummary:
@@ -737,6 +793,13 @@ class BulkRun(_Run):
 
     On a stop, waits in workers are interrupted; requests already on the wire finish (within
     the client's timeout) and stay journaled as in flight.
+
+    Attributes: ``summary`` (the live :class:`BulkSummary`; ``run()`` returns it), ``run_id``
+    (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
+    fresh UUID; a run given it as ``batch_id`` sends the same keys for the same input) and
+    ``pacer`` (the run's send-rate limiter: its current ``rate`` and ``throttled_share``).
+    Made by ``client.purchases.refund_many(...)`` (see there for the arguments); ``close()``
+    releases the journal of a run that will not be iterated.
     """
 
     def __init__(
@@ -754,6 +817,10 @@ class BulkRun(_Run):
         max_rate: float | None = None,
         pacing: str = "adaptive",
     ) -> None:
+        """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
+        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
+        journal, before anything is sent."""
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, new_event=threading.Event, max_rate=max_rate,
@@ -804,6 +871,8 @@ class BulkRun(_Run):
         return core.end(job, state.attempts, refund=refund)
 
     def __iter__(self) -> Iterator[RefundOutcome]:
+        """The outcomes in completion order: one per input item, or the systemic error that
+        stopped the run."""
         core = self._core
         stop = threading.Event()
         sender = self._sender(stop)

@@ -471,11 +471,26 @@ class PreoClient(_BaseClient[httpx.Client]):
 class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
     """Asynchronous client for the Preo refund API; settings as for :class:`PreoClient`.
 
-    ``http_client`` is an ``httpx.AsyncClient``. ``timeout``'s largest value bounds each
-    attempt exactly, body included. A client is bound to the event loop of its first call
-    (its connections are): using it from another loop raises ``ConfigurationError`` before
-    anything is sent — make one client per loop. Use it as an async context manager, or
-    await :meth:`aclose`.
+    Settings (keyword-only; each falls back as listed):
+
+    - ``api_key``: else the ``PREO_API_KEY`` environment variable; visible ASCII only, never
+      shown in a repr, log or error.
+    - ``base_url``: else ``PREO_BASE_URL``, else ``https://api.preo.dev``; ``https`` unless the
+      host is loopback (``localhost``, ``127.0.0.0/8``, ``::1``) or ``allow_insecure_http``.
+    - ``timeout``: seconds or an ``httpx.Timeout`` (default 30 s, 5 s to connect); bounds each
+      attempt's connect, write and each read, and its largest value bounds each attempt
+      exactly, body included.
+    - ``max_retries``: default 2; only failures that cannot refund twice are retried.
+    - ``retry_unknown_outcome``: also retry, with the same idempotency key, failures after which
+      the refund may exist (read timeouts, 5xx but 503); only for a server that honours the key.
+    - ``http_client``: an ``httpx.AsyncClient`` (proxies, custom CAs, transports such as
+      :class:`~preo_client.AiohttpTransport`); never closed here.
+    - ``default_headers``, ``backoff`` (``Backoff(base=0.5, cap=8.0)``), ``allow_insecure_http``.
+
+    A client is bound to the event loop of its first call (its connections are): using it
+    from another loop raises ``ConfigurationError`` before anything is sent — make one client
+    per loop. ``PREO_LOG=info|debug`` logs one line per attempt on the ``preo_client`` logger.
+    Use it as an async context manager, or await :meth:`aclose`.
     """
 
     def __init__(

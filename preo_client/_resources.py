@@ -1,4 +1,4 @@
-"""``client.purchases``: the refund endpoint as typed methods (sync and async), documented once."""
+"""``client.purchases``: the refund endpoint as typed methods (sync and async, documented alike)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,32 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncPurchases", "Purchases"]
 
-REFUND_DOC = """Create a refund request for ``purchase_id`` (``POST /v1/purchases/{id}/refund``).
+
+def _text(value: str | Enum | None) -> str | None:
+    return value.value if isinstance(value, Enum) else value
+
+
+class Purchases:
+    """``client.purchases``: the purchase endpoints (refunds)."""
+
+    def __init__(self, client: PreoClient) -> None:
+        self._client = client
+
+    def refund(
+        self,
+        purchase_id: str,
+        *,
+        reason: Reason | RefundReason,
+        scope: Scope | RefundScope | None = None,
+        amount: Decimal | int | str | float | None = None,
+        comment: str | None = None,
+        pickup_point_id: str | None = None,
+        idempotency_key: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> Refund:
+        """Create a refund request for ``purchase_id`` (``POST /v1/purchases/{id}/refund``).
 
         ``reason`` (required) is one of ``deposit_reclaim``, ``sold_out``, ``event_cancelled``,
         ``product_defect``, ``duplicate_purchase``, ``customer_request``, ``compensation``,
@@ -52,32 +77,6 @@ REFUND_DOC = """Create a refund request for ``purchase_id`` (``POST /v1/purchase
         exist is also a :class:`~preo_client.RefundOutcomeUnknownError` carrying the
         ``idempotency_key`` to retry with. Nothing else.
         """
-
-
-def _text(value: str | Enum | None) -> str | None:
-    return value.value if isinstance(value, Enum) else value
-
-
-class Purchases:
-    """``client.purchases``: the purchase endpoints (refunds)."""
-
-    def __init__(self, client: PreoClient) -> None:
-        self._client = client
-
-    def refund(
-        self,
-        purchase_id: str,
-        *,
-        reason: Reason | RefundReason,
-        scope: Scope | RefundScope | None = None,
-        amount: Decimal | int | str | float | None = None,
-        comment: str | None = None,
-        pickup_point_id: str | None = None,
-        idempotency_key: str | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: Timeout | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-    ) -> Refund:
         client = self._client
         call = client._prepare(
             purchase_id,
@@ -92,8 +91,6 @@ class Purchases:
             max_retries=max_retries,
         )
         return client._send(call)
-
-    refund.__doc__ = REFUND_DOC
 
     def refund_many(
         self,
@@ -160,6 +157,36 @@ class AsyncPurchases:
         timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Refund:
+        """Create a refund request for ``purchase_id`` (``POST /v1/purchases/{id}/refund``).
+
+        ``reason`` (required) is one of ``deposit_reclaim``, ``sold_out``, ``event_cancelled``,
+        ``product_defect``, ``duplicate_purchase``, ``customer_request``, ``compensation``,
+        ``overcharge``, ``other``, ``rental_return``. ``scope`` is derived from it when omitted
+        (and always sent explicitly); an override must be one the reason allows (see
+        ``preo_client.POLICY``): ``purchase_price``, ``purchase_deposit``, ``purchase_full``,
+        ``purchase_custom``, ``transaction_full``, ``transaction_custom``.
+
+        ``amount`` goes with the custom scopes only (required there, refused elsewhere: the
+        server calculates it): a ``Decimal``, ``int`` or decimal ``str``, > 0, at most two
+        decimal places and at most 9,999,999,999,999.99; a ``float`` only when its shortest
+        form already has at most two places. ``comment`` is free text; ``pickup_point_id`` the
+        pickup point where the refund is processed.
+
+        ``idempotency_key`` (1-255 visible ASCII characters) is made once per call when not
+        given (a UUID4) and sent unchanged by every retry, with the same body bytes.
+        ``extra_headers`` are added to this request (``Authorization``, ``Idempotency-Key``,
+        ``Content-Type``, ``Content-Length`` and ``Host`` cannot be overridden).
+        ``timeout`` (seconds or ``httpx.Timeout``) and ``max_retries`` override the client's
+        for this call.
+
+        Returns a :class:`~preo_client.Refund` (``amount`` an exact ``Decimal``). Raises
+        :class:`~preo_client.RefundValidationError` (naming the field, before any network
+        I/O), :class:`~preo_client.APIStatusError` subclasses for error answers,
+        :class:`~preo_client.APIConnectionError` / :class:`~preo_client.APITimeoutError`,
+        :class:`~preo_client.APIResponseValidationError`; any error after which the refund may
+        exist is also a :class:`~preo_client.RefundOutcomeUnknownError` carrying the
+        ``idempotency_key`` to retry with. Nothing else.
+        """
         client = self._client
         call = client._prepare(
             purchase_id,
@@ -174,8 +201,6 @@ class AsyncPurchases:
             max_retries=max_retries,
         )
         return await client._send(call)
-
-    refund.__doc__ = REFUND_DOC
 
     def refund_many(
         self,

@@ -220,14 +220,14 @@ class FakePreo:
         latency_jitter: float = 0.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.api_key = api_key
+        self.api_key: str = api_key
         # keep_history=False (load and memory benchmarks): no request log, no ledger entries
         # (only `refund_count`), no idempotency store, so the sandbox's own memory stays flat.
-        self.keep_history = keep_history
-        self.refund_count = 0
+        self.keep_history: bool = keep_history
+        self.refund_count: int = 0
         # For demos (the CLI's --sandbox): an unknown purchase id is created on first use
         # (25.00 + 2.00 deposit + 1.50 fees) instead of answering 404.
-        self.auto_purchases = auto_purchases
+        self.auto_purchases: bool = auto_purchases
         self.purchases: dict[str, Purchase] = {}
         self._transactions: dict[str, list[Purchase]] = collections.defaultdict(list)
         self.refunds: list[RefundRecord] = []
@@ -241,13 +241,13 @@ class FakePreo:
         self.slept: list[float] = []
         self._virtual_offset = 0.0
         self._clock: Callable[[], float] = clock if clock is not None else self._virtual_now
-        self.throttled = 0
+        self.throttled: int = 0
         self.spans: list[tuple[float, float]] = []
         self._limiter: RateLimiter | None = None
-        self.send_retry_after = send_retry_after
+        self.send_retry_after: bool = send_retry_after
         self.set_rate_limit(rate_limit, burst=burst, send_retry_after=send_retry_after)
-        self.latency = 0.0
-        self.latency_jitter = 0.0
+        self.latency: float = 0.0
+        self.latency_jitter: float = 0.0
         self._latency_rng = random.Random()  # noqa: S311  # nosec B311 - simulated latency
         self.set_latency(latency, jitter=latency_jitter)
 

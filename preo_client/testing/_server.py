@@ -210,24 +210,26 @@ class SandboxServer:
         port: int = 0,
         access_log: AccessLog | None = None,
     ) -> None:
-        self.fake = fake
+        self.fake: FakePreo = fake
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         server_class = _Server6 if family == socket.AF_INET6 else _Server
         self._server = server_class((host.strip("[]"), port), _Handler)
         self._server.fake = fake
         self._server.access_log = access_log
         bound = self._server.server_address
-        self.host = str(bound[0])
-        self.port = int(bound[1])
+        self.host: str = str(bound[0])
+        self.port: int = int(bound[1])
         shown = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{shown}:{self.port}"
+        self.url: str = f"http://{shown}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> SandboxServer:
+        """Serve in a daemon thread; returns this server (``serve()`` calls it for you)."""
         self._thread.start()
         return self
 
     def close(self) -> None:
+        """Stop serving (if started) and release the port; the context manager calls it."""
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
