@@ -253,17 +253,9 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         log.debug(
             "refund attempt %d failed (%s), retrying in %.3fs", attempt, failed.failure.value, delay
         )
-        if state.pause is not None and failed.failure is Failure.REFUSED:
-            if not (
-                state.pacer is not None
-                and state.pacer.paces_throttling
-                and failed.error.status_code == 429  # type: ignore[attr-defined]
-                and delay <= RETRY_AFTER_CAP
-            ):
-                state.pause.extend(delay)  # every worker of the run waits, not just this one
-                return 0.0
-            # A rate limit under adaptive pacing: the shared rate has just been cut, so only
-            # this item waits; an outage (503) or a long wait still pauses the whole run.
+        if state.pause is not None and _pauses_the_run(failed, state, delay):
+            state.pause.extend(delay)  # every worker of the run waits, not just this one
+            return 0.0
         return delay
 
     def _log_attempt(
@@ -295,6 +287,20 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             elapsed,
             str(replayed).lower(),
         )
+
+
+def _pauses_the_run(failed: AttemptFailed, state: CallState, delay: float) -> bool:
+    """Whether a refused attempt's wait holds back every worker of a bulk run.
+
+    A ``503`` (an outage) or any wait beyond the single-call cap does. A short ``429`` (a
+    rate limit) under adaptive pacing does not: the shared rate has just been cut for
+    everyone, and only the refused item waits out its ``Retry-After``.
+    """
+    if failed.failure is not Failure.REFUSED:
+        return False
+    rate_limited = getattr(failed.error, "status_code", None) == 429
+    paced = state.pacer is not None and state.pacer.paces_throttling
+    return not (rate_limited and paced and delay <= RETRY_AFTER_CAP)
 
 
 class _LoopBinding:

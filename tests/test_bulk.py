@@ -260,7 +260,10 @@ def test_batch_id_makes_keys_reproducible_without_a_journal(runner: Any) -> None
     assert len(set(keys[0].values())) == len(items)
 
 
-def test_a_429_pauses_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("status", [429, 503])
+def test_without_adaptive_pacing_a_refusal_pauses_every_worker(
+    monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
     waits: list[float] = []
 
     async def record(seconds: float) -> None:
@@ -268,7 +271,47 @@ def test_a_429_pauses_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(client_module, "_async_sleep", record)
     fake = make_fake(40)
+    fake.inject(Fault.http_status(status, retry_after="5"))
+
+    async def go() -> Any:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            return await client.purchases.refund_many(
+                [f"p{i}" for i in range(40)], reason="sold_out", concurrency=8, pacing="fixed"
+            ).run()
+
+    summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert summary.succeeded == 40
+    # the worker that got the 429 and every worker that started an attempt after it waited
+    # for the shared pause, not only the one that was refused
+    assert len([w for w in waits + fake.slept if w > 4]) >= 2  # fake.slept: virtual waits
+    assert len(fake.refunds) == 40
+
+
+def test_under_adaptive_pacing_a_short_429_holds_back_its_item_and_cuts_the_rate() -> None:
+    fake = make_fake(40)
     fake.inject(Fault.http_status(429, retry_after="5"))
+
+    async def go() -> Any:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            run = client.purchases.refund_many(
+                [f"p{i}" for i in range(40)], reason="sold_out", concurrency=8
+            )
+            summary = await run.run()
+            return summary, run.pacer
+
+    summary, pacer = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert summary.succeeded == 40
+    assert fake.slept.count(5.0) == 1  # only the refused item waited out the Retry-After
+    assert pacer.rate is not None  # and the shared rate is now enforced
+    assert pacer.throttled == 1
+    assert len(fake.refunds) == 40
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_503_or_a_long_429_pauses_every_worker_under_adaptive_pacing(status: int) -> None:
+    fake = make_fake(40)
+    wait = "5" if status == 503 else "90"
+    fake.inject(Fault.http_status(status, retry_after=wait))
 
     async def go() -> Any:
         async with fake.async_client(backoff=NO_WAIT) as client:
@@ -278,9 +321,7 @@ def test_a_429_pauses_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
     summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
     assert summary.succeeded == 40
-    # the worker that got the 429 and every worker that started an attempt after it waited
-    # for the shared pause, not only the one that was refused
-    assert len([w for w in waits + fake.slept if w > 4]) >= 2  # fake.slept: virtual waits
+    assert len([w for w in fake.slept if w > 4]) >= 2  # more than the refused item waited
     assert len(fake.refunds) == 40
 
 
