@@ -449,9 +449,7 @@ class Clock:
     now = staticmethod(time.monotonic)
 
 
-class Sender(Protocol):
-    """What a bulk run needs of a sync client: build a call (no I/O), then send it."""
-
+class _Preparer(Protocol):
     def _prepare(
         self,
         purchase_id: str,
@@ -464,24 +462,15 @@ class Sender(Protocol):
         idempotency_key: str | None,
         timeout: object,
     ) -> Call: ...
+
+
+class Sender(_Preparer, Protocol):
+    """What a bulk run needs of a sync client: build a call (no I/O), then send it."""
 
     def _send(self, call: Call, state: CallState | None = None) -> Refund: ...
 
 
-class AsyncSender(Protocol):
+class AsyncSender(_Preparer, Protocol):
     """The async twin of :class:`Sender`."""
-
-    def _prepare(
-        self,
-        purchase_id: str,
-        *,
-        reason: str,
-        scope: str | None,
-        amount: object,
-        comment: str | None,
-        pickup_point_id: str | None,
-        idempotency_key: str | None,
-        timeout: object,
-    ) -> Call: ...
 
     async def _send(self, call: Call, state: CallState | None = None) -> Refund: ...

@@ -74,6 +74,7 @@ async def _async_sleep(seconds: float) -> None:
 
 
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
+_C = TypeVar("_C", bound="_BaseClient[Any]")
 _DEFAULT_BACKOFF: Final = Backoff()
 
 
@@ -159,6 +160,26 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
                 f"this {type(self).__name__} is closed (used after its `with` block or "
                 "close()); nothing was sent"
             )
+
+    def _copy(self: _C, changes: dict[str, Any]) -> _C:
+        """A client of the same class with ``changes`` applied (NOT_GIVEN: unchanged), sharing
+        the HTTP client unless one is given; the copy never closes it."""
+        http = given(changes.pop("http_client"), self._http)
+        if not isinstance(http, type(self._http)):
+            raise ConfigurationError(
+                f"http_client must be an {type(self._http).__module__}."
+                f"{type(self._http).__name__} for {type(self).__name__}"
+            )
+        copy = type(self).__new__(type(self))
+        _BaseClient.__init__(
+            copy, settings=self._changed(changes), http_client=http, owns_http=False
+        )
+        copy._adopt(self)
+        return copy
+
+    @abc.abstractmethod
+    def _adopt(self: _C, original: _C) -> None:
+        """Set up a copy's own parts (resources, sleep, loop binding) from ``original``."""
 
     def _changed(self, changes: dict[str, Any]) -> ClientSettings:
         s = self._settings
@@ -382,26 +403,13 @@ class PreoClient(_BaseClient[httpx.Client]):
         backoff: Backoff | NotGiven = NOT_GIVEN,
     ) -> PreoClient:
         """A copy with some settings changed; it shares (and never closes) the HTTP client."""
-        settings = self._changed(
-            {
-                "api_key": api_key,
-                "base_url": base_url,
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "default_headers": default_headers,
-                "retry_unknown_outcome": retry_unknown_outcome,
-                "allow_insecure_http": allow_insecure_http,
-                "backoff": backoff,
-            }
-        )
-        http = given(http_client, self._http)
-        if not isinstance(http, httpx.Client):
-            raise ConfigurationError("http_client must be an httpx.Client for PreoClient")
-        copy = PreoClient.__new__(PreoClient)
-        _BaseClient.__init__(copy, settings=settings, http_client=http, owns_http=False)
-        copy.purchases = Purchases(copy)
-        copy._sleep = self._sleep
-        return copy
+        changes = dict(locals())
+        del changes["self"]
+        return self._copy(changes)
+
+    def _adopt(self, original: PreoClient) -> None:
+        self.purchases = Purchases(self)
+        self._sleep = original._sleep
 
     def _send(self, call: Call, state: CallState | None = None) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
@@ -546,27 +554,15 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         backoff: Backoff | NotGiven = NOT_GIVEN,
     ) -> AsyncPreoClient:
         """A copy with some settings changed; it shares (and never closes) the HTTP client."""
-        settings = self._changed(
-            {
-                "api_key": api_key,
-                "base_url": base_url,
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "default_headers": default_headers,
-                "retry_unknown_outcome": retry_unknown_outcome,
-                "allow_insecure_http": allow_insecure_http,
-                "backoff": backoff,
-            }
-        )
-        http = given(http_client, self._http)
-        if not isinstance(http, httpx.AsyncClient):
-            raise ConfigurationError("http_client must be an httpx.AsyncClient for AsyncPreoClient")
-        copy = AsyncPreoClient.__new__(AsyncPreoClient)
-        _BaseClient.__init__(copy, settings=settings, http_client=http, owns_http=False)
-        copy.purchases = AsyncPurchases(copy)
-        copy._sleep = self._sleep
-        copy._binding = self._binding if http is self._http else _LoopBinding()
-        return copy
+        changes = dict(locals())
+        del changes["self"]
+        return self._copy(changes)
+
+    def _adopt(self, original: AsyncPreoClient) -> None:
+        self.purchases = AsyncPurchases(self)
+        self._sleep = original._sleep
+        # copies sharing the HTTP client share its event loop too
+        self._binding = original._binding if self._http is original._http else _LoopBinding()
 
     def _check_loop(self) -> None:
         """Bind to the first call's event loop; refuse another one before sending anything."""
