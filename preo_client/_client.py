@@ -48,6 +48,7 @@ from ._config import (
     setup_logging,
     total_seconds,
 )
+from ._deadline import ATTEMPT_DEADLINE, bound_attempts
 from ._exceptions import RefundValidationError, mark_outcome_unknown
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
@@ -344,8 +345,9 @@ class PreoClient(_BaseClient[httpx.Client]):
       host is loopback (``localhost``, ``127.0.0.0/8``, ``::1``) or ``allow_insecure_http``.
     - ``timeout``: seconds or an ``httpx.Timeout`` (default 30 s, 5 s to connect); bounds each
       attempt's connect, write and each read, and the largest value bounds the whole attempt,
-      body included (the async client exactly; this client checks between reads of the body, so
-      an attempt lasts at most that total plus one read timeout).
+      headers and body included (this client's own HTTP client gives every socket wait at most
+      what is left of the attempt; with an injected ``http_client`` the total is checked
+      between reads of the body only).
     - ``max_retries``: default 2; only failures that cannot refund twice are retried.
     - ``retry_unknown_outcome``: also retry, with the same idempotency key, failures after which
       the refund may exist (read timeouts, 5xx but 503); only for a server that honours the key.
@@ -387,7 +389,9 @@ class PreoClient(_BaseClient[httpx.Client]):
         self._sleep: Callable[[float], None] | None = None
 
     def _new_http_client(self) -> httpx.Client:
-        return httpx.Client(timeout=self.timeout, follow_redirects=False)
+        http = httpx.Client(timeout=self.timeout, follow_redirects=False)
+        bound_attempts(http)  # every socket wait within the attempt's total
+        return http
 
     def with_options(
         self,
@@ -438,6 +442,13 @@ class PreoClient(_BaseClient[httpx.Client]):
     def _attempt(self, call: Call, attempt: int) -> Refund:
         """Send once and read the answer; raises only :class:`AttemptFailed`."""
         started = time.monotonic()
+        token = ATTEMPT_DEADLINE.set(started + call.deadline)
+        try:
+            return self._attempt_io(call, attempt, started)
+        finally:
+            ATTEMPT_DEADLINE.reset(token)
+
+    def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
         try:
             response = self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2

@@ -675,3 +675,73 @@ def test_responses_on_results_and_errors_can_be_read(kind: str) -> None:
 def test_lazy_exports_and_functions_show_as_preo_client() -> None:
     for name in ("RefundScope", "RefundStatus", "plan_refund", "idempotency_key_for"):
         assert getattr(preo_client, name).__module__ == "preo_client", name
+
+
+def _trickling_server(body_too: bool) -> tuple[str, threading.Event]:
+    """A loopback server that answers one byte every 50 ms, forever (until stopped)."""
+    import socket
+
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 99999\r\n"
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                data = (
+                    head + b"\r\n" + b" " * 99999 if body_too else head + b"X-Pad: " + b"a" * 99999
+                )
+                for byte in data:
+                    if stop.is_set():
+                        break
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", stop
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("body_too", [False, True], ids=["trickled headers", "trickled body"])
+def test_the_total_timeout_bounds_an_attempt_over_a_real_socket(kind: str, body_too: bool) -> None:
+    """A server trickling its headers (or body) a byte at a time never outlasts ``timeout``:
+    the call ends in an outcome-unknown timeout (a watchdog, not a timing assertion: without
+    the total bound it would run for over an hour)."""
+    url, stop = _trickling_server(body_too)
+    box: list[object] = []
+
+    def call() -> None:
+        options: dict[str, Any] = {"api_key": KEY, "base_url": url, "timeout": 0.5}
+        try:
+            if kind == "sync":
+                with PreoClient(**options) as client:
+                    box.append(client.purchases.refund("pur_1", reason="sold_out"))
+            else:
+
+                async def go() -> Refund:
+                    async with AsyncPreoClient(**options) as client:
+                        return await client.purchases.refund("pur_1", reason="sold_out")
+
+                box.append(asyncio.run(go()))
+        except Exception as exc:
+            box.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(20)
+    stop.set()
+    assert not worker.is_alive(), "the attempt outlasted its total timeout"
+    (result,) = box
+    assert isinstance(result, RefundOutcomeUnknownError), repr(result)
