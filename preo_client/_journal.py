@@ -30,6 +30,7 @@ anywhere (open, query, fetch, commit, close) is a :class:`JournalError`, never a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -61,6 +62,8 @@ _CREATE: Final = (
     "idempotency_key TEXT NOT NULL, state TEXT NOT NULL, refund_id TEXT, amount TEXT, "
     "error TEXT)",
 )
+# sqlite3 reports some damage as UnicodeDecodeError (text, or its own message, not UTF-8)
+_SQLITE_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError)
 _T = TypeVar("_T")
 
 
@@ -213,7 +216,7 @@ class Journal:
             self._db = sqlite3.connect(
                 real, check_same_thread=False, isolation_level=None, timeout=0
             )
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
             self._file_lock.release()
             self._lock_file.release()
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
@@ -261,7 +264,9 @@ class Journal:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
             # the run id and the "held" flag go into the main file now: a moved PATH carries them
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error as exc:
+        except JournalError:
+            raise
+        except _SQLITE_ERRORS as exc:
             raise JournalError(
                 f"journal {self.path} is damaged or not a usable preo journal ({_one_line(exc)})"
                 "; restore it from a copy, or start a new journal with the same --batch-id "
@@ -302,7 +307,7 @@ class Journal:
         with self._mutex:
             try:
                 return work(self._db)
-            except sqlite3.Error as exc:  # disk full, file removed, damage: never unjournaled
+            except _SQLITE_ERRORS as exc:  # disk full, file removed, damage: never unjournaled
                 raise JournalError(f"journal {self.path} failed: {_one_line(exc)}") from exc
 
     def _execute(self, sql: str, parameters: tuple[object, ...] = ()) -> None:
@@ -325,6 +330,7 @@ class Journal:
         if (
             isinstance(position, int)
             and isinstance(request, str)
+            and _is_json_object(request)
             and isinstance(key, str)
             and state in STATES
             and isinstance(refund_id, str | None)
@@ -372,15 +378,22 @@ class Journal:
             self._finalizer()
 
 
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
 def _shut(db: sqlite3.Connection, held: list[bool], file_lock: _FileLock, lock: _Lock) -> None:
     if held[0]:  # never write to a journal that was refused
-        with contextlib.suppress(sqlite3.Error):  # on failure it stays unclean: conservative
+        with contextlib.suppress(*_SQLITE_ERRORS):  # on failure it stays unclean: conservative
             db.execute("UPDATE meta SET value = '1' WHERE name = 'clean'")
-    with contextlib.suppress(sqlite3.Error):
+    with contextlib.suppress(*_SQLITE_ERRORS):
         db.close()  # checkpoints the WAL into the main file and removes it
     file_lock.release()
     lock.release()
