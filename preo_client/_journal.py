@@ -262,8 +262,7 @@ class Journal:
                 ):
                     self._entry(row[0], row[1:])  # every entry readable, before any use
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
-            # the run id and the "held" flag go into the main file now: a moved PATH carries them
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._checkpoint()
         except JournalError:
             raise
         except _SQLITE_ERRORS as exc:
@@ -274,6 +273,21 @@ class Journal:
             ) from None
         self._held[0] = True
         return str(meta["run_id"])
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the main file: a moved PATH carries the run id and the "held"
+        flag. Waits for readers (another process polling the journal) up to 10 s."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 10000")
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
+        if busy:
+            raise JournalError(
+                f"cannot write the identity of journal {self.path} into the file: another "
+                "process keeps reading it; try again when it has stopped"
+            )
 
     def _refuse_unusable(
         self,

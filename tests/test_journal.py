@@ -56,13 +56,13 @@ def watchdog(work: Callable[[], _T], timeout: float = WATCHDOG) -> _T:
     return value  # type: ignore[no-any-return]
 
 
-def main_file_run_id(path: Path) -> str | None:
-    """The run id stored in the main file alone (read-only, without any -wal)."""
+def main_file_meta(path: Path, name: str = "run_id") -> str | None:
+    """A meta value as stored in the main file alone (read-only, without any -wal)."""
     alone = path.parent / "alone" / path.name
     alone.parent.mkdir(exist_ok=True)
     shutil.copyfile(path, alone)
     with contextlib.closing(sqlite3.connect(f"file:{alone}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT value FROM meta WHERE name = 'run_id'").fetchone()
+        row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -94,7 +94,27 @@ def killed_journal(tmp_path: Path) -> tuple[Path, str]:
 def test_the_run_id_is_in_the_main_file_from_creation(tmp_path: Path) -> None:
     """Regression: the run id stayed in the -wal; a main file moved alone was a new journal."""
     path, run_id = killed_journal(tmp_path)
-    assert main_file_run_id(path) == run_id
+    assert main_file_meta(path) == run_id
+
+
+def test_the_held_flag_reaches_the_main_file_despite_a_reader(tmp_path: Path) -> None:
+    """Regression: with another process reading the journal when a run opened it, the
+    checkpoint silently did nothing, so a main file moved alone was not known as unclean."""
+    path = tmp_path / "j"
+    Journal(path).close()
+    assert main_file_meta(path, "clean") == "1"
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM meta").fetchall()  # holds a snapshot
+    release = threading.Timer(0.3, reader.rollback)
+    release.start()
+    journal = watchdog(lambda: Journal(path))
+    try:
+        assert main_file_meta(path, "clean") == "0"
+    finally:
+        journal.close()
+        release.join()
+        reader.close()
 
 
 def test_a_journal_moved_without_its_wal_after_kill_9_is_refused(tmp_path: Path) -> None:
