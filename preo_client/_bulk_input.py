@@ -166,7 +166,14 @@ def _looks_like_a_row(line: str, header: Sequence[str]) -> bool:
 def _csv_error(exc: csv.Error, start: int, line: int) -> InputError:
     """A ``csv`` parser error in words, naming the line where the bad row starts."""
     message = str(exc)
-    if "end of data" in message or "field larger than field limit" in message:
+    if "field larger than field limit" in message:
+        return InputError(
+            start,
+            f"a quoted field opened in the row starting on this line is not closed within "
+            f"{csv.field_size_limit():,} characters: a quote is probably not closed (a quote "
+            'inside a quoted field is written "")',
+        )
+    if "end of data" in message:
         return InputError(
             start,
             "a quoted field opened in the row starting on this line is never closed: every "

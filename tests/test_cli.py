@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -765,7 +766,7 @@ def _stray_quote_files() -> dict[str, tuple[str, str]]:
         "open at the end": (head + 'pur_5,compensation,5.00,"Late bar opening\n' + rows,
                             "line 6: a quoted field opened"),
         "larger than the csv field limit": ('purchase_id,comment\npur_1,"oops\n' + big,
-                                            "line 2: a quoted field opened"),
+                                            r"line 2: .* not closed within 131,072 characters"),
         "closed by a later stray quote": (
             head + 'pur_5,compensation,5.00,"Late bar\n' + rows + 'pur_9,compensation,1.00,x"\n',
             "line 6: a quoted field opened here swallows line 7"),
@@ -790,7 +791,7 @@ def test_a_stray_quote_is_refused_naming_its_line(
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     (document,) = [json.loads(line) for line in result.output.splitlines()]
-    assert words in document["error"]["message"]
+    assert re.search(words, document["error"]["message"]), document
     assert fake.requests == []
 
 
