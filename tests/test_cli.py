@@ -690,7 +690,11 @@ def test_a_journal_moved_after_kill_9_is_refused_not_restarted(tmp_path: Path) -
         proc.wait(timeout=30)
         assert Path(f"{journal}-wal").exists()
         os.replace(journal, moved)  # moved as one would any file: the -wal stays behind
-        sent = len(fake.requests)
+        sent = -1
+        while sent != len(fake.requests):  # requests of the killed run still being served
+            assert time.monotonic() < deadline, "the server never settled"
+            sent = len(fake.requests)
+            time.sleep(0.3)
         refused = run_cli(command(moved)[1:], server.url)
         assert len(fake.requests) == sent, refused.stdout + refused.stderr
         for suffix in ("-wal", "-shm"):
