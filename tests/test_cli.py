@@ -826,10 +826,20 @@ def test_ctrl_c_while_reading_the_file_exits_130(tmp_path: Path, as_json: bool) 
             env=env_for(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            with fifo.open("w") as writer:  # blocks until the command opens the file
+            deadline = time.monotonic() + 30
+            while True:  # until the command opens the file (a watchdog, not a blocking open)
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the command never opened its FILE"
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError:  # ENXIO: no reader yet
+                    time.sleep(0.01)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "w") as writer:
                 writer.write("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(1000)))
                 writer.flush()
-                time.sleep(0.2)
+                time.sleep(0.2)  # the command reads it all, then waits for more
                 proc.send_signal(signal.SIGINT)
                 stdout, stderr = proc.communicate(timeout=30)  # a hang fails here
         finally:
