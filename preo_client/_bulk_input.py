@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Final
 
@@ -13,6 +13,7 @@ import attrs
 
 from ._bulk import InvalidItem, RefundItem
 from ._exceptions import PreoError
+from ._policy import MAX_COMMENT_LENGTH
 
 __all__ = ["ITEM_FIELDS", "InputError", "Row", "read_rows"]
 
@@ -121,24 +122,90 @@ def _json_rows(first: int, text: str, rest: Iterator[tuple[int, str]]) -> Iterat
 
 
 def _csv_rows(first: int, text: str, rest: Iterator[tuple[int, str]]) -> Iterator[Row]:
+    read = [first]  # the number of the last line handed to the parser
+
     def lines() -> Iterator[str]:
         yield text
-        for _, line in rest:
+        for read[0], line in rest:
             yield line
 
-    reader = csv.DictReader(lines())
-    fields = reader.fieldnames
-    if fields is None or "purchase_id" not in fields:
-        raise InputError(first, "CSV needs a header line with a purchase_id column")
-    unknown = sorted(set(fields) - set(ITEM_FIELDS))
-    if unknown:
-        raise InputError(first, f"unknown CSV columns {unknown}; allowed: {', '.join(ITEM_FIELDS)}")
+    reader = csv.DictReader(lines(), strict=True)  # strict: a quote left open is an error
     offset = first - 1
-    start = offset + reader.line_num + 1
-    for row in reader:
-        where = f"line {start}"
-        if None in row:
-            yield Row(start, InvalidItem(where, "more fields than the header has columns"))
-        else:
-            yield Row(start, _item(row, where))
+    start = first
+    try:
+        fields = reader.fieldnames
+        if fields is None or "purchase_id" not in fields:
+            raise InputError(first, "CSV needs a header line with a purchase_id column")
+        unknown = sorted(set(fields) - set(ITEM_FIELDS))
+        if unknown:
+            raise InputError(
+                first, f"unknown CSV columns {unknown}; allowed: {', '.join(ITEM_FIELDS)}"
+            )
         start = offset + reader.line_num + 1
+        for row in reader:
+            _refuse_swallowing(row, start, fields)
+            where = f"line {start}"
+            if None in row:
+                yield Row(start, InvalidItem(where, "more fields than the header has columns"))
+            else:
+                yield Row(start, _item(row, where))
+            start = offset + reader.line_num + 1
+    except csv.Error as exc:
+        raise _csv_error(exc, start, read[0]) from None
+
+
+def _looks_like_a_row(line: str, header: Sequence[str]) -> bool:
+    """A line with the header's number of fields and a purchase id without spaces."""
+    fields = next(csv.reader([line]), [])
+    if len(header) < 2 or len(fields) != len(header):
+        return False
+    purchase_id = fields[list(header).index("purchase_id")]
+    return bool(purchase_id) and not any(c.isspace() or c == '"' for c in purchase_id)
+
+
+def _csv_error(exc: csv.Error, start: int, line: int) -> InputError:
+    """A ``csv`` parser error in words, naming the line where the bad row starts."""
+    message = str(exc)
+    if "field larger than field limit" in message:
+        return InputError(
+            start,
+            f"a quoted field opened in the row starting on this line is not closed within "
+            f"{csv.field_size_limit():,} characters: a quote is probably not closed (a quote "
+            'inside a quoted field is written "")',
+        )
+    if "end of data" in message:
+        return InputError(
+            start,
+            "a quoted field opened in the row starting on this line is never closed: every "
+            "later line would become part of it. Close the quote (a quote inside a quoted "
+            'field is written "")',
+        )
+    return InputError(line, f"malformed CSV ({message}); a quote inside a quoted field is "
+                      'written ""')  # fmt: skip
+
+
+def _refuse_swallowing(row: dict[str | None, object], start: int, header: Sequence[str]) -> None:
+    """Refuse a multi-line quoted field that looks like a stray quote swallowing later rows:
+    longer than a comment may be, or holding a line that parses as a whole row itself."""
+    before = 0  # newlines in the fields before this one: the physical line the field opens on
+    for value in row.values():
+        if not isinstance(value, str) or "\n" not in value:
+            continue
+        opened = start + before
+        parts = value.splitlines()
+        if len(value) > MAX_COMMENT_LENGTH:
+            raise InputError(
+                opened,
+                f"a quoted field of {len(value)} characters over {len(parts)} lines opens "
+                f"here (at most {MAX_COMMENT_LENGTH} are allowed): a quote is probably not "
+                'closed (a quote inside a quoted field is written "")',
+            )
+        for number, part in enumerate(parts[1:], start=1):
+            if _looks_like_a_row(part, header):
+                raise InputError(
+                    opened,
+                    f"a quoted field opened here swallows line {opened + number} "
+                    f"({part[:40]!r}), which looks like a row of its own: a quote is "
+                    'probably not closed (a quote inside a quoted field is written "")',
+                )
+        before += value.count("\n")

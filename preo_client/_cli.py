@@ -362,21 +362,66 @@ class _StdinRows:
             yield item
 
 
-def _plan_table(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> Table:
-    plans: collections.Counter[tuple[str, str]] = collections.Counter()
+@attrs.frozen
+class _Plan:
+    """What a run over valid items will do: rows per reason and scope, requests, covered."""
+
+    rows: dict[tuple[str, str], int]
+    requests: int
+    covered: int
+    custom_amount: Decimal
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": True,
+            "exit_code": EXIT_OK,
+            "rows": sum(self.rows.values()),
+            "requests": self.requests,
+            "covered": self.covered,
+            "custom_amount": _money(self.custom_amount),
+            "plans": [
+                {"reason": reason, "scope": scope, "rows": count}
+                for (reason, scope), count in sorted(self.rows.items())
+            ],
+        }
+
+
+def _plan(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> _Plan:
+    """The plan of a run, as the run groups it: an item with a transaction_id and a
+    transaction scope sends one request per transaction and identical request; the other
+    rows of the group are covered by it (and add no amount)."""
+    rows: collections.Counter[tuple[str, str]] = collections.Counter()
+    groups: set[str] = set()
+    requests = covered = 0
     custom = Decimal(0)
     for item in items:
-        plan = plan_refund(item.reason or reason or "", item.scope or scope, item.amount)
-        plans[(str(plan.reason), str(plan.scope))] += 1
+        full = _with_defaults(item, reason, scope)
+        plan = plan_refund(full.reason or "", full.scope, full.amount)
+        rows[(str(plan.reason), str(plan.scope))] += 1
+        if item.transaction_id is not None and str(plan.scope).startswith("transaction_"):
+            request = json.loads(canonical_request(full))
+            del request["purchase_id"]
+            group = f"{item.transaction_id}\0{json.dumps(request, sort_keys=True)}"
+            if group in groups:
+                covered += 1
+                continue
+            groups.add(group)
+        requests += 1
         custom += plan.amount or 0
+    return _Plan(dict(rows), requests, covered, custom)
+
+
+def _plan_table(plan: _Plan) -> Table:
     table = Table(title="Bulk refund plan (dry run: nothing sent)")
     table.add_column("reason")
     table.add_column("scope")
     table.add_column("rows", justify="right")
-    for (reason_, scope_), count in sorted(plans.items()):
+    for (reason_, scope_), count in sorted(plan.rows.items()):
         table.add_row(reason_, scope_, str(count))
-    table.add_row("total", "", str(len(items)))
-    table.add_row("custom amounts", "", _money(custom))
+    table.add_row("total", "", str(sum(plan.rows.values())))
+    table.add_row("requests to send", "", str(plan.requests))
+    table.add_row("covered (by their transaction's request)", "", str(plan.covered))
+    table.add_row("custom amounts", "", _money(plan.custom_amount))
     return table
 
 
@@ -637,58 +682,64 @@ def refund_bulk(
     stdin). Re-run with the same --journal to resume: done items are skipped and in-flight
     ones resent with their recorded idempotency key."""
     _OUTPUT["json"] = as_json
-    try:  # an unknown --reason / --scope: the message names the values and a close match
-        if reason is not None and reason not in REASONS:
-            plan_refund(reason)
-        if scope is not None and scope not in SCOPES:
-            plan_refund("other", scope)
-    except RefundValidationError as exc:
-        _fail(EXIT_USAGE, f"--{exc}")
-    if batch_id is not None and not batch_id.strip():
-        _fail(EXIT_USAGE, "--batch-id must not be empty")
-    items: Iterable[RefundItem] | _StdinRows
-    if file == "-":
-        stdin_rows = _StdinRows(sys.stdin.buffer, reason, scope)
-        items, line_of, total = stdin_rows, stdin_rows.line_of, None
-    else:
-        rows = _read_file(Path(file))
-        _validate(rows, reason, scope)
-        items = [r.item for r in rows if isinstance(r.item, RefundItem)]
-        line_of, total = [r.line for r in rows], len(rows)
+    with _before_sending():  # Ctrl-C while reading and checking: exit 130
+        try:  # an unknown --reason / --scope: the message names the values and a close match
+            if reason is not None and reason not in REASONS:
+                plan_refund(reason)
+            if scope is not None and scope not in SCOPES:
+                plan_refund("other", scope)
+        except RefundValidationError as exc:
+            _fail(EXIT_USAGE, f"--{exc}")
+        if batch_id is not None and not batch_id.strip():
+            _fail(EXIT_USAGE, "--batch-id must not be empty")
+        items: Iterable[RefundItem] | _StdinRows
+        if file == "-":
+            stdin_rows = _StdinRows(sys.stdin.buffer, reason, scope)
+            items, line_of, total = stdin_rows, stdin_rows.line_of, None
+        else:
+            rows = _read_file(Path(file))
+            _validate(rows, reason, scope)
+            items = [r.item for r in rows if isinstance(r.item, RefundItem)]
+            line_of, total = [r.line for r in rows], len(rows)
+            if dry_run:
+                plan = _plan(items, reason, scope)
+                if as_json:
+                    click.echo(json.dumps(plan.to_dict()))
+                else:
+                    _console(err=False).print(_plan_table(plan))
+                sys.exit(EXIT_OK)
+            _transaction_note(items, reason, scope)
         if dry_run:
-            _console(err=False).print(_plan_table(items, reason, scope))
-            sys.exit(EXIT_OK)
-        _transaction_note(items, reason, scope)
-    if dry_run:
-        _fail(EXIT_USAGE, "--dry-run needs a FILE (standard input cannot be read twice)")
-    _check_connection(api_key, base_url, sandbox, allow_insecure_http)
-    results_path = Path(
-        results or (f"{file}.results.jsonl" if file != "-" else "preo-results.jsonl")
-    )
-    resuming = journal is not None and Path(journal).is_file() and Path(journal).stat().st_size
-    try:
-        client, http = _async_client(api_key, base_url, sandbox, allow_insecure_http)
-    except ConfigurationError as exc:
-        _fail(EXIT_USAGE, _cli_words(str(exc)))
+            _fail(EXIT_USAGE, "--dry-run needs a FILE (standard input cannot be read twice)")
+        _check_connection(api_key, base_url, sandbox, allow_insecure_http)
+        results_path = Path(
+            results or (f"{file}.results.jsonl" if file != "-" else "preo-results.jsonl")
+        )
+        resuming = journal is not None and Path(journal).is_file() and Path(journal).stat().st_size
+        try:
+            client, http = _async_client(api_key, base_url, sandbox, allow_insecure_http)
+        except ConfigurationError as exc:
+            _fail(EXIT_USAGE, _cli_words(str(exc)))
     with contextlib.ExitStack() as stack:
         if http is not None:
             stack.callback(_close_quietly, http)
-        try:
-            run = AsyncBulkRun(
-                client, items, reason=reason, scope=scope, concurrency=concurrency,
-                journal=journal, on_result=None, batch_id=batch_id, max_pause=max_pause,
-                max_rate=max_rate, pacing=pacing,
-            )  # fmt: skip
-        except JournalError as exc:
-            _fail(EXIT_USAGE, _journal_message(exc, line_of))
-        except RefundValidationError as exc:
-            _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}")
-        stack.callback(run.close)
-        out = stack.enter_context(
-            _results_file(results_path, append=bool(resuming), overwrite=overwrite)
-        )
-        reporter = _Reporter(total, pacer=run.pacer)
-        stack.callback(reporter.close)
+        with _before_sending():
+            try:
+                run = AsyncBulkRun(
+                    client, items, reason=reason, scope=scope, concurrency=concurrency,
+                    journal=journal, on_result=None, batch_id=batch_id, max_pause=max_pause,
+                    max_rate=max_rate, pacing=pacing,
+                )  # fmt: skip
+            except JournalError as exc:
+                _fail(EXIT_USAGE, _journal_message(exc, line_of))
+            except RefundValidationError as exc:
+                _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}")
+            stack.callback(run.close)
+            out = stack.enter_context(
+                _results_file(results_path, append=bool(resuming), overwrite=overwrite)
+            )
+            reporter = _Reporter(total, pacer=run.pacer)
+            stack.callback(reporter.close)
         try:
             stop = asyncio.run(_drive(client, http, run, out, reporter, line_of))
         except KeyboardInterrupt:
@@ -702,6 +753,16 @@ def refund_bulk(
     if error is not None and not _OUTPUT["json"]:
         _fail(code, error)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _before_sending() -> Iterator[None]:
+    """Ctrl-C before the first request (reading, checking a big file): exit 130, one message
+    (a JSON document with --json), never click's bare "Aborted!"."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _fail(EXIT_INTERRUPTED, "interrupted before anything was sent")
 
 
 def _journal_message(exc: JournalError, line_of: Sequence[int]) -> str:

@@ -1,33 +1,51 @@
 """The bulk-run journal: an SQLite file, held by one run, with each item's key before it is sent.
 
-Layout (schema ``preo-bulk-journal/1``): ``meta`` (``schema``, ``run_id``) and ``items``, one row
-per input position with the item's canonical request, its idempotency key, its state
-(``started`` / ``done`` / ``covered`` / ``failed``) and, when done, the refund id and amount.
+Layout (schema ``preo-bulk-journal/1``): ``meta`` (``schema``, ``run_id``, ``clean``) and
+``items``, one row per input position with the item's canonical request, its idempotency key,
+its state (``started`` / ``done`` / ``covered`` / ``failed``) and, when done, the refund id and
+amount.
 
 Durability: WAL with ``synchronous=NORMAL``. Every commit is in the OS page cache (the WAL file)
 when ``commit()`` returns, so it survives the death of the process (``kill -9``, a crash),
 which is the threat here; only a power loss or kernel crash could lose the last commits. An
 item's row is committed *before* its request is sent, so a resumed run resends it with the same
-key. One run holds the journal at a time: an exclusive ``flock`` on ``PATH.lock`` (released by
-the OS when the process dies, so a killed run never leaves a stale lock).
+key.
+
+A journal is up to three files: ``PATH``, ``PATH-wal`` and ``PATH-shm``. The run id and a
+``clean`` flag (``0`` while a run holds it, ``1`` after a clean close) are checkpointed into
+``PATH`` itself when a run opens the journal, so a moved ``PATH`` always carries its run id, and
+a ``PATH`` that says it was not closed cleanly but has no ``PATH-wal`` beside it (moved or copied
+alone after a crash: its latest entries are missing) is refused rather than resumed.
+
+One run holds the journal at a time: an exclusive ``flock`` on ``REAL.lock`` (``REAL``: the
+path with symlinks resolved; it holds the owner's pid) and on the journal file itself, so a
+second name for the same file (a symlink, a renamed path) finds it held. A journal with more
+than one hard link is refused (its ``-wal`` would not follow the other name). Both locks are
+released by the OS when the process dies, so a killed run never leaves a stale lock.
+
+Damage: the file is checked (``PRAGMA quick_check``) when opened, and every ``sqlite3`` error
+anywhere (open, query, fetch, commit, close) is a :class:`JournalError`, never a raw one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
 import uuid
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 from ._exceptions import PreoError
 
 __all__ = ["SCHEMA", "Journal", "JournalEntry", "JournalError"]
 
 SCHEMA: Final = "preo-bulk-journal/1"
+STATES: Final = frozenset({"started", "done", "covered", "failed"})
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _COLUMNS: Final = (
     "position",
@@ -44,6 +62,9 @@ _CREATE: Final = (
     "idempotency_key TEXT NOT NULL, state TEXT NOT NULL, refund_id TEXT, amount TEXT, "
     "error TEXT)",
 )
+# sqlite3 reports some damage as UnicodeDecodeError (text, or its own message, not UTF-8)
+_SQLITE_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError)
+_T = TypeVar("_T")
 
 
 class JournalError(PreoError, ValueError):
@@ -91,6 +112,32 @@ class _Lock:
         self._finalizer()  # closing the descriptor releases the lock (once)
 
 
+class _FileLock:
+    """An exclusive ``flock`` on the journal file itself: held whatever name reaches it."""
+
+    def __init__(self, path: Path) -> None:
+        self._finalizer: Callable[[], object] = lambda: None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: the PATH.lock lock only
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalError(
+                f"journal {path} in use by another run (through another name: a symlink or "
+                "a renamed path)"
+            ) from None
+        # closed only after the database: closing a descriptor of the file drops SQLite's
+        # own POSIX locks on it
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        self._finalizer()
+
+
 def _lock_fd(fd: int) -> None:
     try:
         import fcntl
@@ -123,6 +170,22 @@ def _refuse_foreign(path: Path) -> None:
     raise JournalError(f"{path} is not a preo journal (not an SQLite database)")
 
 
+def _refuse_hard_links(path: Path) -> None:
+    """Refuse a journal reachable by another hard link: its ``-wal`` would not follow."""
+    try:
+        links = os.stat(path).st_nlink
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path}: {exc.strerror}") from None
+    if links > 1:
+        raise JournalError(
+            f"journal {path} has {links} hard links: one journal must have one name (its "
+            "-wal and -shm files are found by name, and its lock must be unique); remove the "
+            "other links, or copy it together with its -wal and -shm files"
+        )
+
+
 class Journal:
     """The journal of one bulk run at ``path``; raises :class:`JournalError` if unusable.
 
@@ -132,32 +195,55 @@ class Journal:
 
     def __init__(self, path: str | Path, *, batch_id: str | None = None) -> None:
         self.path = Path(path)
-        _refuse_foreign(self.path)
+        real = Path(os.path.realpath(self.path))
+        _refuse_foreign(real)
         try:
-            self._lock_file = _Lock(Path(f"{self.path}.lock"))
+            self._lock_file = _Lock(Path(f"{real}.lock"))
         except OSError as exc:
             raise JournalError(f"cannot lock journal {self.path}: {exc.strerror}") from None
         self._mutex = threading.Lock()
         try:
+            _refuse_hard_links(real)
+            self._file_lock = _FileLock(real)
+        except OSError as exc:
+            self._lock_file.release()
+            raise JournalError(f"cannot lock journal {self.path}: {exc.strerror}") from None
+        except BaseException:
+            self._lock_file.release()
+            raise
+        wal_beside = Path(f"{real}-wal").exists()
+        try:
             self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=0
+                real, check_same_thread=False, isolation_level=None, timeout=0
             )
-        except sqlite3.Error as exc:
+        except _SQLITE_ERRORS as exc:
+            self._file_lock.release()
             self._lock_file.release()
             raise JournalError(f"cannot open journal {self.path}: {exc}") from None
         # a journal dropped without close() is still closed (and unlocked) when collected
-        self._finalizer = weakref.finalize(self, _shut, self._db, self._lock_file)
+        self._held = [False]  # set once opened: only then is a close a clean close
+        self._finalizer = weakref.finalize(
+            self, _shut, self._db, self._held, self._file_lock, self._lock_file
+        )
         try:
-            self.run_id = self._setup(batch_id)
+            self.run_id = self._setup(batch_id, wal_beside=wal_beside)
         except BaseException:
-            self.close()
+            self._finalizer()
             raise
 
-    def _setup(self, batch_id: str | None) -> str:
+    def _setup(self, batch_id: str | None, *, wal_beside: bool) -> str:
         db = self._db
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            check = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+            if check != ["ok"]:
+                found = " ".join("; ".join(check).split())  # one line
+                raise JournalError(
+                    f"journal {self.path} is damaged ({found}); it cannot be "
+                    "resumed safely: restore it from a copy, or start a new journal with the "
+                    "same --batch-id (batch_id=) as before if you set one"
+                )
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if tables and not {"meta", "items"} <= tables:
                 raise JournalError(f"{self.path} is not a preo journal (unknown tables)")
@@ -166,12 +252,53 @@ class Journal:
                 for statement in _CREATE:
                     db.execute(statement)
                 meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+                columns = tuple(row[1] for row in db.execute("PRAGMA table_info(items)"))
                 if not meta:
                     meta = {"schema": SCHEMA, "run_id": batch_id or str(uuid.uuid4())}
                     db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-            columns = tuple(row[1] for row in db.execute("PRAGMA table_info(items)"))
-        except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{self.path} is not a usable preo journal: {exc}") from None
+                self._refuse_unusable(meta, columns, batch_id, wal_beside=wal_beside)
+                for row in db.execute(
+                    "SELECT position, request, idempotency_key, state, refund_id, amount FROM items"
+                ):
+                    self._entry(row[0], row[1:])  # every entry readable, before any use
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
+            self._checkpoint()
+        except JournalError:
+            raise
+        except _SQLITE_ERRORS as exc:
+            raise JournalError(
+                f"journal {self.path} is damaged or not a usable preo journal ({_one_line(exc)})"
+                "; restore it from a copy, or start a new journal with the same --batch-id "
+                "(batch_id=) as before if you set one"
+            ) from None
+        self._held[0] = True
+        return str(meta["run_id"])
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the main file: a moved PATH carries the run id and the "held"
+        flag. Waits for readers (another process polling the journal) up to 10 s."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 10000")
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
+        if busy:
+            raise JournalError(
+                f"cannot write the identity of journal {self.path} into the file: another "
+                "process keeps reading it; try again when it has stopped"
+            )
+
+    def _refuse_unusable(
+        self,
+        meta: dict[str, str],
+        columns: tuple[str, ...],
+        batch_id: str | None,
+        *,
+        wal_beside: bool,
+    ) -> None:
+        """Refuse (before writing anything) another schema, another batch, or a journal
+        whose latest entries were left behind in a ``-wal`` file that did not travel with it."""
         if meta.get("schema") != SCHEMA or columns != _COLUMNS or "run_id" not in meta:
             raise JournalError(
                 f"{self.path} is not a preo journal of schema {SCHEMA} "
@@ -181,27 +308,59 @@ class Journal:
             raise JournalError(
                 f"journal {self.path} belongs to batch {meta['run_id']!r}, not {batch_id!r}"
             )
-        return str(meta["run_id"])
+        if meta.get("clean") == "0" and not wal_beside:
+            raise JournalError(
+                f"journal {self.path} was not closed cleanly and its {self.path}-wal "
+                "file is missing: its latest entries are in that file. A journal is up "
+                "to three files (PATH, PATH-wal, PATH-shm) that must be moved or "
+                "copied together; put the -wal (and -shm) file back beside it"
+            )
 
-    def _execute(self, sql: str, parameters: tuple[object, ...] = ()) -> sqlite3.Cursor:
+    def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work`` on the database under the mutex; any sqlite3 error is a JournalError."""
         with self._mutex:
             try:
-                return self._db.execute(sql, parameters)
-            except sqlite3.Error as exc:  # disk full, file removed, ...: never send unjournaled
-                raise JournalError(f"journal {self.path} failed: {exc}") from exc
+                return work(self._db)
+            except _SQLITE_ERRORS as exc:  # disk full, file removed, damage: never unjournaled
+                raise JournalError(f"journal {self.path} failed: {_one_line(exc)}") from exc
+
+    def _execute(self, sql: str, parameters: tuple[object, ...] = ()) -> None:
+        self._run(lambda db: db.execute(sql, parameters))
 
     def recorded(self, position: int) -> JournalEntry | None:
         """What an earlier run recorded at input ``position``, if anything."""
-        row = self._execute(
-            "SELECT request, idempotency_key, state, refund_id, amount FROM items "
-            "WHERE position = ?",
-            (position,),
-        ).fetchone()
-        return None if row is None else JournalEntry(*row)
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT request, idempotency_key, state, refund_id, amount FROM items "
+                "WHERE position = ?",
+                (position,),
+            ).fetchone()
+        )
+        return None if row is None else self._entry(position, row)
+
+    def _entry(self, position: object, row: tuple[object, ...]) -> JournalEntry:
+        """A row as an entry, or :class:`JournalError` if it is not one this module writes."""
+        request, key, state, refund_id, amount = row
+        if (
+            isinstance(position, int)
+            and isinstance(request, str)
+            and _is_json_object(request)
+            and isinstance(key, str)
+            and state in STATES
+            and isinstance(refund_id, str | None)
+            and isinstance(amount, str | None)
+        ):
+            return JournalEntry(request, key, str(state), refund_id, amount)
+        where = f"input item {position + 1}" if isinstance(position, int) else "an item"
+        raise JournalError(
+            f"journal {self.path} is damaged: the entry of {where} is not one this library "
+            "writes; restore the journal from a copy",
+            position=position if isinstance(position, int) else None,
+        )
 
     def is_empty(self) -> bool:
         """Whether no item has been recorded yet (a fresh journal)."""
-        return self._execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
+        return self._run(lambda db: db.execute("SELECT 1 FROM items LIMIT 1").fetchone()) is None
 
     def start(self, position: int, request: str, key: str) -> None:
         """Record (and commit) the item at ``position`` before its request is sent."""
@@ -228,12 +387,27 @@ class Journal:
         )
 
     def close(self) -> None:
-        """Close the database and release the lock (idempotent)."""
+        """Mark the journal closed cleanly, close it and release the lock (idempotent)."""
         with self._mutex:
             self._finalizer()
 
 
-def _shut(db: sqlite3.Connection, lock: _Lock) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        db.close()
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _shut(db: sqlite3.Connection, held: list[bool], file_lock: _FileLock, lock: _Lock) -> None:
+    if held[0]:  # never write to a journal that was refused
+        with contextlib.suppress(*_SQLITE_ERRORS):  # on failure it stays unclean: conservative
+            db.execute("UPDATE meta SET value = '1' WHERE name = 'clean'")
+    with contextlib.suppress(*_SQLITE_ERRORS):
+        db.close()  # checkpoints the WAL into the main file and removes it
+    file_lock.release()
     lock.release()

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from preo_client._cli import cli
 from preo_client.testing import DEMO_API_KEY, FakePreo, Fault, serve
@@ -655,3 +658,272 @@ def test_batch_id_gives_the_same_keys_without_a_journal(invoke: CliRunner, tmp_p
         keys.append({x["line"]: x["idempotency_key"] for x in lines})
     assert keys[0] == keys[1]
     assert len(set(keys[0].values())) == 3
+
+
+# -- regressions of the adversarial review of the journal and refund-bulk ----------------
+
+
+def test_a_journal_moved_after_kill_9_is_refused_not_restarted(tmp_path: Path) -> None:
+    """Regression: the main file moved alone after kill -9 resumed as a NEW journal (new run
+    id, every key new): 143 purchases refunded twice, exit 0."""
+    count = 300
+    fake = FakePreo(latency=0.005, auto_purchases=True)
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id,amount\n" + "".join(f"pur_{i},0.50\n" for i in range(count)))
+    journal = tmp_path / "run" / "cancel.journal"
+    journal.parent.mkdir()
+    moved = tmp_path / "moved" / "cancel.journal"
+    moved.parent.mkdir()
+
+    def command(path: Path) -> list[str]:
+        return [PREO, "refund-bulk", str(source), "--reason", "compensation", "--journal",
+                str(path), "--json", "--overwrite", "--concurrency", "4"]  # fmt: skip
+
+    with serve(fake) as server:
+        proc = subprocess.Popen(command(journal), env=env_for(server.url),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while _journal_rows(journal) < 30 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run hung"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert Path(f"{journal}-wal").exists()
+        os.replace(journal, moved)  # moved as one would any file: the -wal stays behind
+        sent = -1
+        while sent != len(fake.requests):  # requests of the killed run still being served
+            assert time.monotonic() < deadline, "the server never settled"
+            sent = len(fake.requests)
+            time.sleep(0.3)
+        refused = run_cli(command(moved)[1:], server.url)
+        assert len(fake.requests) == sent, refused.stdout + refused.stderr
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{journal}{suffix}", f"{moved}{suffix}")
+        resumed = run_cli(command(moved)[1:], server.url)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (document,) = [json.loads(line) for line in refused.stdout.splitlines()]
+    assert "-wal file is missing" in document["error"]["message"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    per_purchase = collections.Counter(r.purchase_id for r in fake.refunds)
+    assert per_purchase == {f"pur_{i}": 1 for i in range(count)}
+
+
+@pytest.mark.parametrize("alias", ["symlink", "hardlink"])
+def test_one_journal_through_two_names_is_refused(
+    invoke: CliRunner, tmp_path: Path, alias: str
+) -> None:
+    """Regression: the lock was on NAME.lock: two runs held one journal through two names."""
+    from preo_client._journal import Journal
+
+    journal = tmp_path / "cancel.journal"
+    other = tmp_path / "alias.journal"
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\npur_demo_cup\n")
+    holder = Journal(journal)  # a run holding it
+    try:
+        if alias == "symlink":
+            other.symlink_to(journal)
+        else:
+            os.link(journal, other)
+        result = invoke.invoke(cli, ["refund-bulk", str(source), "--reason", "deposit_reclaim",
+                                     "--sandbox", "--journal", str(other), "--json"])  # fmt: skip
+    finally:
+        holder.close()
+    assert result.exit_code == 2, result.output
+    message = json.loads(result.output)["error"]["message"]
+    assert ("in use by another run" if alias == "symlink" else "2 hard links") in message
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_damaged_journal_is_one_line_exit_2(
+    invoke: CliRunner, tmp_path: Path, as_json: bool
+) -> None:
+    """Regression: one flipped byte gave a raw sqlite3 OperationalError traceback, exit 1."""
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\npur_1\npur_2\npur_3\n")
+    journal = tmp_path / "j"
+    args = ["refund-bulk", str(source), "--reason", "sold_out", "--sandbox", "--journal",
+            str(journal), "--overwrite"]  # fmt: skip
+    assert invoke.invoke(cli, args).exit_code == 0
+    data = bytearray(journal.read_bytes())
+    data[data.rfind(b"rr_") + 5] ^= 0xFF
+    journal.write_bytes(bytes(data))
+    result = invoke.invoke(cli, args + (["--json"] if as_json else []))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    if as_json:
+        (document,) = [json.loads(line) for line in result.output.splitlines()]
+        assert "is damaged" in document["error"]["message"]
+    else:
+        assert len(result.output.strip().splitlines()) == 1
+        assert "is damaged" in result.output
+
+
+def _stray_quote_files() -> dict[str, tuple[str, str]]:
+    rows = "".join(f"pur_{i},compensation,5.00,ok\n" for i in range(6, 300))
+    head = "purchase_id,reason,amount,comment\n" + "".join(
+        f"pur_{i},compensation,5.00,ok\n" for i in range(1, 5)
+    )
+    big = "".join(f"pur_{i},ok\n" for i in range(2, 12000))
+    return {
+        "open at the end": (head + 'pur_5,compensation,5.00,"Late bar opening\n' + rows,
+                            "line 6: a quoted field opened"),
+        "larger than the csv field limit": ('purchase_id,comment\npur_1,"oops\n' + big,
+                                            r"line 2: .* not closed within 131,072 characters"),
+        "closed by a later stray quote": (
+            head + 'pur_5,compensation,5.00,"Late bar\n' + rows + 'pur_9,compensation,1.00,x"\n',
+            "line 6: a quoted field opened here swallows line 7"),
+        "text after a closing quote": (head + 'pur_5,compensation,5.00,"Late" bar\n',
+                                       "line 6: malformed CSV"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(_stray_quote_files()))
+def test_a_stray_quote_is_refused_naming_its_line(
+    invoke: CliRunner, tmp_path: Path, case: str
+) -> None:
+    """Regression: a stray quote swallowed rows 6-300 into one comment (5 of 300 refunded,
+    exit 0); with a longer tail, a _csv.Error traceback."""
+    text, words = _stray_quote_files()[case]
+    source = tmp_path / "in.csv"
+    source.write_text(text)
+    fake = FakePreo.demo(auto_purchases=True)
+    with serve(fake) as server:
+        result = in_process(invoke, ["refund-bulk", str(source), "--reason", "compensation",
+                                     "--json"], server.url)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    (document,) = [json.loads(line) for line in result.output.splitlines()]
+    assert re.search(words, document["error"]["message"]), document
+    assert fake.requests == []
+
+
+def test_a_multi_line_comment_is_still_accepted(invoke: CliRunner, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('purchase_id,amount,comment\npur_demo_beer,1.00,"Late bar,\nsorry, really"\n'
+                      'pur_demo_locker,2.00,"He said ""wait"""\n')  # fmt: skip
+    result = invoke.invoke(cli, ["refund-bulk", str(source), "--reason", "compensation",
+                                 "--sandbox", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["succeeded"] == 2
+    lines = (tmp_path / "in.csv.results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["line"] for x in lines) == [2, 4]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_while_reading_the_file_exits_130(tmp_path: Path, as_json: bool) -> None:
+    """Regression: Ctrl-C during the first pass over a big file printed click's "Aborted!"
+    and exited 1 (no JSON document). The file is a FIFO we keep open, so the command is
+    surely still reading it when the signal arrives."""
+    fifo = tmp_path / "in.csv"
+    os.mkfifo(fifo)
+    fake = FakePreo.demo(auto_purchases=True)
+    with serve(fake) as server:
+        proc = subprocess.Popen(
+            [PREO, "refund-bulk", str(fifo), "--reason", "sold_out", "--journal",
+             str(tmp_path / "j"), *(["--json"] if as_json else [])],
+            env=env_for(server.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # until the command opens the file (a watchdog, not a blocking open)
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the command never opened its FILE"
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError:  # ENXIO: no reader yet
+                    time.sleep(0.01)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "w") as writer:
+                writer.write("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(1000)))
+                writer.flush()
+                time.sleep(0.2)  # the command reads it all, then waits for more
+                proc.send_signal(signal.SIGINT)
+                stdout, stderr = proc.communicate(timeout=30)  # a hang fails here
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert "Aborted" not in stdout + stderr
+    assert "Traceback" not in stderr
+    if as_json:
+        (document,) = [json.loads(line) for line in stdout.splitlines()]
+        assert document["error"] == {
+            "exit_code": 130,
+            "message": "interrupted before anything was sent",
+        }
+    else:
+        assert "interrupted before anything was sent" in stderr
+    assert fake.requests == []
+
+
+def test_dry_run_counts_the_requests_the_run_sends(invoke: CliRunner, tmp_path: Path) -> None:
+    """Regression: 3 rows of one transaction were planned as 'custom amounts 15.00' while the
+    run refunds 5.00 (1 sent, 2 covered); --dry-run --json printed a table."""
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id,transaction_id,amount\n"
+                      "pur_1,tx1,5.00\npur_2,tx1,5.00\npur_3,tx1,5.00\n")  # fmt: skip
+    args = ["refund-bulk", str(source), "--reason", "compensation", "--scope",
+            "transaction_custom", "--sandbox"]  # fmt: skip
+    plan = invoke.invoke(cli, [*args, "--dry-run", "--json"])
+    assert plan.exit_code == 0, plan.output
+    document = json.loads(plan.output)
+    assert document["requests"] == 1
+    assert document["covered"] == 2
+    assert document["custom_amount"] == "5.00"
+    table = " ".join(invoke.invoke(cli, [*args, "--dry-run"]).output.split())
+    assert "requests to send │ │ 1" in table
+    assert "custom amounts │ │ 5.00" in table
+    run = json.loads(invoke.invoke(cli, [*args, "--json"]).output.strip().splitlines()[-1])
+    assert (run["succeeded"], run["covered"], run["amount_refunded"]) == (1, 2, "5.00")
+
+
+_PLAN_ROWS = st.lists(
+    st.tuples(st.sampled_from(["tx", "solo", "tx_no_id"]), st.integers(0, 2)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=_PLAN_ROWS)
+def test_the_plan_is_what_the_run_does(rows: list[tuple[str, int]]) -> None:
+    """Hypothesis over inputs: the dry-run plan's requests, covered rows and amount are
+    exactly what a run sends, covers and refunds (every refund succeeding)."""
+    import threading
+
+    from preo_client import RefundItem
+    from preo_client._cli import _plan
+
+    fake = FakePreo()
+    items = []
+    amounts = ["1.00", "2.50", "0.75"]
+    for i, (kind, tx) in enumerate(rows):
+        server_tx = f"tx{tx}" if kind == "tx" else f"solo{i}"
+        fake.add_purchase(f"p{i}", price="10.00", transaction_id=server_tx)
+        if kind == "solo":
+            items.append(RefundItem(f"p{i}", scope="purchase_custom", amount="1.00"))
+        else:
+            grouped = server_tx if kind == "tx" else None
+            items.append(RefundItem(f"p{i}", scope="transaction_custom", amount=amounts[tx],
+                                    transaction_id=grouped))  # fmt: skip
+    plan = _plan(items, "compensation", None)
+    result: list[Any] = []
+
+    def run() -> None:
+        with fake.client() as client:
+            result.append(client.purchases.refund_many(items, reason="compensation",
+                                                       concurrency=4).run())  # fmt: skip
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert result, "the run hung"
+    summary = result[0]
+    assert summary.failures == 0, summary
+    assert plan.requests == len(fake.requests)
+    assert plan.covered == summary.covered
+    assert plan.custom_amount == summary.total_amount
+    assert sum(plan.rows.values()) == len(items)
