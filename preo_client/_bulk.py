@@ -757,7 +757,12 @@ class AsyncBulkRun(_Run):
         injected HTTP client (a custom transport, proxy or the aiohttp transport) is used as
         it is."""
         client = self._client
-        if not getattr(client, "_owns_http", False) or self._concurrency <= SHARD_SIZE * 2:
+        http = client._http
+        plain = (  # what the SDK itself creates: httpx's own network transport, nothing mounted
+            type(getattr(http, "_transport", None)) is httpx.AsyncHTTPTransport
+            and not getattr(http, "_mounts", None)
+        )
+        if not (client._owns_http and plain) or self._concurrency <= SHARD_SIZE * 2:
             return [client], []
         count = -(-self._concurrency // SHARD_SIZE)
         limits = httpx.Limits(max_connections=SHARD_SIZE, max_keepalive_connections=SHARD_SIZE)

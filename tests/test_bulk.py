@@ -759,3 +759,19 @@ def test_the_sync_run_interrupts_its_pauses_when_stopped() -> None:
     worker = threading.Thread(target=go, daemon=True)
     worker.start()
     assert done.wait(WATCHDOG), "the sync run did not stop"
+
+
+def test_a_wide_run_on_a_sandbox_client_never_leaves_the_process() -> None:
+    """Regression: a sandbox client owns its HTTP client, and a run wider than two shards
+    replaced it with real network pools (DNS lookups of the sandbox's made-up host, a hang)."""
+    fake = make_fake(100)
+
+    async def go() -> Any:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            return await client.purchases.refund_many(
+                [f"p{i}" for i in range(100)], reason="sold_out", concurrency=64
+            ).run()
+
+    summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert summary.succeeded == 100
+    assert len(fake.refunds) == 100
