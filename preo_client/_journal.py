@@ -2,7 +2,9 @@
 
 Layout (schema ``preo-bulk-journal/1``): ``meta`` (``schema``, ``run_id``) and ``items``, one row
 per input position with the item's canonical request, its idempotency key, its state
-(``started`` / ``done`` / ``covered`` / ``failed``) and, when done, the refund id and amount.
+(``started`` / ``done`` / ``covered`` / ``failed``) and, when done, the refund id and amount;
+``groups`` (made on first use) names, per transaction group, the row whose key carries the
+group's refund, committed before that row's request is sent.
 
 Durability: WAL with ``synchronous=NORMAL``. Every commit is in the OS page cache (the WAL file)
 when ``commit()`` returns, so it survives the death of the process (``kill -9``, a crash),
@@ -63,6 +65,7 @@ class JournalEntry(NamedTuple):
     state: str
     refund_id: str | None
     amount: str | None
+    error: str | None = None  # the error class name of a failed item
 
 
 class _Lock:
@@ -138,6 +141,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot lock journal {self.path}: {exc.strerror}") from None
         self._mutex = threading.Lock()
+        self._groups_ready = False
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=0
@@ -193,7 +197,7 @@ class Journal:
     def recorded(self, position: int) -> JournalEntry | None:
         """What an earlier run recorded at input ``position``, if anything."""
         row = self._execute(
-            "SELECT request, idempotency_key, state, refund_id, amount FROM items "
+            "SELECT request, idempotency_key, state, refund_id, amount, error FROM items "
             "WHERE position = ?",
             (position,),
         ).fetchone()
@@ -225,6 +229,44 @@ class Journal:
         self._execute(
             "UPDATE items SET state = ?, refund_id = ?, amount = ?, error = ? WHERE position = ?",
             (state, refund_id, amount, error, position),
+        )
+
+    def cover(self, position: int, request: str, key: str, refund_id: str | None) -> None:
+        """Record (one commit) the item at ``position`` as covered by the refund sent with
+        ``key`` (its transaction's), never as started: nothing of its own is ever sent."""
+        self._execute(
+            "INSERT INTO items (position, request, idempotency_key, state, refund_id) "
+            "VALUES (?, ?, ?, 'covered', ?) ON CONFLICT(position) DO UPDATE SET "
+            "idempotency_key = excluded.idempotency_key, state = 'covered', "
+            "refund_id = excluded.refund_id, amount = NULL, error = NULL",
+            (position, request, key, refund_id),
+        )
+
+    def _groups(self) -> None:
+        if not self._groups_ready:
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, "
+                "position INTEGER NOT NULL, idempotency_key TEXT NOT NULL)"
+            )
+            self._groups_ready = True
+
+    def carrier(self, group: str) -> tuple[int, str] | None:
+        """The row (position, key) recorded as carrying transaction group ``group``'s refund."""
+        self._groups()
+        row = self._execute(
+            "SELECT position, idempotency_key FROM groups WHERE name = ?", (group,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def claim(self, group: str, position: int, key: str) -> None:
+        """Record (and commit), before it is sent, that the row at ``position`` and its ``key``
+        carry transaction group ``group``'s refund (a takeover replaces the previous row)."""
+        self._groups()
+        self._execute(
+            "INSERT INTO groups (name, position, idempotency_key) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET position = excluded.position, "
+            "idempotency_key = excluded.idempotency_key",
+            (group, position, key),
         )
 
     def close(self) -> None:
