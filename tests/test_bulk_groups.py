@@ -70,9 +70,11 @@ def test_a_takeover_after_a_refused_leader_is_what_a_resume_resends(
 
     second, summary = runner(fake, items, journal=journal, concurrency=1)
     by_position = {o.position: o for o in second}
-    assert by_position[1].ok and by_position[1].refund is not None
+    assert by_position[1].ok
+    assert by_position[1].refund is not None
     assert by_position[1].refund.replayed  # resent with its recorded key
-    assert by_position[1].idempotency_key == next(o for o in first if o.position == 1).idempotency_key
+    recorded_key = next(o for o in first if o.position == 1).idempotency_key
+    assert by_position[1].idempotency_key == recorded_key
     assert by_position[0].covered_by == 1  # the refused row is covered by the real request
     assert (summary.succeeded, summary.covered, summary.failures) == (1, 1, 0)
     assert len(fake.refunds) == 1
@@ -80,7 +82,7 @@ def test_a_takeover_after_a_refused_leader_is_what_a_resume_resends(
     assert sum(r.amount for r in fake.refunds) == expected
 
     _, third = runner(fake, items, journal=journal, concurrency=1)
-    assert third.skipped == 2 and third.failures == 0  # done: no exit 1 forever
+    assert (third.skipped, third.failures) == (2, 0)  # done: no exit 1 forever
     assert len(fake.refunds) == 1
 
 
@@ -115,7 +117,7 @@ def test_a_row_that_sent_its_own_request_keeps_its_key_and_role(tmp_path: Path) 
 
     second, summary = run_async(fake, lazy(), journal=journal, concurrency=1)
     assert {o.position: o.covered_by for o in second} == {0: 1, 1: None, 2: 1}
-    assert summary.succeeded == 1 and summary.failures == 0
+    assert (summary.succeeded, summary.failures) == (1, 0)
     assert len(fake.refunds) == 1
 
 
@@ -214,6 +216,21 @@ def test_an_outcome_is_handed_out_while_the_source_waits(kind: str) -> None:
     assert len(fake.refunds) == 2
 
 
+def _wrong_key_run(kind: str, fake: FakePreo, release: threading.Event) -> None:
+    if kind == "sync":
+        run_sync(fake, _blocking_source(release), {"api_key": "sk_wrong"}, reason="sold_out")
+    elif kind == "async-sync-iterator":
+        run_async(fake, _blocking_source(release), {"api_key": "sk_wrong"}, reason="sold_out")
+    else:
+
+        async def slow() -> AsyncIterator[str]:
+            yield "p0"
+            await asyncio.Event().wait()  # never set: cancelled when the run stops
+            yield "p1"
+
+        run_async(fake, slow(), {"api_key": "sk_wrong"}, reason="sold_out")
+
+
 @pytest.mark.parametrize("kind", ["sync", "async-iterable", "async-sync-iterator"])
 def test_a_401_stops_the_run_while_the_source_waits(kind: str) -> None:
     """Regression (slow_source_async.py, stdin_slow.sh): a 401 was acted on only when the next
@@ -223,44 +240,42 @@ def test_a_401_stops_the_run_while_the_source_waits(kind: str) -> None:
     release = threading.Event()
     try:
         with pytest.raises(AuthenticationError):
-            if kind == "sync":
-                run_sync(fake, _blocking_source(release), {"api_key": "sk_wrong"},
-                         reason="sold_out")  # fmt: skip
-            elif kind == "async-sync-iterator":
-                run_async(fake, _blocking_source(release), {"api_key": "sk_wrong"},
-                          reason="sold_out")  # fmt: skip
-            else:
-
-                async def slow() -> AsyncIterator[str]:
-                    yield "p0"
-                    await asyncio.Event().wait()  # never set: cancelled when the run stops
-                    yield "p1"
-
-                run_async(fake, slow(), {"api_key": "sk_wrong"}, reason="sold_out")
+            _wrong_key_run(kind, fake, release)
         assert len(fake.requests) == 1  # nothing sent after the 401
     finally:
         release.set()  # let the reader thread finish
 
 
-def test_no_request_is_sent_after_a_stop_even_by_a_retrying_worker() -> None:
-    """A 401 stops the run while other workers are between retries (429s, no backoff): none
-    of them starts another attempt after the stop is handed out."""
-    fake = FakePreo(api_key="sk_right")
-    for i in range(4):
-        fake.add_purchase(f"p{i}", price="10.00")
-    sent_after: list[int] = []
+def test_no_attempt_starts_after_a_stop_is_handed_out() -> None:
+    """A 401 stops the run while another worker is retrying 429s with no wait: it starts no
+    further attempt once the stop is known, even while the consumer holds the 401 outcome."""
+    fake = FakePreo()
+    fake.add_purchase("p0", price="10.00")
+    fake.add_purchase("p1", price="10.00")
+    fake.inject(*[Fault.http_status(429, retry_after="0")] * 3, Fault.http_status(401),
+                *[Fault.http_status(429, retry_after="0")] * 20)  # fmt: skip
+    result: list[BaseException] = []
+    at_stop: list[int] = []
 
-    def items() -> Iterator[str]:
-        yield from (f"p{i}" for i in range(4))
+    def go() -> None:
+        with fake.client(backoff=NO_WAIT) as client:
+            client._sleep = lambda seconds: None
+            run = BulkRun(client, ["p0", "p1"], reason="sold_out", scope=None, concurrency=2,
+                          journal=None, on_result=None)  # fmt: skip
+            try:
+                for outcome in run:
+                    if isinstance(outcome.error, AuthenticationError):
+                        at_stop.append(len(fake.requests))
+                        threading.Event().wait(0.2)  # the consumer holds the stopping outcome
+            except BaseException as exc:
+                result.append(exc)
 
-    with fake.client(backoff=NO_WAIT, api_key="sk_wrong") as client:
-        client._sleep = lambda seconds: None
-        run = BulkRun(client, items(), reason="sold_out", scope=None, concurrency=4,
-                      journal=None, on_result=None)  # fmt: skip
-        with pytest.raises(AuthenticationError):
-            for _ in run:
-                sent_after.append(len(fake.requests))
-    assert len(fake.requests) <= 4  # one attempt per item at most, no retry after the stop
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(WATCHDOG)
+    assert not worker.is_alive(), "the sync run hung"
+    assert isinstance(result[0], AuthenticationError)
+    assert len(fake.requests) <= at_stop[0] + 1  # at most the attempt already on its way
 
 
 def test_a_refused_leader_of_a_systemic_stop_hands_over_nothing(tmp_path: Path) -> None:
