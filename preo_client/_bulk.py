@@ -828,6 +828,11 @@ class AsyncBulkRun(_Run):
     the run raises the systemic error that stopped it (``401``/``403``, a ``Retry-After`` above
     ``max_pause``, ``on_result`` raising, a journal problem, the input iterator failing).
 
+    A slow input never holds back outcomes or a stop: an async iterable is awaited beside the
+    requests; a sync iterator (not an in-memory sequence) is read in a daemon thread, one
+    ``next()`` at a time. A blocking ``next()`` cannot be interrupted: a stopped run leaves it
+    to return in the background and drops what it returns.
+
     Attributes: ``summary`` (the live :class:`BulkSummary`; ``run()`` returns it), ``run_id``
     (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
     fresh UUID; a run given it as ``batch_id`` sends the same keys for the same input) and
@@ -1056,8 +1061,10 @@ class _Stopped(Exception):
 class BulkRun(_Run):
     """The sync twin of :class:`AsyncBulkRun`: an iterator of outcomes, threads underneath.
 
-    On a stop, waits in workers are interrupted; requests already on the wire finish (within
-    the client's timeout) and stay journaled as in flight.
+    On a stop, waits in workers are interrupted and no worker starts another attempt; requests
+    already on the wire finish (within the client's timeout) and stay journaled as in flight.
+    An input that is not an in-memory sequence is read in a daemon thread (see
+    :class:`AsyncBulkRun`), so outcomes and a stop are handled while it is slow.
 
     Attributes: ``summary`` (the live :class:`BulkSummary`; ``run()`` returns it), ``run_id``
     (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
