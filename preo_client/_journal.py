@@ -233,12 +233,12 @@ class Journal:
 
     def cover(self, position: int, request: str, key: str, refund_id: str | None) -> None:
         """Record (one commit) the item at ``position`` as covered by the refund sent with
-        ``key`` (its transaction's), never as started: nothing of its own is ever sent."""
+        ``key`` (its transaction's), never as started: nothing of its own is ever sent. A row
+        that already had a key of its own (a refused earlier attempt) keeps it."""
         self._execute(
             "INSERT INTO items (position, request, idempotency_key, state, refund_id) "
             "VALUES (?, ?, ?, 'covered', ?) ON CONFLICT(position) DO UPDATE SET "
-            "idempotency_key = excluded.idempotency_key, state = 'covered', "
-            "refund_id = excluded.refund_id, amount = NULL, error = NULL",
+            "state = 'covered', refund_id = excluded.refund_id, amount = NULL, error = NULL",
             (position, request, key, refund_id),
         )
 
