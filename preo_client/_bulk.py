@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
+import hashlib
 import inspect
 import json
 import logging
+import queue
 import threading
 import uuid
 from collections.abc import (
@@ -19,10 +22,10 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import httpx
@@ -247,7 +250,9 @@ class BulkSummary:
 
 def canonical_request(item: RefundItem) -> str:
     """The item's identity as exact text: the request it sends (scope derived, amount to the
-    cent) and its reference. Raises :class:`RefundValidationError` for an invalid item."""
+    cent), its reference and, when set, its ``transaction_id`` (which decides what its
+    transaction-scope request covers, so a resume may not change it). Raises
+    :class:`RefundValidationError` for an invalid item."""
     check_purchase_id(item.purchase_id)
     check_comment(item.comment)
     check_pickup_point_id(item.pickup_point_id)
@@ -267,14 +272,74 @@ def canonical_request(item: RefundItem) -> str:
         "pickup_point_id": item.pickup_point_id,
         "reference": item.reference,
     }
+    if item.transaction_id is not None:  # absent when unset: identities without one unchanged
+        request["transaction_id"] = item.transaction_id
     return json.dumps(request, sort_keys=True, separators=(",", ":"))  # ASCII: \ud83d escaped
+
+
+def _sent_part(canonical: str) -> str:
+    """The part of a canonical identity that is sent (``transaction_id`` never is)."""
+    if '"transaction_id":' not in canonical:
+        return canonical
+    request = json.loads(canonical)
+    request.pop("transaction_id", None)
+    return json.dumps(request, sort_keys=True, separators=(",", ":"))
 
 
 def bulk_idempotency_key(run_id: str, position: int, canonical: str, reference: str | None) -> str:
     """The key of a bulk item: from its ``reference`` and request alone when it has one (any
-    run, any position sends the same key), else from the run id, its position and request."""
-    name = f"ref\0{canonical}" if reference else f"run\0{run_id}\0{position}\0{canonical}"
+    run, any position sends the same key), else from the run id, its position and request.
+    The request is what is sent: a ``transaction_id`` in ``canonical`` does not change it."""
+    sent = _sent_part(canonical)
+    name = f"ref\0{sent}" if reference else f"run\0{run_id}\0{position}\0{sent}"
     return f"preo-{uuid.uuid5(_KEY_NAMESPACE, name)}"
+
+
+def _group_name(item: RefundItem, canonical: str) -> str | None:
+    """The transaction group of a transaction-scope item with a ``transaction_id``: its
+    transaction and request but the purchase (one request refunds them all), as a digest."""
+    if item.transaction_id is None or '"scope":"transaction_' not in canonical:
+        return None
+    request = json.loads(canonical)
+    del request["purchase_id"]
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _may_have_landed(error: BaseException) -> bool:
+    """Whether a failed item's request may have made its refund (else: surely nothing)."""
+    return isinstance(error, RefundOutcomeUnknownError | ItemFailedError) or not isinstance(
+        error, PreoError
+    )
+
+
+@functools.cache
+def _refused_names() -> frozenset[str]:
+    """Class names of errors after which no refund exists (what a journal's ``failed`` row
+    records): every PreoError but the outcome-unknown ones and ItemFailedError."""
+    names: set[str] = set()
+    pending: list[type[BaseException]] = [PreoError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls is not PreoError and not issubclass(
+            cls, RefundOutcomeUnknownError | ItemFailedError
+        ):
+            names.add(cls.__name__)
+    return frozenset(names)
+
+
+def _standing(entry: JournalEntry | None) -> str | None:
+    """What an earlier run left for a row: ``done``, ``covered``, ``sent`` (its own request
+    may have made a refund: in flight or unknown) or ``refused`` (it surely made nothing);
+    None: nothing was recorded (nothing was sent)."""
+    if entry is None:
+        return None
+    if entry.state in ("done", "covered"):
+        return entry.state
+    if entry.state == "failed" and entry.error in _refused_names():
+        return "refused"
+    return "sent"  # started, an unknown outcome, or a state this version does not know
 
 
 def _safe_repr(value: object) -> str:
@@ -291,11 +356,13 @@ def _differences(recorded: str, now: str) -> str:
 
 
 class _RunPause(SharedPause):
-    """The run-wide pause; a wait longer than the single-call cap is logged at WARNING."""
+    """The run-wide pause; a wait longer than the single-call cap is logged at WARNING. A
+    stopped run halts it: a worker's next attempt then waits (and a stopping wait raises)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
+        self._halted = False
 
     def extend(self, seconds: float) -> None:
         with self._lock:
@@ -304,18 +371,15 @@ class _RunPause(SharedPause):
         if seconds > RETRY_AFTER_CAP and seconds > before + 1:
             log.warning("server asked to wait %.0fs: pausing the whole bulk run", seconds)
 
+    def halt(self) -> None:
+        """The run stopped: no worker may start another attempt."""
+        self._halted = True
 
-class _Event(Protocol):
-    def set(self) -> None: ...
+    def remaining(self) -> float:
+        return _HALTED if self._halted else super().remaining()
 
 
-@attrs.define
-class _Group:
-    """The items of one transaction that one transaction-scope refund covers."""
-
-    leader: int
-    done: _Event
-    outcome: RefundOutcome | None = None
+_HALTED: Final = 3600.0
 
 
 @attrs.define
@@ -327,11 +391,37 @@ class _Job:
     position: int
     canonical: str
     group: _Group | None = None
-    follower: bool = False
+    claim: bool = False  # journal it as its group's carrier before sending
+
+
+@attrs.define
+class _Group:
+    """The items of one transaction that one transaction-scope refund covers.
+
+    ``carrier`` is the row whose request (and key) carries the group's refund: sent, to be
+    sent, or (on a resume) recorded by the journal and to be resent when its row is read.
+    ``state``: ``open`` (no refund and no carrier: the next row takes over), ``pending`` (the
+    carrier's answer is awaited; other rows wait in ``waiting``), ``ok`` (the refund exists) or
+    ``unknown`` (the carrier's outcome is unknown: nothing more may be sent for the group).
+    """
+
+    name: str
+    carrier: int | None = None
+    key: str | None = None
+    state: str = "open"
+    outcome: RefundOutcome | None = None
+    refund_id: str | None = None
+    waiting: collections.deque[_Job] = attrs.field(factory=collections.deque)
+
+
+Step = RefundOutcome | _Job  # what the core hands a driver: an outcome to yield, a job to send
 
 
 class _Core:
-    """What the sync and async drivers share: item checks, keys, journal, groups, summary."""
+    """What the sync and async drivers share: item checks, keys, journal, groups, summary.
+
+    Group bookkeeping (``begin``, ``settle``, ``stranded``) runs in the driver only; workers
+    call ``start`` and ``record`` (journal writes, thread-safe)."""
 
     def __init__(
         self,
@@ -342,7 +432,6 @@ class _Core:
         journal: str | Path | None,
         batch_id: str | None,
         max_pause: float,
-        new_event: Callable[[], _Event],
         max_rate: float | None = None,
         pacing: str = "adaptive",
     ) -> None:
@@ -356,12 +445,12 @@ class _Core:
         self.scope = scope
         self.max_pause = float(max_pause)
         self.journal = Journal(journal, batch_id=batch_id) if journal is not None else None
+        self.resuming = self.journal is not None and not self.journal.is_empty()
         self.run_id = self.journal.run_id if self.journal else (batch_id or str(uuid.uuid4()))
         self.summary = BulkSummary()
         self.pause = _RunPause()
         self.max_retries = max(int(getattr(client, "max_retries", 2)), BULK_MAX_RETRIES)
         self.groups: dict[str, _Group] = {}
-        self._new_event = new_event
 
     def state(self) -> CallState:
         return CallState(
@@ -388,7 +477,7 @@ class _Core:
 
     def check_journal(self, position: int, canonical: str) -> JournalEntry | None:
         """What the journal recorded at ``position``; refuses an input item that differs."""
-        entry = self.journal.recorded(position) if self.journal is not None else None
+        entry = self.journal.recorded(position) if self.resuming and self.journal else None
         if entry is not None and entry.request != canonical:
             raise JournalError(
                 f"input item {position + 1} differs from journal {self.journal_path()}: "
@@ -403,7 +492,7 @@ class _Core:
 
     def precheck(self, items: Sequence[object]) -> None:
         """Compare a whole in-memory input with the journal before anything is sent."""
-        if self.journal is None or self.journal.is_empty():
+        if not self.resuming:
             return
         for position, raw in enumerate(items):
             try:
@@ -412,26 +501,34 @@ class _Core:
                 continue
             self.check_journal(position, canonical)
 
-    def begin(self, raw: object, position: int) -> RefundOutcome | _Job:
-        """Check an item and key it; an outcome means: nothing to send. Raises
-        :class:`JournalError` (systemic) when the input differs from the journal."""
+    def begin(self, raw: object, position: int) -> list[Step]:
+        """Check an item and key it: outcomes to hand out now and jobs to send (none when
+        the item waits for its transaction's refund). Raises :class:`JournalError`
+        (systemic) when the input differs from the journal."""
         try:
             item = self.item(raw)
         except Exception as exc:
             error = exc if isinstance(exc, PreoError) else ItemFailedError(exc)
             where = raw.where if isinstance(raw, InvalidItem) else _safe_repr(raw)
-            return RefundOutcome(RefundItem(where), None, error, 0, None, False, position)
+            return [RefundOutcome(RefundItem(where), None, error, 0, None, False, position)]
         try:
             canonical = canonical_request(item)
         except PreoError as exc:
-            return RefundOutcome(item, None, exc, 0, None, False, position)
+            return [RefundOutcome(item, None, exc, 0, None, False, position)]
         except Exception as exc:
-            return RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)
+            return [RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)]
         entry = self.check_journal(position, canonical)
-        if entry is not None and entry.state in ("done", "covered"):
+        standing = _standing(entry)
+        name = _group_name(item, canonical)
+        group = self._group(name) if name is not None else None
+        if entry is not None and standing in ("done", "covered"):
             skipped = RefundOutcome(item, None, None, 0, entry.idempotency_key, True, position)
-            self._group(item, canonical, position, resolved=skipped)
-            return skipped
+            if group is not None and standing == "done" and group.state != "ok":
+                # this row's own request made the group's refund
+                group.carrier, group.key = position, entry.idempotency_key
+                group.refund_id = entry.refund_id
+                return [skipped, *self._resolved(group, None)]
+            return [skipped]
         key = (
             entry.idempotency_key
             if entry is not None  # resend what may have landed, with the key it was sent with
@@ -449,61 +546,83 @@ class _Core:
                 timeout=self.client.timeout,
             )
         except PreoError as exc:
-            return RefundOutcome(item, None, exc, 0, key, False, position)
+            return [RefundOutcome(item, None, exc, 0, key, False, position)]
         except Exception as exc:
-            return RefundOutcome(item, None, ItemFailedError(exc), 0, key, False, position)
-        job = _Job(item, call, position, canonical)
-        job.group, job.follower = self._group(item, canonical, position)
-        return job
+            return [RefundOutcome(item, None, ItemFailedError(exc), 0, key, False, position)]
+        job = _Job(item, call, position, canonical, group)
+        if group is None:
+            return [job]
+        if standing == "sent":
+            # its own request may have made a refund: it keeps its key and role (resent with
+            # it), never covered by another row's later request
+            if group.state == "open" or group.carrier == position:
+                group.carrier, group.key, group.state = position, key, "pending"
+            return [job]
+        return self._join(group, job)
 
-    def _group(
-        self,
-        item: RefundItem,
-        canonical: str,
-        position: int,
-        *,
-        resolved: RefundOutcome | None = None,
-    ) -> tuple[_Group | None, bool]:
-        """Join or lead the transaction group of a transaction-scope item with a transaction id."""
-        if item.transaction_id is None or '"scope":"transaction_' not in canonical:
-            return None, False
-        request = json.loads(canonical)
-        del request["purchase_id"]
-        key = f"{item.transaction_id}\0{json.dumps(request, sort_keys=True)}"
-        group = self.groups.get(key)
+    def _group(self, name: str) -> _Group:
+        """The group ``name``, as this run left it or (resuming) as the journal recorded it."""
+        group = self.groups.get(name)
         if group is not None:
-            return group, True
-        group = self.groups[key] = _Group(position, self._new_event(), resolved)
-        if resolved is not None:
-            group.done.set()
-        return group, False
+            return group
+        group = self.groups[name] = _Group(name)
+        recorded = self.journal.carrier(name) if self.resuming and self.journal else None
+        if recorded is not None and self.journal is not None:
+            group.carrier, group.key = recorded
+            entry = self.journal.recorded(group.carrier)
+            standing = _standing(entry)
+            if standing == "done" and entry is not None:
+                group.state, group.refund_id = "ok", entry.refund_id
+            elif standing in ("sent", "covered"):
+                group.state = "pending"  # resent when its row is read; others wait for it
+            else:  # refused, or claimed but never sent: nothing exists, another may take over
+                group.carrier = group.key = None
+        return group
 
-    def start(self, job: _Job) -> None:
-        """Commit the item's key to the journal: after this it may be sent."""
-        if self.journal is not None:
-            self.journal.start(job.position, job.canonical, job.call.idempotency_key)
+    def _join(self, group: _Group, job: _Job) -> list[Step]:
+        """A row with nothing of its own sent joins its group: covered, told the refund is
+        unknown, waiting for the carrier, or (no carrier) taking over as the carrier."""
+        if group.state == "ok":
+            return [self._covered(group, job)]
+        if group.state == "unknown":
+            return [self._uncertain(group, job)]
+        if group.state == "pending":
+            group.waiting.append(job)
+            return []
+        group.carrier, group.key, group.state = job.position, job.call.idempotency_key, "pending"
+        job.claim = True
+        return [job]
 
-    def cover(self, job: _Job) -> RefundOutcome | None:
-        """The outcome of a follower once its leader is done; None: send it itself (the
-        leader's refund surely does not exist)."""
-        leader = job.group.outcome if job.group is not None else None
-        if leader is not None and isinstance(leader.error, RefundOutcomeUnknownError):
-            # the transaction may be refunded: a second request could refund it twice
-            error = CoveringRefundUnknownError(leader.position)
-            return RefundOutcome(job.item, None, error, 0, None, False, job.position)
-        if leader is None or not leader.ok:
-            return None
+    def _covered(self, group: _Group, job: _Job) -> RefundOutcome:
+        leader = group.outcome
+        refund = leader.refund if leader is not None else None
         outcome = RefundOutcome(
-            job.item, leader.refund, None, 0, leader.idempotency_key, False, job.position,
-            covered_by=leader.position if leader.covered_by is None else leader.covered_by,
-        )  # fmt: skip
+            job.item, refund, None, 0, group.key, False, job.position, covered_by=group.carrier
+        )
         if self.journal is not None:
-            self.journal.start(job.position, job.canonical, leader.idempotency_key or "")
-            refund_id = leader.refund.id if leader.refund else None
-            self.journal.finish(job.position, "covered", refund_id=refund_id)
+            refund_id = refund.id if refund is not None else group.refund_id
+            self.journal.cover(job.position, job.canonical, group.key or "", refund_id)
         return outcome
 
-    def end(
+    def _uncertain(self, group: _Group, job: _Job) -> RefundOutcome:
+        # the transaction may be refunded: a second request could refund it twice
+        error = CoveringRefundUnknownError(group.carrier if group.carrier is not None else -1)
+        return RefundOutcome(job.item, None, error, 0, None, False, job.position)
+
+    def _resolved(self, group: _Group, outcome: RefundOutcome | None) -> list[Step]:
+        group.state, group.outcome = "ok", outcome
+        waiting, group.waiting = group.waiting, collections.deque()
+        return [self._covered(group, job) for job in waiting]
+
+    def start(self, job: _Job) -> None:
+        """Commit the item's key (and, for a new carrier, its group's) to the journal: after
+        this it may be sent."""
+        if self.journal is not None:
+            if job.claim and job.group is not None:
+                self.journal.claim(job.group.name, job.position, job.call.idempotency_key)
+            self.journal.start(job.position, job.canonical, job.call.idempotency_key)
+
+    def record(
         self,
         job: _Job,
         attempts: int,
@@ -511,7 +630,7 @@ class _Core:
         refund: Refund | None = None,
         error: BaseException | None = None,
     ) -> RefundOutcome:
-        """Record a sent item's refund or error (journal, group, summary)."""
+        """Record a sent item's refund or error in the journal (a worker calls it)."""
         key = job.call.idempotency_key
         if refund is not None:
             outcome = RefundOutcome(job.item, refund, None, attempts, key, False, job.position)
@@ -519,26 +638,53 @@ class _Core:
                 self.journal.finish(
                     job.position, "done", refund_id=refund.id, amount=str(refund.amount)
                 )
-        else:
-            failure = (
-                error
-                if isinstance(error, PreoError)
-                else ItemFailedError(error if error is not None else RuntimeError("no refund"))
-            )
-            note = None
-            if isinstance(failure, BadRequestError) and job.call.plan.scope.startswith(
-                "transaction_"
-            ):
-                note = TRANSACTION_HINT if job.item.transaction_id is None else None
-            outcome = RefundOutcome(
-                job.item, None, failure, attempts, key, False, job.position, note=note
-            )
-            if self.journal is not None:
-                self.journal.finish(job.position, "failed", error=type(failure).__name__)
-        if job.group is not None and not job.follower:
-            job.group.outcome = outcome
-            job.group.done.set()
+            return outcome
+        failure = (
+            error
+            if isinstance(error, PreoError)
+            else ItemFailedError(error if error is not None else RuntimeError("no refund"))
+        )
+        note = None
+        if isinstance(failure, BadRequestError) and job.call.plan.scope.startswith("transaction_"):
+            note = TRANSACTION_HINT if job.item.transaction_id is None else None
+        outcome = RefundOutcome(
+            job.item, None, failure, attempts, key, False, job.position, note=note
+        )
+        if self.journal is not None:
+            self.journal.finish(job.position, "failed", error=type(failure).__name__)
         return outcome
+
+    def settle(self, job: _Job, outcome: RefundOutcome) -> list[Step]:
+        """A sent item's outcome and what it releases: its group's waiting rows covered (or
+        told the refund is unknown), or, when the carrier surely made nothing, the next
+        waiting row as the group's new carrier (journaled before it is sent)."""
+        group = job.group
+        if group is None:
+            return [outcome]
+        if group.carrier != job.position:  # an earlier run's extra sender, resent with its key
+            if outcome.refund is not None and group.state != "ok":
+                group.carrier, group.key = job.position, job.call.idempotency_key
+                return [outcome, *self._resolved(group, outcome)]
+            return [outcome]
+        if outcome.refund is not None:
+            return [outcome, *self._resolved(group, outcome)]
+        if outcome.error is not None and _may_have_landed(outcome.error):
+            group.state, group.outcome = "unknown", outcome
+            waiting, group.waiting = group.waiting, collections.deque()
+            return [outcome, *(self._uncertain(group, waiting_job) for waiting_job in waiting)]
+        group.state, group.carrier, group.key = "open", None, None  # nothing made: take over
+        if not group.waiting:
+            return [outcome]
+        return [outcome, *self._join(group, group.waiting.popleft())]
+
+    def stranded(self) -> list[RefundOutcome]:
+        """At the end of the input: rows still waiting for a carrier that never came (an
+        earlier run's row, not in this input): their transaction's refund is unknown."""
+        outcomes: list[RefundOutcome] = []
+        for group in self.groups.values():
+            while group.waiting:
+                outcomes.append(self._uncertain(group, group.waiting.popleft()))
+        return outcomes
 
     def count(self, outcome: RefundOutcome) -> RefundOutcome:
         """Count an outcome as it is handed out (so the summary is exactly what was yielded);
@@ -570,6 +716,7 @@ class _Core:
 
 ItemInput = RefundItem | InvalidItem | str
 OnResult = Callable[[RefundOutcome], Awaitable[None] | None]
+Read = tuple[str, object]  # ("item", raw) / ("end", None) / ("error", exception)
 
 
 def _stop_reason(exc: BaseException) -> str:
@@ -578,6 +725,59 @@ def _stop_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
         return "cancelled"
     return f"{type(exc).__name__}: {truncate(str(exc), 300)}"
+
+
+def _read_one(iterator: Iterator[object]) -> Read:
+    try:
+        return ("item", next(iterator))
+    except StopIteration:
+        return ("end", None)
+    except Exception as exc:  # the input failed: the run finishes what is in flight, raises it
+        return ("error", exc)
+
+
+class _ThreadReader:
+    """Reads a sync iterator in a daemon thread, one item per ``request``, so that a ``next()``
+    that blocks (a slow producer, standard input) never blocks the run: outcomes and stops are
+    handled meanwhile. A ``next()`` cannot be interrupted: a stopped run leaves it to return
+    in the background (its item is then dropped, unread by the run)."""
+
+    def __init__(self, items: Iterable[object]) -> None:
+        self._items = items
+        self._requests: queue.SimpleQueue[Callable[[Read], object] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def request(self, deliver: Callable[[Read], object]) -> None:
+        """Read the next item; ``deliver`` gets it (called in the reader thread)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name="preo-items", daemon=True)
+            self._thread.start()
+        self._requests.put(deliver)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._requests.put(None)
+
+    def _read(self) -> None:
+        try:
+            iterator = iter(self._items)
+        except Exception as exc:
+            failed: Read | None = ("error", exc)
+        else:
+            failed = None
+        while (deliver := self._requests.get()) is not None:
+            read = failed or _read_one(iterator)
+            try:
+                deliver(read)
+            except Exception:  # the run is gone (its loop closed): stop reading
+                return
+            if read[0] != "item":
+                return
+
+
+def _inline(items: object) -> bool:
+    """An in-memory sequence is read in place (its ``next()`` never blocks)."""
+    return isinstance(items, Sequence) and not isinstance(items, str)
 
 
 class _Run:
@@ -594,7 +794,6 @@ class _Run:
         journal: str | Path | None,
         batch_id: str | None,
         max_pause: float,
-        new_event: Callable[[], _Event],
         max_rate: float | None = None,
         pacing: str = "adaptive",
     ) -> None:
@@ -603,15 +802,15 @@ class _Run:
         self._concurrency = concurrency
         self._core = _Core(
             client, reason=reason, scope=scope, journal=journal, batch_id=batch_id,
-            max_pause=max_pause, new_event=new_event, max_rate=max_rate, pacing=pacing,
+            max_pause=max_pause, max_rate=max_rate, pacing=pacing,
         )  # fmt: skip
         self.summary: BulkSummary = self._core.summary
         self.pacer: AdaptivePacer = self._core.pacer
         self.run_id: str = self._core.run_id
         self._yielded = 0
         try:
-            if isinstance(items, Sequence) and not isinstance(items, str):
-                self._core.precheck(items)
+            if _inline(items):
+                self._core.precheck(items)  # type: ignore[arg-type]
         except BaseException:
             self._core.close()
             raise
@@ -628,6 +827,11 @@ class AsyncBulkRun(_Run):
     on every exit path (end, error, ``break``, cancellation). One outcome per input item, or
     the run raises the systemic error that stopped it (``401``/``403``, a ``Retry-After`` above
     ``max_pause``, ``on_result`` raising, a journal problem, the input iterator failing).
+
+    A slow input never holds back outcomes or a stop: an async iterable is awaited beside the
+    requests; a sync iterator (not an in-memory sequence) is read in a daemon thread, one
+    ``next()`` at a time. A blocking ``next()`` cannot be interrupted: a stopped run leaves it
+    to return in the background and drops what it returns.
 
     Attributes: ``summary`` (the live :class:`BulkSummary`; ``run()`` returns it), ``run_id``
     (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
@@ -658,27 +862,23 @@ class AsyncBulkRun(_Run):
         journal, before anything is sent."""
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
-            batch_id=batch_id, max_pause=max_pause, new_event=asyncio.Event, max_rate=max_rate,
+            batch_id=batch_id, max_pause=max_pause, max_rate=max_rate,
             pacing=pacing,
         )  # fmt: skip
         self._client = client
         self._items = items
         self._on_result = on_result
+        self._thread_reader: _ThreadReader | None = None
 
     async def _process(self, job: _Job, sender: AsyncPreoClient) -> RefundOutcome:
         core = self._core
-        if job.follower and job.group is not None:
-            await job.group.done.wait()  # type: ignore[attr-defined]
-            covered = core.cover(job)
-            if covered is not None:
-                return covered
         core.start(job)
         state = core.state()
         try:
             refund = await sender._send(job.call, state)
         except Exception as exc:
-            return core.end(job, state.attempts, error=exc)
-        return core.end(job, state.attempts, refund=refund)
+            return core.record(job, state.attempts, error=exc)
+        return core.record(job, state.attempts, refund=refund)
 
     async def _emit(self, outcome: RefundOutcome) -> RefundOutcome:
         outcome = self._core.count(outcome)
@@ -689,52 +889,116 @@ class AsyncBulkRun(_Run):
                 await result
         return outcome
 
+    def _reader(self) -> Callable[[], Awaitable[Read]] | Iterator[object]:
+        """How the input is read: in place (an in-memory sequence), or an awaitable per item
+        that never blocks the event loop (an async iterable; a sync one in a thread)."""
+        items = self._items
+        if isinstance(items, AsyncIterable):
+            source = items.__aiter__()
+
+            async def next_async() -> Read:
+                try:
+                    return ("item", await source.__anext__())
+                except StopAsyncIteration:
+                    return ("end", None)
+                except Exception as exc:
+                    return ("error", exc)
+
+            return next_async
+        if _inline(items):
+            return iter(items)
+        reader = self._thread_reader = _ThreadReader(items)
+        loop = asyncio.get_running_loop()
+
+        async def next_threaded() -> Read:
+            future: asyncio.Future[Read] = loop.create_future()
+
+            def hand(read: Read) -> None:
+                if not future.done():
+                    future.set_result(read)
+
+            reader.request(lambda read: loop.call_soon_threadsafe(hand, read))
+            return await future
+
+        return next_threaded
+
     async def _outcomes(self) -> AsyncIterator[RefundOutcome]:
         core = self._core
         senders, shards = self._senders()
-        items = self._items
-        source_async = items.__aiter__() if isinstance(items, AsyncIterable) else None
-        source_sync = iter(items) if source_async is None else None  # type: ignore[arg-type]
-        tasks: set[asyncio.Task[RefundOutcome]] = set()
+        self._thread_reader = None
+        read = self._reader()
+        tasks: dict[asyncio.Task[RefundOutcome], _Job] = {}
+        reading: asyncio.Task[Read] | None = None
         position = 0
         exhausted = False
         source_error: Exception | None = None
+
+        def schedule(job: _Job) -> None:
+            sender = senders[job.position % len(senders)]
+            tasks[asyncio.ensure_future(self._process(job, sender))] = job
+
         try:
             while True:
-                while not exhausted and len(tasks) < self._concurrency:
-                    try:
-                        if source_async is not None:
-                            raw: object = await source_async.__anext__()
-                        else:
-                            raw = next(source_sync)  # type: ignore[arg-type]
-                    except (StopIteration, StopAsyncIteration):
+                # read while there is room: in place, or in the background so that outcomes
+                # and a stop are handled while a slow source makes the run wait
+                while not exhausted and reading is None and len(tasks) < self._concurrency:
+                    if callable(read):
+                        reading = asyncio.ensure_future(read())
+                        break
+                    got = _read_one(read)
+                    if got[0] != "item":
                         exhausted = True
+                        source_error = got[1] if got[0] == "error" else None  # type: ignore[assignment]
                         break
-                    except Exception as exc:  # the input failed: finish what is in flight
-                        exhausted, source_error = True, exc
-                        break
-                    begun = core.begin(raw, position)
+                    steps = core.begin(got[1], position)
                     position += 1
-                    if isinstance(begun, RefundOutcome):
-                        yield await self._emit(begun)
-                        continue
-                    sender = senders[position % len(senders)]
-                    tasks.add(asyncio.ensure_future(self._process(begun, sender)))
-                if not tasks:
+                    for step in steps:
+                        if isinstance(step, _Job):
+                            schedule(step)
+                        else:
+                            yield await self._emit(step)
+                if not tasks and reading is None:
                     if source_error is not None:
                         raise source_error
+                    for outcome in core.stranded():
+                        yield await self._emit(outcome)
                     break
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Task[Any]] = set(tasks)
+                if reading is not None:
+                    waiting.add(reading)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                steps = []
                 stop: BaseException | None = None
-                for task in done:
+                for task in done:  # finished items first: a stop is acted on at once
+                    if task is reading:
+                        continue
+                    job = tasks.pop(task)
                     try:
                         outcome = task.result()
-                    except Exception as exc:
+                    except Exception as exc:  # a journal failure: systemic
                         stop = stop or exc
                         continue
-                    outcome = await self._emit(outcome)
-                    yield outcome
+                    settled = core.settle(job, outcome)
                     stop = stop or core.systemic(outcome)
+                    steps.extend(settled)
+                if reading is not None and reading in done:
+                    kind, raw = reading.result()
+                    reading = None
+                    if kind == "item":
+                        steps.extend(core.begin(raw, position))
+                        position += 1
+                    else:
+                        exhausted = True
+                        source_error = raw if kind == "error" else None  # type: ignore[assignment]
+                if stop is not None:  # nothing more is sent: cancel before handing out
+                    for task in tasks:
+                        task.cancel()
+                for step in steps:
+                    if isinstance(step, _Job):
+                        if stop is None:
+                            schedule(step)
+                    else:
+                        yield await self._emit(step)
                 if stop is not None:
                     raise stop
         except BaseException as exc:
@@ -744,8 +1008,14 @@ class AsyncBulkRun(_Run):
             self.summary.unfinished = position - self._yielded
             for task in tasks:
                 task.cancel()
+            if reading is not None:
+                reading.cancel()
             if tasks:
                 await asyncio.wait(tasks)
+            if reading is not None:  # an async source that ignores cancellation is left behind
+                await asyncio.wait({reading}, timeout=1.0)
+            if self._thread_reader is not None:
+                self._thread_reader.close()
             for shard in shards:
                 await shard.aclose()
             core.close()
@@ -796,8 +1066,10 @@ class _Stopped(Exception):
 class BulkRun(_Run):
     """The sync twin of :class:`AsyncBulkRun`: an iterator of outcomes, threads underneath.
 
-    On a stop, waits in workers are interrupted; requests already on the wire finish (within
-    the client's timeout) and stay journaled as in flight.
+    On a stop, waits in workers are interrupted and no worker starts another attempt; requests
+    already on the wire finish (within the client's timeout) and stay journaled as in flight.
+    An input that is not an in-memory sequence is read in a daemon thread (see
+    :class:`AsyncBulkRun`), so outcomes and a stop are handled while it is slow.
 
     Attributes: ``summary`` (the live :class:`BulkSummary`; ``run()`` returns it), ``run_id``
     (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
@@ -828,7 +1100,7 @@ class BulkRun(_Run):
         journal, before anything is sent."""
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
-            batch_id=batch_id, max_pause=max_pause, new_event=threading.Event, max_rate=max_rate,
+            batch_id=batch_id, max_pause=max_pause, max_rate=max_rate,
             pacing=pacing,
         )  # fmt: skip
         self._client = client
@@ -855,14 +1127,6 @@ class BulkRun(_Run):
         self, job: _Job, sender: PreoClient, stop: threading.Event
     ) -> RefundOutcome | None:
         core = self._core
-        if job.follower and job.group is not None:
-            done: threading.Event = job.group.done  # type: ignore[assignment]
-            while not done.wait(0.05):
-                if stop.is_set():
-                    return None
-            covered = core.cover(job)
-            if covered is not None:
-                return covered
         if stop.is_set():
             return None
         core.start(job)
@@ -872,8 +1136,8 @@ class BulkRun(_Run):
         except _Stopped:
             return None  # journaled as started: a resumed run resends it with its key
         except Exception as exc:
-            return core.end(job, state.attempts, error=exc)
-        return core.end(job, state.attempts, refund=refund)
+            return core.record(job, state.attempts, error=exc)
+        return core.record(job, state.attempts, refund=refund)
 
     def __iter__(self) -> Iterator[RefundOutcome]:
         """The outcomes in completion order: one per input item, or the systemic error that
@@ -881,46 +1145,78 @@ class BulkRun(_Run):
         core = self._core
         stop = threading.Event()
         sender = self._sender(stop)
-        pending: set[Future[RefundOutcome | None]] = set()
+        events: queue.SimpleQueue[Future[RefundOutcome | None] | Read] = queue.SimpleQueue()
+        pending: dict[Future[RefundOutcome | None], _Job] = {}
         pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="preo-refund")
+        reader = None if _inline(self._items) else _ThreadReader(self._items)
         position = 0
+        reading = exhausted = False
         source_error: Exception | None = None
+
+        def schedule(job: _Job) -> None:
+            future = pool.submit(self._process, job, sender, stop)
+            pending[future] = job
+            future.add_done_callback(events.put)
+
         try:
-            source = iter(self._items)
-            exhausted = False
+            source = iter(self._items) if reader is None else None
             while True:
-                while not exhausted and len(pending) < self._concurrency:
-                    try:
-                        raw = next(source)
-                    except StopIteration:
+                # read while there is room: in place, or in the reader thread so that
+                # outcomes and a stop are handled while a slow source makes the run wait
+                while not exhausted and not reading and len(pending) < self._concurrency:
+                    if reader is not None:
+                        reader.request(events.put)
+                        reading = True
+                        break
+                    got = _read_one(source)  # type: ignore[arg-type]
+                    if got[0] != "item":
                         exhausted = True
+                        source_error = got[1] if got[0] == "error" else None  # type: ignore[assignment]
                         break
-                    except Exception as exc:  # the input failed: finish what is in flight
-                        exhausted, source_error = True, exc
-                        break
-                    begun = core.begin(raw, position)
+                    steps = core.begin(got[1], position)
                     position += 1
-                    if isinstance(begun, RefundOutcome):
-                        yield self._emit(begun)
-                        continue
-                    pending.add(pool.submit(self._process, begun, sender, stop))
-                if not pending:
+                    for step in steps:
+                        if isinstance(step, _Job):
+                            schedule(step)
+                        else:
+                            yield self._emit(step)
+                if not pending and not reading:
                     if source_error is not None:
                         raise source_error
+                    for outcome in core.stranded():
+                        yield self._emit(outcome)
                     break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                event = events.get()
+                steps = []
                 failure: BaseException | None = None
-                for future in done:
+                if isinstance(event, tuple):
+                    reading = False
+                    kind, raw = event
+                    if kind == "item":
+                        steps = core.begin(raw, position)
+                        position += 1
+                    else:
+                        exhausted = True
+                        source_error = raw if kind == "error" else None  # type: ignore[assignment]
+                else:
+                    job = pending.pop(event)
                     try:
-                        outcome = future.result()
-                    except Exception as exc:
-                        failure = failure or exc
-                        continue
-                    if outcome is None:
-                        continue
-                    outcome = self._emit(outcome)
-                    yield outcome
-                    failure = failure or core.systemic(outcome)
+                        result = event.result()
+                    except Exception as exc:  # a journal failure: systemic
+                        failure = exc
+                    else:
+                        if result is not None:
+                            steps = core.settle(job, result)
+                            failure = core.systemic(result)
+                if failure is not None:  # nothing more is sent: stop before handing out
+                    stop.set()
+                    core.pause.halt()
+                for step in steps:
+                    if isinstance(step, _Job):
+                        if failure is None:
+                            schedule(step)
+                    else:
+                        yield self._emit(step)
                 if failure is not None:
                     raise failure
         except BaseException as exc:
@@ -928,7 +1224,10 @@ class BulkRun(_Run):
             raise
         finally:
             stop.set()
+            core.pause.halt()
             self.summary.unfinished = position - self._yielded
+            if reader is not None:
+                reader.close()
             pool.shutdown(wait=True, cancel_futures=True)
             core.close()
 

@@ -694,7 +694,7 @@ def refund_bulk(
             _fail(EXIT_USAGE, "--batch-id must not be empty")
         items: Iterable[RefundItem] | _StdinRows
         if file == "-":
-            stdin_rows = _StdinRows(sys.stdin.buffer, reason, scope)
+            stdin_rows = _StdinRows(_own_stdin(), reason, scope)
             items, line_of, total = stdin_rows, stdin_rows.line_of, None
         else:
             rows = _read_file(Path(file))
@@ -763,6 +763,12 @@ def _before_sending() -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         _fail(EXIT_INTERRUPTED, "interrupted before anything was sent")
+
+
+def _own_stdin() -> IO[bytes]:
+    """Standard input as a reader of our own: the reading thread may still be blocked in it
+    when the process exits, and must not hold the interpreter's ``sys.stdin`` lock then."""
+    return open(sys.stdin.fileno(), "rb", closefd=False)  # lives as long as the run
 
 
 def _journal_message(exc: JournalError, line_of: Sequence[int]) -> str:

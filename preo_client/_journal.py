@@ -3,7 +3,8 @@
 Layout (schema ``preo-bulk-journal/1``): ``meta`` (``schema``, ``run_id``, ``clean``) and
 ``items``, one row per input position with the item's canonical request, its idempotency key,
 its state (``started`` / ``done`` / ``covered`` / ``failed``) and, when done, the refund id and
-amount.
+amount; ``groups`` (made on first use) names, per transaction group, the row whose key carries
+the group's refund, committed before that row's request is sent.
 
 Durability: WAL with ``synchronous=NORMAL``. Every commit is in the OS page cache (the WAL file)
 when ``commit()`` returns, so it survives the death of the process (``kill -9``, a crash),
@@ -84,6 +85,7 @@ class JournalEntry(NamedTuple):
     state: str
     refund_id: str | None
     amount: str | None
+    error: str | None = None  # the error class name of a failed item
 
 
 class _Lock:
@@ -202,6 +204,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot lock journal {self.path}: {exc.strerror}") from None
         self._mutex = threading.Lock()
+        self._groups_ready = False
         try:
             _refuse_hard_links(real)
             self._file_lock = _FileLock(real)
@@ -331,7 +334,7 @@ class Journal:
         """What an earlier run recorded at input ``position``, if anything."""
         row = self._run(
             lambda db: db.execute(
-                "SELECT request, idempotency_key, state, refund_id, amount FROM items "
+                "SELECT request, idempotency_key, state, refund_id, amount, error FROM items "
                 "WHERE position = ?",
                 (position,),
             ).fetchone()
@@ -340,7 +343,8 @@ class Journal:
 
     def _entry(self, position: object, row: tuple[object, ...]) -> JournalEntry:
         """A row as an entry, or :class:`JournalError` if it is not one this module writes."""
-        request, key, state, refund_id, amount = row
+        request, key, state, refund_id, amount, *rest = row
+        error = rest[0] if rest else None
         if (
             isinstance(position, int)
             and isinstance(request, str)
@@ -349,8 +353,9 @@ class Journal:
             and state in STATES
             and isinstance(refund_id, str | None)
             and isinstance(amount, str | None)
+            and isinstance(error, str | None)
         ):
-            return JournalEntry(request, key, str(state), refund_id, amount)
+            return JournalEntry(request, key, str(state), refund_id, amount, error)
         where = f"input item {position + 1}" if isinstance(position, int) else "an item"
         raise JournalError(
             f"journal {self.path} is damaged: the entry of {where} is not one this library "
@@ -384,6 +389,51 @@ class Journal:
         self._execute(
             "UPDATE items SET state = ?, refund_id = ?, amount = ?, error = ? WHERE position = ?",
             (state, refund_id, amount, error, position),
+        )
+
+    def cover(self, position: int, request: str, key: str, refund_id: str | None) -> None:
+        """Record (one commit) the item at ``position`` as covered by the refund sent with
+        ``key`` (its transaction's), never as started: nothing of its own is ever sent. A row
+        that already had a key of its own (a refused earlier attempt) keeps it."""
+        self._execute(
+            "INSERT INTO items (position, request, idempotency_key, state, refund_id) "
+            "VALUES (?, ?, ?, 'covered', ?) ON CONFLICT(position) DO UPDATE SET "
+            "state = 'covered', refund_id = excluded.refund_id, amount = NULL, error = NULL",
+            (position, request, key, refund_id),
+        )
+
+    def _groups(self) -> None:
+        if not self._groups_ready:
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, "
+                "position INTEGER NOT NULL, idempotency_key TEXT NOT NULL)"
+            )
+            self._groups_ready = True
+
+    def carrier(self, group: str) -> tuple[int, str] | None:
+        """The row (position, key) recorded as carrying transaction group ``group``'s refund."""
+        self._groups()
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT position, idempotency_key FROM groups WHERE name = ?", (group,)
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        position, key = row
+        if not isinstance(position, int) or not isinstance(key, str):
+            raise JournalError(f"journal {self.path} is damaged: a transaction group entry")
+        return position, key
+
+    def claim(self, group: str, position: int, key: str) -> None:
+        """Record (and commit), before it is sent, that the row at ``position`` and its ``key``
+        carry transaction group ``group``'s refund (a takeover replaces the previous row)."""
+        self._groups()
+        self._execute(
+            "INSERT INTO groups (name, position, idempotency_key) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET position = excluded.position, "
+            "idempotency_key = excluded.idempotency_key",
+            (group, position, key),
         )
 
     def close(self) -> None:

@@ -6,7 +6,11 @@ and whatever the server does (faults, a 401 mid-run, 429s with long Retry-After,
 - a run yields exactly one outcome per item, or raises a systemic error, and never hangs;
 - an item identity (position + request) never gets more than one key, nor more than one refund;
 - after a resume on the same journal with a healthy server, every item is accounted for and
-  every successful item has exactly one refund in the sandbox ledger.
+  every successful item has exactly one refund in the sandbox ledger;
+- a transaction group (items of one transaction sending one transaction-scope request, each
+  with its ``transaction_id``) is refunded at most once in the ledger whatever the faults
+  (429s that exhaust a leader's retries, lost answers, a stop) and resumes, and exactly once
+  once any of its items is reported done.
 """
 
 from __future__ import annotations
@@ -22,20 +26,43 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preo_client import AuthenticationError, Backoff, RateLimitError, RefundItem, RefundOutcome
-from preo_client._bulk import AsyncBulkRun, BulkRun, BulkSummary
+from preo_client._bulk import AsyncBulkRun, BulkRun, BulkSummary, _group_name, canonical_request
 from preo_client.testing import FakePreo, Fault
 
 NO_WAIT = Backoff(base=0, cap=0)
 WATCHDOG = 30.0
 PURCHASES = [f"p{i}" for i in range(6)]
+TRANSACTIONS = {"p0": "t0", "p1": "t0", "p2": "t0", "p3": "t1", "p4": "t1", "p5": "t2"}
 
 purchase_ids = st.one_of(
     st.sampled_from(PURCHASES),
     st.sampled_from(["missing", "bad id", "\ud83d", "x" * 70_000, "", "..", "p\x00"]),
     st.text(min_size=1, max_size=8),
 )
+
+
+@st.composite
+def transaction_items(draw: st.DrawFn) -> RefundItem:
+    """A transaction-scope item of a real purchase, with its (true) transaction id."""
+    purchase_id = draw(st.sampled_from(PURCHASES))
+    request = draw(
+        st.sampled_from(
+            [
+                {"reason": "event_cancelled"},
+                {"reason": "compensation", "scope": "transaction_custom", "amount": "2.50"},
+                {"reason": "overcharge", "scope": "transaction_custom", "amount": "1.00"},
+            ]
+        )
+    )
+    reference = draw(st.one_of(st.none(), st.just("r1")))
+    return RefundItem(
+        purchase_id, transaction_id=TRANSACTIONS[purchase_id], reference=reference, **request
+    )
+
+
 items = st.lists(
     st.one_of(
+        transaction_items(),
         st.sampled_from(PURCHASES),
         st.builds(
             RefundItem,
@@ -52,29 +79,33 @@ items = st.lists(
     min_size=1,
     max_size=25,
 )
+EXHAUST = (Fault.http_status(429, retry_after="1"),) * 9  # a leader refused for good
 faults = st.lists(
     st.sampled_from(
         [
-            Fault.read_timeout(),
-            Fault.read_timeout(after_commit=False),
-            Fault.connection_reset(),
-            Fault.connect_error(),
-            Fault.http_status(500),
-            Fault.http_status(503),
-            Fault.http_status(429, retry_after="120"),  # above the single-call cap: a run pause
-            Fault.http_status(429, retry_after="3600"),  # above the run's cap: the run stops
-            Fault.http_status(401),
-            Fault.malformed_json(),
+            (Fault.read_timeout(),),
+            (Fault.read_timeout(after_commit=False),),
+            (Fault.connection_reset(),),
+            (Fault.connect_error(),),
+            (Fault.http_status(500),),
+            (Fault.http_status(503),),
+            (Fault.http_status(429, retry_after="120"),),  # above the single-call cap: a pause
+            (Fault.http_status(429, retry_after="3600"),),  # above the run's cap: it stops
+            (Fault.http_status(401),),
+            (Fault.malformed_json(),),
+            EXHAUST,
         ]
     ),
     max_size=8,
-)
+).map(lambda groups: [fault for group in groups for fault in group])
 
 
 def _fake() -> FakePreo:
     fake = FakePreo()
     for purchase_id in PURCHASES:
-        fake.add_purchase(purchase_id, price="10.00", deposit="1.00")
+        fake.add_purchase(
+            purchase_id, price="10.00", deposit="1.00", transaction_id=TRANSACTIONS[purchase_id]
+        )
     return fake
 
 
@@ -85,14 +116,15 @@ async def _virtual_sleep(seconds: float) -> None:
 Result = tuple[list[RefundOutcome], BulkSummary, bool]
 
 
-def _run_async(fake: FakePreo, inputs: list[Any], journal: Path) -> Result:
+def _run_async(fake: FakePreo, inputs: list[Any], journal: Path, concurrency: int = 4) -> Result:
     outcomes: list[RefundOutcome] = []
 
     async def go() -> tuple[BulkSummary, bool]:
         async with fake.async_client(backoff=NO_WAIT) as client:
             client._sleep = _virtual_sleep
-            run = AsyncBulkRun(client, inputs, reason="sold_out", scope=None, concurrency=4,
-                               journal=journal, on_result=None)  # fmt: skip
+            run = AsyncBulkRun(client, inputs, reason="sold_out", scope=None,
+                               concurrency=concurrency, journal=journal,
+                               on_result=None)  # fmt: skip
             try:
                 async for outcome in run:
                     outcomes.append(outcome)
@@ -104,14 +136,14 @@ def _run_async(fake: FakePreo, inputs: list[Any], journal: Path) -> Result:
     return outcomes, summary, stopped
 
 
-def _run_sync(fake: FakePreo, inputs: list[Any], journal: Path) -> Result:
+def _run_sync(fake: FakePreo, inputs: list[Any], journal: Path, concurrency: int = 4) -> Result:
     outcomes: list[RefundOutcome] = []
     result: list[Any] = []
 
     def go() -> None:
         with fake.client(backoff=NO_WAIT) as client:
             client._sleep = lambda seconds: None
-            run = BulkRun(client, inputs, reason="sold_out", scope=None, concurrency=4,
+            run = BulkRun(client, inputs, reason="sold_out", scope=None, concurrency=concurrency,
                           journal=journal, on_result=None)  # fmt: skip
             try:
                 outcomes.extend(run)
@@ -132,10 +164,10 @@ def _run_sync(fake: FakePreo, inputs: list[Any], journal: Path) -> Result:
     return outcomes, summary, stopped
 
 
-def _check(fake: FakePreo, inputs: list[Any], runner: Any) -> None:
+def _check(fake: FakePreo, inputs: list[Any], runner: Any, concurrency: int = 4) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         journal = Path(tmp) / "run.journal"
-        first, summary, stopped = runner(fake, inputs, journal)
+        first, summary, stopped = runner(fake, inputs, journal, concurrency)
         positions = [o.position for o in first]
         assert len(positions) == len(set(positions)), "an item got two outcomes"
         if not stopped:
@@ -145,11 +177,11 @@ def _check(fake: FakePreo, inputs: list[Any], runner: Any) -> None:
 
         with fake._lock:  # resume on the same journal against a healthy server
             fake._faults.clear()
-        second, _, stopped2 = runner(fake, inputs, journal)
+        second, _, stopped2 = runner(fake, inputs, journal, concurrency)
         assert not stopped2
         assert sorted(o.position for o in second) == list(range(len(inputs)))
         for outcome in second:  # an identity keeps its key across runs (never re-keyed)
-            if outcome.position in keys and outcome.idempotency_key and not outcome.covered_by:
+            if outcome.position in keys and outcome.idempotency_key and outcome.covered_by is None:
                 assert outcome.idempotency_key == keys[outcome.position]
         per_key = collections.Counter(r.idempotency_key for r in fake.refunds)
         assert all(count == 1 for count in per_key.values()), "one key, two refunds"
@@ -158,6 +190,40 @@ def _check(fake: FakePreo, inputs: list[Any], runner: Any) -> None:
                 assert per_key[outcome.idempotency_key] == 1, "a done item without its refund"
         all_keys = {o.idempotency_key for o in first + second if o.idempotency_key}
         assert set(per_key) <= all_keys, "a refund no item accounts for"
+        _check_groups(fake, inputs, first, second)
+
+
+def _groups(inputs: list[Any]) -> dict[int, str]:
+    """The transaction group of each input position that has one."""
+    groups = {}
+    for position, raw in enumerate(inputs):
+        if isinstance(raw, RefundItem) and raw.transaction_id is not None:
+            try:
+                canonical = canonical_request(raw)
+            except Exception:  # noqa: S112  # nosec B112 - an invalid item has no group
+                continue
+            name = _group_name(raw, canonical)
+            if name is not None:
+                groups[position] = name
+    return groups
+
+
+def _check_groups(
+    fake: FakePreo, inputs: list[Any], first: list[RefundOutcome], second: list[RefundOutcome]
+) -> None:
+    """Each transaction group: at most one refund in the ledger under all the keys its items
+    were ever sent or reported with, and exactly one once any item of it is done."""
+    groups = _groups(inputs)
+    keys: dict[str, set[str]] = collections.defaultdict(set)
+    for outcome in first + second:
+        if outcome.position in groups and outcome.idempotency_key:
+            keys[groups[outcome.position]].add(outcome.idempotency_key)
+    for name in set(groups.values()):
+        refunds = [r for r in fake.refunds if r.idempotency_key in keys[name]]
+        assert len(refunds) <= 1, f"a transaction group refunded {len(refunds)} times"
+        done = [o for o in second if groups.get(o.position) == name and o.ok]
+        if done:
+            assert len(refunds) == 1, "a transaction group reported done without its refund"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,3 +240,36 @@ def test_sync_runs_account_for_every_item_once(inputs: list[Any], server: list[F
     fake = _fake()
     fake.inject(*server)
     _check(fake, inputs, _run_sync)
+
+
+group_faults = st.lists(
+    st.sampled_from(
+        [
+            EXHAUST,
+            (Fault.read_timeout(),),
+            (Fault.connection_reset(),),
+            (Fault.read_timeout(after_commit=False),),
+            (Fault.connect_error(),),
+            (Fault.http_status(429, retry_after="3600"),),
+            (Fault.http_status(401),),
+        ]
+    ),
+    max_size=4,
+).map(lambda groups: [fault for group in groups for fault in group])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inputs=st.lists(transaction_items(), min_size=2, max_size=8),
+    server=group_faults,
+    concurrency=st.sampled_from([1, 2, 4]),
+    sync=st.booleans(),
+)
+def test_transaction_groups_are_refunded_at_most_once(
+    inputs: list[Any], server: list[Fault], concurrency: int, sync: bool
+) -> None:
+    """Transaction groups under refused leaders, lost answers and stops, then a resume: the
+    class of the reviewer's double refund (a takeover resent beside its leader)."""
+    fake = _fake()
+    fake.inject(*server)
+    _check(fake, inputs, _run_sync if sync else _run_async, concurrency)
