@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import time
 import zlib
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -441,12 +440,6 @@ def keep_body(response: httpx.Response, content: bytes, call: Call) -> None:
 def body_problem_of(exc: BaseException) -> str:
     """A short description of why a body could not be read (never headers)."""
     return f"{type(exc).__name__}: {str(exc)[:200] or 'no detail'}"
-
-
-class Clock:
-    """The monotonic clock every attempt deadline is measured with."""
-
-    now = staticmethod(time.monotonic)
 
 
 class _Preparer(Protocol):

@@ -74,7 +74,6 @@ __all__ = [
     "make_status_error",
     "mark_outcome_unknown",
     "retry_hint",
-    "scrub",
 ]
 
 BODY_TEXT_LIMIT: Final = 2048
@@ -444,19 +443,6 @@ def parse_error_body(content: bytes) -> object:
     if not _shallow(body):  # kept as text: it must pickle, print and compare safely
         return content.decode("utf-8", errors="replace")
     return body
-
-
-def scrub(value: object, secret: str) -> object:
-    """``value`` with every occurrence of ``secret`` in its strings replaced by ``***``."""
-    if not secret:
-        return value
-    if isinstance(value, str):
-        return value.replace(secret, "***")
-    if isinstance(value, dict):
-        return {scrub(k, secret): scrub(v, secret) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v, secret) for v in value]
-    return value
 
 
 def make_status_error(
