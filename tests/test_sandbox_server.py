@@ -414,3 +414,17 @@ def test_preo_sandbox_serve_is_the_same_command(free_port: socket.socket) -> Non
     assert result.stderr.splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_the_servers_answer_without_waiting_for_delayed_acks() -> None:
+    """Regression: the status line, headers and body go out in separate writes; with Nagle's
+    algorithm on, every answer waited for the client's delayed ACK (~40 ms a request)."""
+    import socket
+
+    from preo_client.testing.__main__ import listening_socket
+    from preo_client.testing._server import _Handler
+
+    assert _Handler.disable_nagle_algorithm is True
+    # uvicorn mode binds its own socket: asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets
+    with listening_socket("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP

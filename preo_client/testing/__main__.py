@@ -157,20 +157,28 @@ def _run_stdlib(fake: FakePreo, args: Any, access_log: Callable[[str], None] | N
     return 0
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn. Made with ``IPPROTO_TCP`` on purpose: asyncio sets
+    TCP_NODELAY only on such sockets, and without it every answer (headers and body written
+    separately) waits for the client's delayed ACK, about 40 ms a request."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _run_uvicorn(fake: FakePreo, args: Any, access_log: Callable[[str], None] | None) -> int:
     import uvicorn
 
     from ._asgi import asgi_app
 
     try:
-        family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((args.host.strip("[]"), args.port))
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(args.host, args.port)
     except (OSError, ValueError) as exc:
         return _listen_error(args.host, args.port, exc)
     bound_host, bound_port = sock.getsockname()[:2]
