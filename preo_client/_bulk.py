@@ -223,12 +223,19 @@ class BulkSummary:
         """The failed items (the sum of ``failed``)."""
         return sum(self.failed.values())
 
-    def claim(self, refund: Refund) -> bool:
-        """Count ``refund`` once; False if this run already counted it (a replay)."""
+    def claim(self, refund: Refund, *, may_repeat: bool = True) -> bool:
+        """Count ``refund`` once; False if this run already counted it (a replay).
+
+        Only a refund whose idempotency key another item of the run may send again (an item
+        with a ``reference``: its key comes from its request and reference alone) is
+        remembered; every other key is unique to its position in the run, so its refund cannot
+        come back, and remembering it would only grow memory with the run.
+        """
         with self._lock:
             if refund.id in self._refund_ids:
                 return False
-            self._refund_ids.add(refund.id)
+            if may_repeat:
+                self._refund_ids.add(refund.id)
             self.total_amount += refund.amount
             return True
 
@@ -690,7 +697,12 @@ class _Core:
         """Count an outcome as it is handed out (so the summary is exactly what was yielded);
         a refund this run already counted is marked replayed."""
         fresh = outcome.refund is not None and outcome.covered_by is None
-        if fresh and outcome.refund is not None and not self.summary.claim(outcome.refund):
+        may_repeat = outcome.item.reference is not None
+        if (
+            fresh
+            and outcome.refund is not None
+            and not self.summary.claim(outcome.refund, may_repeat=may_repeat)
+        ):
             outcome = attrs.evolve(outcome, replayed=True)
         self.summary.add(outcome)
         return outcome

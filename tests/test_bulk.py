@@ -775,3 +775,20 @@ def test_a_wide_run_on_a_sandbox_client_never_leaves_the_process() -> None:
     summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
     assert summary.succeeded == 100
     assert len(fake.refunds) == 100
+
+
+def test_only_refunds_of_items_with_a_reference_are_remembered_for_replay_counting() -> None:
+    """Memory stays flat for a run of plain purchase ids: their keys are unique to their
+    position, so their refunds cannot come back and are not remembered; an item with a
+    reference is remembered, and its duplicate is counted once, as replayed."""
+    fake = make_fake(20)
+    items: list[Any] = [f"p{i}" for i in range(10)]
+    items += [RefundItem("p10", reference="t-1"), RefundItem("p10", reference="t-1")]
+
+    async def go() -> Any:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            return await client.purchases.refund_many(items, reason="sold_out", concurrency=1).run()
+
+    summary = asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+    assert (summary.succeeded, summary.replayed) == (11, 1)
+    assert len(summary._refund_ids) == 1
