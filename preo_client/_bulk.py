@@ -46,7 +46,7 @@ from ._journal import Journal, JournalEntry, JournalError
 from ._models import Refund
 from ._pacing import AdaptivePacer
 from ._policy import check_comment, check_pickup_point_id, check_purchase_id, plan_refund
-from ._retry import RETRY_AFTER_CAP, SharedPause
+from ._retry import DEFAULT_MAX_PAUSE, RETRY_AFTER_CAP, SharedPause
 
 if TYPE_CHECKING:
     from ._call import Call
@@ -70,7 +70,6 @@ __all__ = [
 log = logging.getLogger("preo_client")
 
 SHARD_SIZE: Final = 8
-DEFAULT_MAX_PAUSE: Final = 300.0
 # Attempts a bulk item may make when the server refuses (429/503) or the request is not sent:
 # a long run-wide pause must not turn every item into a failure.
 BULK_MAX_RETRIES: Final = 8

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ._config import NOT_GIVEN, NotGiven, Timeout
 from ._policy import Reason, Scope
-
-DEFAULT_MAX_PAUSE = 300.0  # seconds; the same as _bulk.DEFAULT_MAX_PAUSE (checked by a test)
+from ._retry import DEFAULT_MAX_PAUSE
 
 if TYPE_CHECKING:
     from ._bulk import AsyncBulkRun, BulkRun, ItemInput, OnResult, RefundOutcome

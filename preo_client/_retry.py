@@ -12,6 +12,7 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 __all__ = [
+    "DEFAULT_MAX_PAUSE",
     "RETRY_AFTER_CAP",
     "Backoff",
     "Failure",
@@ -21,6 +22,8 @@ __all__ = [
 ]
 
 RETRY_AFTER_CAP: Final = 60.0
+# The longest server-asked pause a bulk run waits out (a longer one stops it, to be resumed).
+DEFAULT_MAX_PAUSE: Final = 300.0
 BACKOFF_LIMIT: Final = 3600.0
 
 
