@@ -114,11 +114,46 @@ def _json_rows(first: int, text: str, rest: Iterator[tuple[int, str]]) -> Iterat
             continue
         where = f"line {number}"
         try:
-            row = json.loads(line, parse_float=Decimal)
+            row = json.loads(line, parse_float=Decimal, object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as exc:
+            yield Row(number, InvalidItem(where, str(exc)))
+            continue
         except (ValueError, RecursionError):
             yield Row(number, InvalidItem(where, "not valid JSON"))
             continue
         yield Row(number, _item(row, where))
+
+
+class _DuplicateKeyError(Exception):
+    """A JSON object that names one key twice (json.loads would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``object_pairs_hook`` that refuses a key given twice in one object, at any depth."""
+    row: dict[str, object] = {}
+    for key, value in pairs:
+        if key in row:
+            raise _DuplicateKeyError(
+                f"the key {key!r} appears twice in this object; give each field once"
+            )
+        row[key] = value
+    return row
+
+
+def _refuse_duplicate_columns(line: int, fields: Sequence[str]) -> None:
+    """A CSV header naming one column twice (also differing only in case or surrounding space)
+    is refused: ``csv.DictReader`` would silently keep the last column's value."""
+    seen: dict[str, str] = {}
+    for name in fields:
+        folded = name.strip().casefold()
+        if folded in seen:
+            same = repr(name) if seen[folded] == name else f"{seen[folded]!r} and {name!r}"
+            raise InputError(
+                line,
+                f"the CSV header names the column {same} twice; give each column once "
+                f"(allowed: {', '.join(ITEM_FIELDS)})",
+            )
+        seen[folded] = name
 
 
 def _csv_rows(first: int, text: str, rest: Iterator[tuple[int, str]]) -> Iterator[Row]:
@@ -134,6 +169,8 @@ def _csv_rows(first: int, text: str, rest: Iterator[tuple[int, str]]) -> Iterato
     start = first
     try:
         fields = reader.fieldnames
+        if fields is not None:
+            _refuse_duplicate_columns(first, fields)
         if fields is None or "purchase_id" not in fields:
             raise InputError(first, "CSV needs a header line with a purchase_id column")
         unknown = sorted(set(fields) - set(ITEM_FIELDS))
