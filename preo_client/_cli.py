@@ -325,7 +325,7 @@ class _StdinRows:
             problem = _problem(row, self._reason, self._scope)
             if problem is not None:
                 raise InputError(row.line, problem.split(": ", 1)[1])
-            assert isinstance(row.item, RefundItem)  # nosec B101 - _problem checked it
+            assert isinstance(row.item, RefundItem)  # nosec B101  # _problem checked it
             self.line_of.append(row.line)
             yield row.item
 

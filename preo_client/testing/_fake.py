@@ -248,7 +248,7 @@ class FakePreo:
         self.set_rate_limit(rate_limit, burst=burst, send_retry_after=send_retry_after)
         self.latency: float = 0.0
         self.latency_jitter: float = 0.0
-        self._latency_rng = random.Random()  # noqa: S311  # nosec B311 - simulated latency
+        self._latency_rng = random.Random()  # noqa: S311  # nosec B311  # simulated latency
         self.set_latency(latency, jitter=latency_jitter)
 
     # -- setup -------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ class FakePreo:
         """Strike a random fault (from ``faults``, default: every kind) on about ``rate`` of
         the requests that have no queued fault; ``seed`` makes the run repeatable."""
         choices = tuple(faults) if faults is not None else CHAOS_FAULTS
-        self._chaos = (rate, random.Random(seed), choices)  # noqa: S311  # nosec B311 - test data
+        self._chaos = (rate, random.Random(seed), choices)  # noqa: S311  # nosec B311  # test data
 
     def set_rate_limit(
         self, rate: float | None, *, burst: int = 10, send_retry_after: bool = True
