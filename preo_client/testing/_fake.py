@@ -506,8 +506,10 @@ class FakePreo:
         match = _PATH.fullmatch(request.url.path)
         if match is None:
             return _json(404, {"detail": "Not found."})
-        if request.method != "POST":
-            return _json(405, {"detail": f'Method "{request.method}" not allowed.'})
+        if request.method != "POST":  # RFC 9110: a 405 lists the allowed methods
+            response = _json(405, {"detail": f'Method "{request.method}" not allowed.'})
+            response.headers["allow"] = "POST"
+            return response
         purchase_id = match["id"]
         key = request.headers.get("idempotency-key")
         if key is not None and not _KEY.fullmatch(key):
@@ -551,7 +553,7 @@ class FakePreo:
             return _json(404, {"detail": "Not found."})
         try:
             body = json.loads(request.content, parse_float=Decimal)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return _json(400, {"non_field_errors": ["Invalid JSON body."]})
         if not isinstance(body, dict):
             return _json(400, {"non_field_errors": ["Expected a JSON object."]})
