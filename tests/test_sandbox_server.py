@@ -454,9 +454,10 @@ def flavour(request: pytest.FixtureRequest) -> Iterator[Send]:
             assert served.stop() == 0
         return
     if kind == "stdlib":
-        with serve(FakePreo.demo()) as running, httpx.Client(
-            base_url=running.url, timeout=WATCHDOG
-        ) as http:
+        with (
+            serve(FakePreo.demo()) as running,
+            httpx.Client(base_url=running.url, timeout=WATCHDOG) as http,
+        ):
             yield lambda method, body: http.request(method, path, content=body, headers=headers)
         return
     fake = FakePreo.demo()
