@@ -296,28 +296,57 @@ def test_a_busy_port_is_one_line_and_exit_2(free_port: socket.socket) -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--port", "70000"], "--port: must be an integer 0-65535"),
-        (["--port", "abc"], "--port: must be an integer 0-65535"),
-        (["--port", "-1"], "--port"),
-        (["--host", "999.1.1.1", "--port", "0"], "cannot listen on 999.1.1.1:0"),
-        (["--host", "a" * 300, "--port", "0"], "cannot listen on"),
-        (["--rate-limit", "0"], "rate_limit must be"),
-        (["--latency", "nan"], "latency must be"),
-        (["--server", "tornado"], "--server: invalid choice"),
+        (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 0<=x<=65535"),
+        (["--port", "abc"], "Invalid value for '--port': 'abc' is not a valid integer"),
+        (["--port", "-1"], "'--port'"),
+        (["--rate-limit", "0"], "Invalid value for '--rate-limit': 0.0 is not in the range x>0"),
+        (["--burst", "0"], "Invalid value for '--burst'"),
+        (["--latency", "-0.5"], "Invalid value for '--latency'"),
+        (["--latency-jitter", "-1"], "Invalid value for '--latency-jitter'"),
+        (["--server", "tornado"], "Invalid value for '--server': 'tornado' is not one of"),
+        (["--no-such-flag"], "No such option '--no-such-flag'"),
     ],
 )
-def test_bad_arguments_are_one_line_and_exit_2(args: list[str], words: str) -> None:
+def test_bad_arguments_are_clicks_usage_errors_exit_2(args: list[str], words: str) -> None:
+    """The same toolkit and style as every ``preo`` command: usage, a hint, the error."""
+    result = run_serve(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: python -m preo_client.testing serve [OPTIONS]\n")
+    assert "Try 'python -m preo_client.testing serve --help' for help." in result.stderr
+    assert words in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--host", "999.1.1.1", "--port", "0"], "cannot listen on 999.1.1.1:0"),
+        (["--host", "a" * 300, "--port", "0"], "cannot listen on"),
+        (["--rate-limit", "inf"], "--rate-limit must be None (no limit) or a finite number"),
+        (["--latency", "inf"], "--latency must be a finite number of seconds"),
+        (["--latency", "nan"], "--latency must be a finite number of seconds"),
+        (["--latency-jitter", "inf"], "--latency-jitter must be a finite number of seconds"),
+    ],
+)
+def test_errors_found_while_starting_are_one_error_line_and_exit_2(
+    args: list[str], words: str
+) -> None:
+    """As ``preo`` reports a usage error it finds while running: one ``error:`` line naming
+    the flag (never the Python argument name)."""
     result = run_serve(*args)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ")
     assert words in line
+    assert "rate_limit" not in line
+    assert "latency_jitter" not in line
 
 
 def test_access_log_one_line_per_request_and_never_the_key(
     no_contract_request_check: None,
 ) -> None:
-    served = Served("--port", "0")
+    served = Served("--port", "0", "--no-auto-purchases")
     try:
         assert served.post("pur_demo_cup", "abcdefghijkl", reason="deposit_reclaim").status_code
         assert served.post("pur_missing", None, reason="sold_out").status_code == 404
@@ -423,7 +452,7 @@ def test_the_servers_answer_without_waiting_for_delayed_acks() -> None:
     algorithm on, every answer waited for the client's delayed ACK (~40 ms a request)."""
     import socket
 
-    from preo_client.testing.__main__ import listening_socket
+    from preo_client.testing._serve_command import listening_socket
     from preo_client.testing._server import _Handler
 
     assert _Handler.disable_nagle_algorithm is True
