@@ -195,3 +195,20 @@ def test_no_auto_purchases_answers_404_for_an_unknown_purchase(
         assert served.post("pur_demo_ticket", reason="sold_out").status_code == 201
     finally:
         assert served.stop() == 0
+
+
+def test_without_the_cli_extra_the_sandbox_command_says_what_to_install() -> None:
+    """The command needs click (extra ``cli``); without it, one message naming the extra and
+    the way to serve from Python, no traceback."""
+    code = (
+        "import runpy, sys; sys.modules['click'] = None; "
+        "runpy.run_module('preo_client.testing', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "serve"], capture_output=True, text=True,
+        timeout=WATCHDOG, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "pip install 'preo-client[cli]'" in result.stderr
+    assert "preo_client.testing.serve()" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 try:
     import click
-except ImportError as exc:  # pragma: no cover - exercised by hand without the extra
+except ImportError:  # pragma: no cover - exercised by hand without the extra
     raise SystemExit(
         "The sandbox command needs the 'cli' extra: pip install 'preo-client[cli]' (or serve "
         "from Python: preo_client.testing.serve())"
-    ) from exc
+    ) from None
 
 from ._serve_command import serve_command
 
