@@ -503,7 +503,7 @@ class _Core:
         for position, raw in enumerate(items):
             try:
                 canonical = canonical_request(self.item(raw))
-            except Exception:  # noqa: S112  # nosec B112 - an invalid item is never sent
+            except Exception:  # noqa: S112  # nosec B112  # an invalid item is never sent
                 continue
             self.check_journal(position, canonical)
 

@@ -56,6 +56,7 @@ from ._exceptions import (
 from ._models import Refund
 from ._pacing import AdaptivePacer
 from ._policy import REASONS, SCOPES, plan_refund
+from .testing._serve_command import serve_command
 
 __all__ = ["ITEM_FIELDS", "main"]
 
@@ -166,6 +167,27 @@ def refund_to_dict(refund: Refund) -> dict[str, Any]:
     }
 
 
+class _PolicyChoice(click.Choice[str]):
+    """A choice among the refund policy's values (help and shell completion list them); an
+    unknown value is refused with the policy's message, which names a close match."""
+
+    def __init__(self, values: Sequence[str], check: Callable[[str], object]) -> None:
+        super().__init__(values)
+        self._check = check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value not in self.choices:
+            try:
+                self._check(value)
+            except RefundValidationError as exc:
+                self.fail(str(exc).split(": ", 1)[1], param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_REASON = _PolicyChoice(REASONS, check=plan_refund)
+_SCOPE = _PolicyChoice(SCOPES, check=lambda scope: plan_refund("other", scope))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="preo-client", prog_name="preo")
 def cli() -> None:
@@ -174,8 +196,19 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("purchase_id")
-@click.option("--reason", required=True, help=f"One of: {', '.join(REASONS)}.")
-@click.option("--scope", help=f"One of: {', '.join(SCOPES)} (default: derived from reason).")
+@click.option(
+    "--reason",
+    required=True,
+    type=_REASON,
+    metavar="REASON",
+    help=f"Why the refund is made: {', '.join(REASONS)}.",
+)
+@click.option(
+    "--scope",
+    type=_SCOPE,
+    metavar="SCOPE",
+    help=f"What is refunded: {', '.join(SCOPES)} [default: derived from --reason].",
+)
 @click.option("--amount", help="Exact amount for the custom scopes, e.g. 12.50.")
 @click.option("--comment", help="Comment explaining the refund.")
 @click.option("--pickup-point", "pickup_point_id", help="Pickup point id.")
@@ -325,7 +358,7 @@ class _StdinRows:
             problem = _problem(row, self._reason, self._scope)
             if problem is not None:
                 raise InputError(row.line, problem.split(": ", 1)[1])
-            assert isinstance(row.item, RefundItem)  # nosec B101 - _problem checked it
+            assert isinstance(row.item, RefundItem)  # nosec B101  # _problem checked it
             self.line_of.append(row.line)
             yield row.item
 
@@ -616,9 +649,25 @@ def _results_file(path: Path, *, append: bool, overwrite: bool) -> IO[str]:
 
 @cli.command("refund-bulk")
 @click.argument("file")
-@click.option("--reason", help="Reason for rows without one.")
-@click.option("--scope", help="Scope for rows without one (default: derived from reason).")
-@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 512))
+@click.option(
+    "--reason",
+    type=_REASON,
+    metavar="REASON",
+    help=f"Reason for rows without one: {', '.join(REASONS)}.",
+)
+@click.option(
+    "--scope",
+    type=_SCOPE,
+    metavar="SCOPE",
+    help=f"Scope for rows without one: {', '.join(SCOPES)} [default: derived from the reason].",
+)
+@click.option(
+    "--concurrency",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 512),
+    help="Requests in flight at once (--max-rate and the server's limit may pace them further).",
+)
 @click.option(
     "--journal",
     type=click.Path(dir_okay=False),
@@ -857,18 +906,7 @@ def sandbox() -> None:
     """The Preo sandbox (FakePreo) as a server on loopback."""
 
 
-@sandbox.command(
-    "serve",
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def sandbox_serve(args: tuple[str, ...]) -> None:
-    """Serve the demo sandbox until interrupted (API key: sk_sandbox_demo); --help for options
-    (--host, --port, --quiet, --server, --rate-limit, --burst, --latency, ...)."""
-    from .testing.__main__ import main as serve_main
-
-    sys.exit(serve_main(["serve", *args], prog="preo sandbox"))
+sandbox.add_command(serve_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -623,7 +623,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         import asyncio
 
         task = asyncio.current_task()
-        assert task is not None  # nosec B101 - _send runs in a task by construction
+        assert task is not None  # nosec B101  # _send runs in a task by construction
         expired = False
 
         def expire() -> None:

@@ -1,4 +1,5 @@
-"""The built wheel installed alone in a fresh venv (its dependencies from this environment)."""
+"""The built sdist and wheel (the wheel built from the sdist, as ``python -m build`` does), the
+wheel installed alone in a fresh venv (its dependencies from this environment)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class WheelEnv:
     root: Path
     wheel: Path
     python: Path
+    sdist: Path
 
     def environ(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREO_")}
@@ -29,13 +31,16 @@ class WheelEnv:
 
 def build_wheel_env(root: Path) -> WheelEnv:
     dist = root / "dist"
+    # No --wheel / --sdist: build makes the sdist, then the wheel from the unpacked sdist, so
+    # the wheel under test also proves the sdist holds everything needed to build it.
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist)],
         cwd=ROOT,
         check=True,
         capture_output=True,
     )
     (wheel,) = dist.glob("preo_client-*.whl")
+    (sdist,) = dist.glob("preo_client-*.tar.gz")
     env_dir = root / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -44,4 +49,4 @@ def build_wheel_env(root: Path) -> WheelEnv:
         check=True,
         capture_output=True,
     )
-    return WheelEnv(root=root, wheel=wheel, python=python)
+    return WheelEnv(root=root, wheel=wheel, python=python, sdist=sdist)

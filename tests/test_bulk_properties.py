@@ -200,7 +200,7 @@ def _groups(inputs: list[Any]) -> dict[int, str]:
         if isinstance(raw, RefundItem) and raw.transaction_id is not None:
             try:
                 canonical = canonical_request(raw)
-            except Exception:  # noqa: S112  # nosec B112 - an invalid item has no group
+            except Exception:  # noqa: S112  # nosec B112  # an invalid item has no group
                 continue
             name = _group_name(raw, canonical)
             if name is not None:

@@ -130,7 +130,7 @@ def test_a_hanging_check_is_killed_and_fails(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(
     importlib.util.find_spec("pyright") is None,
-    reason="pyright is not installed (it is in the dev extra: pip install -e '.[dev]')",
+    reason="pyright is not installed (it is in the dev group: pip install -e . --group dev)",
 )
 def test_installed_package_is_fully_typed(wheel_env: WheelEnv, tmp_path: Path) -> None:
     """``pyright --verifytypes`` on the wheel as a user installs it: every public symbol (and
@@ -139,7 +139,7 @@ def test_installed_package_is_fully_typed(wheel_env: WheelEnv, tmp_path: Path) -
     # --verifytypes resolves the package with the first `python` on PATH: the wheel's venv.
     env["PATH"] = f"{wheel_env.python.parent}{os.pathsep}{env.get('PATH', '')}"
     for name in ("PYRIGHT_PYTHON_FORCE_VERSION", "PYRIGHT_PYTHON_PYLANCE_VERSION"):
-        env.pop(name, None)  # the pinned release, the one the dev extra installs
+        env.pop(name, None)  # the pinned release, the one the dev group installs
     command = [
         sys.executable, "-m", "pyright", "--verifytypes", "preo_client", "--ignoreexternal",
         "--outputjson", "--pythonpath", str(wheel_env.python),
@@ -151,7 +151,7 @@ def test_installed_package_is_fully_typed(wheel_env: WheelEnv, tmp_path: Path) -
     except (ValueError, KeyError):
         pytest.fail(
             f"pyright gave no type completeness report (exit code {code}); it needs Node.js "
-            "(the dev extra installs pyright[nodejs]).\n"
+            "(the dev group installs pyright[nodejs]).\n"
             f"stdout: {clip(stdout)}\nstderr: {clip(stderr)}",
             pytrace=False,
         )

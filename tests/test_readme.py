@@ -1,9 +1,11 @@
-"""The README's Python snippets run as written from the built wheel, in a fresh venv.
+"""The README's Python snippets run as pasted, from the built wheel, in a fresh venv.
 
-A snippet that needs the API runs against ``preo sandbox serve`` (from the same wheel) through
-``PREO_API_KEY`` / ``PREO_BASE_URL``; one with top-level ``await`` runs inside ``asyncio.run``
-as it would in a partner's coroutine; a pytest-style snippet is saved in a fresh project and
-run by pytest with no async plugin (only preo-client's own). Every run has a timeout.
+A snippet that needs the API runs against ``python -m preo_client.testing serve`` (from the
+same wheel, with its defaults) through ``PREO_API_KEY`` / ``PREO_BASE_URL``; an async one
+wraps itself in ``asyncio.run`` (top-level ``await`` is a SyntaxError in a script); a
+pytest-style snippet is saved in a fresh project and run by pytest with no async plugin (only
+preo-client's own). What a snippet leaves on disk (a journal's files) is what the README says.
+Every run has a timeout.
 """
 
 from __future__ import annotations
@@ -27,27 +29,20 @@ SNIPPETS = [
 ]
 
 
-def _has_top_level_await(code: str) -> bool:
-    try:
-        compile(code, "<snippet>", "exec", dont_inherit=True)
-    except SyntaxError:
-        return True  # `async with` / `await` outside a function
-    return False
-
-
-def _runnable(code: str) -> str:
-    if not _has_top_level_await(code):
-        return code
-    body = textwrap.indent(code, "    ")
-    return f"import asyncio\n\n\nasync def _snippet():\n{body}\n\nasyncio.run(_snippet())\n"
+def journal_files_after_a_clean_end(journal: str) -> set[str]:
+    """The files the README says a journal leaves after a clean end (``PATH`` is its name)."""
+    prose = " ".join(README.split())  # the sentence may wrap
+    said = re.search(r"After a clean end ((?:`[^`]+`(?:, | and )?)+) (?:is|are) left", prose)
+    assert said, "the README no longer says which journal files a clean end leaves"
+    return {name.replace("PATH", journal) for name in re.findall(r"`([^`]+)`", said[1])}
 
 
 @pytest.fixture(scope="module")
 def sandbox_url(wheel_env: WheelEnv) -> Iterator[str]:
-    """``python -m preo_client.testing serve`` from the wheel, creating purchases on first use."""
+    """``python -m preo_client.testing serve`` from the wheel; by default it creates unknown
+    purchases on first use, as the README's examples need."""
     server = subprocess.Popen(
-        [str(wheel_env.python), "-m", "preo_client.testing", "serve", "--port", "0", "--quiet",
-         "--auto-purchases"],
+        [str(wheel_env.python), "-m", "preo_client.testing", "serve", "--port", "0", "--quiet"],
         stdout=subprocess.PIPE,
         text=True,
         env=wheel_env.environ(),
@@ -66,9 +61,20 @@ def sandbox_url(wheel_env: WheelEnv) -> Iterator[str]:
 
 
 def test_every_python_snippet_is_covered() -> None:
-    assert len(SNIPPETS) >= 3
+    assert len(SNIPPETS) >= 5
     assert any("FakePreo.demo().client()" in code for code in SNIPPETS)
     assert any("def test_" in code for code in SNIPPETS)
+    assert sum("AsyncPreoClient(" in code for code in SNIPPETS) >= 3
+    assert any("journal=" in code for code in SNIPPETS)
+
+
+@pytest.mark.parametrize("code", SNIPPETS, ids=lambda c: c.splitlines()[0][:40])
+def test_every_snippet_is_valid_python_as_pasted(code: str) -> None:
+    """No top-level ``await`` / ``async with`` (a SyntaxError in a script): an async snippet
+    defines a coroutine and runs it with ``asyncio.run``."""
+    compile(code, "<snippet>", "exec", dont_inherit=True)
+    if ("async with" in code or "await " in code) and "def test_" not in code:
+        assert "asyncio.run(" in code  # a test module's async tests are run by the plugin
 
 
 @pytest.mark.parametrize(
@@ -78,7 +84,7 @@ def test_snippet_runs_from_the_wheel(
     code: str, wheel_env: WheelEnv, sandbox_url: str, tmp_path: Path
 ) -> None:
     script = tmp_path / "snippet.py"
-    script.write_text(_runnable(code), encoding="utf-8")
+    script.write_text(code, encoding="utf-8")
     environ = wheel_env.environ(PREO_API_KEY="sk_sandbox_demo", PREO_BASE_URL=sandbox_url)
     result = subprocess.run(
         [str(wheel_env.python), str(script)],
@@ -89,6 +95,9 @@ def test_snippet_runs_from_the_wheel(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    for journal in re.findall(r'journal="([^"]+)"', code):
+        left = {p.name for p in tmp_path.iterdir() if p.name.startswith(journal)}
+        assert left == journal_files_after_a_clean_end(journal)
     if "FakePreo.demo().client()" in code:
         assert re.fullmatch(
             r"Refund\(id='rr_\w+', amount=Decimal\('51\.50'\), scope='purchase_full', "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import http.client
 import json
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import httpx
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preo_client.testing import DEMO_API_KEY, FakePreo, serve
+from preo_client.testing._asgi import asgi_app
 from preo_client.testing._server import SandboxServer
 
 WATCHDOG = 60.0  # seconds: any hang fails the test instead of blocking CI
@@ -294,28 +296,57 @@ def test_a_busy_port_is_one_line_and_exit_2(free_port: socket.socket) -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--port", "70000"], "--port: must be an integer 0-65535"),
-        (["--port", "abc"], "--port: must be an integer 0-65535"),
-        (["--port", "-1"], "--port"),
-        (["--host", "999.1.1.1", "--port", "0"], "cannot listen on 999.1.1.1:0"),
-        (["--host", "a" * 300, "--port", "0"], "cannot listen on"),
-        (["--rate-limit", "0"], "rate_limit must be"),
-        (["--latency", "nan"], "latency must be"),
-        (["--server", "tornado"], "--server: invalid choice"),
+        (["--port", "70000"], "Invalid value for '--port': 70000 is not in the range 0<=x<=65535"),
+        (["--port", "abc"], "Invalid value for '--port': 'abc' is not a valid integer"),
+        (["--port", "-1"], "'--port'"),
+        (["--rate-limit", "0"], "Invalid value for '--rate-limit': 0.0 is not in the range x>0"),
+        (["--burst", "0"], "Invalid value for '--burst'"),
+        (["--latency", "-0.5"], "Invalid value for '--latency'"),
+        (["--latency-jitter", "-1"], "Invalid value for '--latency-jitter'"),
+        (["--server", "tornado"], "Invalid value for '--server': 'tornado' is not one of"),
+        (["--no-such-flag"], "No such option '--no-such-flag'"),
     ],
 )
-def test_bad_arguments_are_one_line_and_exit_2(args: list[str], words: str) -> None:
+def test_bad_arguments_are_clicks_usage_errors_exit_2(args: list[str], words: str) -> None:
+    """The same toolkit and style as every ``preo`` command: usage, a hint, the error."""
+    result = run_serve(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: python -m preo_client.testing serve [OPTIONS]\n")
+    assert "Try 'python -m preo_client.testing serve --help' for help." in result.stderr
+    assert words in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--host", "999.1.1.1", "--port", "0"], "cannot listen on 999.1.1.1:0"),
+        (["--host", "a" * 300, "--port", "0"], "cannot listen on"),
+        (["--rate-limit", "inf"], "--rate-limit must be None (no limit) or a finite number"),
+        (["--latency", "inf"], "--latency must be a finite number of seconds"),
+        (["--latency", "nan"], "--latency must be a finite number of seconds"),
+        (["--latency-jitter", "inf"], "--latency-jitter must be a finite number of seconds"),
+    ],
+)
+def test_errors_found_while_starting_are_one_error_line_and_exit_2(
+    args: list[str], words: str
+) -> None:
+    """As ``preo`` reports a usage error it finds while running: one ``error:`` line naming
+    the flag (never the Python argument name)."""
     result = run_serve(*args)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ")
     assert words in line
+    assert "rate_limit" not in line
+    assert "latency_jitter" not in line
 
 
 def test_access_log_one_line_per_request_and_never_the_key(
     no_contract_request_check: None,
 ) -> None:
-    served = Served("--port", "0")
+    served = Served("--port", "0", "--no-auto-purchases")
     try:
         assert served.post("pur_demo_cup", "abcdefghijkl", reason="deposit_reclaim").status_code
         assert served.post("pur_missing", None, reason="sold_out").status_code == 404
@@ -421,10 +452,123 @@ def test_the_servers_answer_without_waiting_for_delayed_acks() -> None:
     algorithm on, every answer waited for the client's delayed ACK (~40 ms a request)."""
     import socket
 
-    from preo_client.testing.__main__ import listening_socket
+    from preo_client.testing._serve_command import listening_socket
     from preo_client.testing._server import _Handler
 
     assert _Handler.disable_nagle_algorithm is True
     # uvicorn mode binds its own socket: asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets
     with listening_socket("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP
+
+
+# -- every flavour: in-process, stdlib server, ASGI app, uvicorn -------------------------------
+
+FLAVOURS = ["in-process", "in-process-async", "stdlib", "asgi", "uvicorn"]
+Send = Callable[[str, bytes], httpx.Response]
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> Iterator[Send]:
+    """``send(method, body)``: one request to the refund path of a demo sandbox, answered by
+    the flavour under test (each answer bounded by the watchdog)."""
+    headers = {"authorization": f"Bearer {DEMO_API_KEY}", "content-type": "application/json"}
+    path = "/v1/purchases/pur_demo_locker/refund"
+    kind = request.param
+    if kind == "uvicorn":
+        served = Served("--port", "0", "--quiet", "--server", "uvicorn", "--no-auto-purchases")
+        try:
+            with httpx.Client(base_url=served.url, timeout=WATCHDOG) as http:
+                yield lambda method, body: http.request(method, path, content=body, headers=headers)
+        finally:
+            assert served.stop() == 0
+        return
+    if kind == "stdlib":
+        with (
+            serve(FakePreo.demo()) as running,
+            httpx.Client(base_url=running.url, timeout=WATCHDOG) as http,
+        ):
+            yield lambda method, body: http.request(method, path, content=body, headers=headers)
+        return
+    fake = FakePreo.demo()
+    if kind == "in-process":
+        with httpx.Client(base_url="https://sandbox.test", transport=fake.transport()) as http:
+            yield lambda method, body: http.request(method, path, content=body, headers=headers)
+        return
+    if kind == "in-process-async":
+        transport: httpx.AsyncBaseTransport = fake.async_transport()
+    else:
+        transport = httpx.ASGITransport(asgi_app(fake))  # type: ignore[arg-type]
+
+    def send_async(method: str, body: bytes) -> httpx.Response:
+        async def go() -> httpx.Response:
+            async with httpx.AsyncClient(base_url="http://sandbox.test", transport=transport) as h:
+                response = await h.request(method, path, content=body, headers=headers)
+                await response.aread()
+                return response
+
+        return asyncio.run(asyncio.wait_for(go(), WATCHDOG))
+
+    yield send_async
+
+
+METHODS = st.one_of(
+    st.sampled_from(["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "HEAD"]),
+    st.from_regex(r"[A-Z]{3,12}", fullmatch=True).filter(lambda m: m not in {"POST", "CONNECT"}),
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(method=METHODS)
+def test_any_other_method_is_a_405_with_allow_post(
+    flavour: Send, no_contract_request_check: None, method: str
+) -> None:
+    """RFC 9110 §15.5.6: a 405 carries ``Allow`` (Schemathesis ST204 flagged TRACE)."""
+    response = flavour(method, b"")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    if method != "HEAD":  # a HEAD answer has no body
+        assert method in response.json()["detail"]
+
+
+def nested(depth: int, opener: str, inside_an_object: bool, closed: bool) -> bytes:
+    """JSON nested ``depth`` levels (arrays or objects), optionally as the value of
+    ``reason`` in a valid-looking object, closed or cut off."""
+    open_, close = ("[", "]") if opener == "[" else ('{"a":', "}")
+    text = open_ * depth + ("1" + close * depth if closed else "")
+    if inside_an_object:
+        text = '{"reason": ' + text + ("}" if closed else "")
+    return text.encode()
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    depth=st.integers(1_000, 150_000),
+    opener=st.sampled_from(["[", "{"]),
+    inside_an_object=st.booleans(),
+    closed=st.booleans(),
+)
+def test_deeply_nested_json_is_a_json_400_not_a_dropped_connection(
+    flavour: Send,
+    no_contract_request_check: None,
+    depth: int,
+    opener: str,
+    inside_an_object: bool,
+    closed: bool,
+) -> None:
+    """Regression (repro round3/sandbox_deep_json_no_answer.py): nesting past the parser's
+    recursion limit made json.loads raise RecursionError, and the server dropped the
+    connection without an answer."""
+    body = nested(depth, opener, inside_an_object, closed)
+    assert len(body) <= 1024 * 1024  # within the body limit: the JSON itself is the problem
+    response = flavour("POST", body)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    errors = response.json()  # DRF's shape: field -> messages (depth at the limit may parse)
+    assert errors
+    assert all(isinstance(m, list) and all(isinstance(s, str) for s in m) for m in errors.values())
+    if depth > 5_000:  # far past any recursion limit: the parser gives up
+        assert errors == {"non_field_errors": ["Invalid JSON body."]}

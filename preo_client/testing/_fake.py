@@ -248,7 +248,7 @@ class FakePreo:
         self.set_rate_limit(rate_limit, burst=burst, send_retry_after=send_retry_after)
         self.latency: float = 0.0
         self.latency_jitter: float = 0.0
-        self._latency_rng = random.Random()  # noqa: S311  # nosec B311 - simulated latency
+        self._latency_rng = random.Random()  # noqa: S311  # nosec B311  # simulated latency
         self.set_latency(latency, jitter=latency_jitter)
 
     # -- setup -------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ class FakePreo:
         """Strike a random fault (from ``faults``, default: every kind) on about ``rate`` of
         the requests that have no queued fault; ``seed`` makes the run repeatable."""
         choices = tuple(faults) if faults is not None else CHAOS_FAULTS
-        self._chaos = (rate, random.Random(seed), choices)  # noqa: S311  # nosec B311 - test data
+        self._chaos = (rate, random.Random(seed), choices)  # noqa: S311  # nosec B311  # test data
 
     def set_rate_limit(
         self, rate: float | None, *, burst: int = 10, send_retry_after: bool = True
@@ -506,8 +506,10 @@ class FakePreo:
         match = _PATH.fullmatch(request.url.path)
         if match is None:
             return _json(404, {"detail": "Not found."})
-        if request.method != "POST":
-            return _json(405, {"detail": f'Method "{request.method}" not allowed.'})
+        if request.method != "POST":  # RFC 9110: a 405 lists the allowed methods
+            response = _json(405, {"detail": f'Method "{request.method}" not allowed.'})
+            response.headers["allow"] = "POST"
+            return response
         purchase_id = match["id"]
         key = request.headers.get("idempotency-key")
         if key is not None and not _KEY.fullmatch(key):
@@ -551,7 +553,7 @@ class FakePreo:
             return _json(404, {"detail": "Not found."})
         try:
             body = json.loads(request.content, parse_float=Decimal)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return _json(400, {"non_field_errors": ["Invalid JSON body."]})
         if not isinstance(body, dict):
             return _json(400, {"non_field_errors": ["Expected a JSON object."]})
