@@ -49,7 +49,7 @@ def test_the_wheel_publishes_no_dev_extra_and_names_the_project(wheel_env: Wheel
     for requirement in headers.get("Requires-Dist", []):
         assert not requirement.startswith(dev_tools), requirement
     urls = dict(value.split(", ", 1) for value in headers.get("Project-URL", []))
-    assert {"Homepage", "Repository", "Issues", "Changelog"} <= set(urls)
+    assert "API" in urls  # the repository's own address is not settled (CHANGELOG.md)
     assert all(url.startswith("https://") for url in urls.values()), urls
     assert urls == PYPROJECT["project"]["urls"]
     assert headers["License-Expression"] == ["MIT"]
@@ -123,7 +123,7 @@ def test_readme_says_how_to_install_today_and_once_published() -> None:
     install = README.split("## Install and a first refund", 1)[1].split("\n## ", 1)[0]
     assert "pip install preo-client" in install  # for when it is published
     assert "on no package index" in install  # said plainly
-    for way in ("git+https://", "python -m build", ".whl"):
+    for way in ("git+", "python -m build", ".whl", "a checkout"):
         assert way in install, way
 
 
