@@ -13,7 +13,6 @@ import httpx
 from hypothesis import strategies as st
 
 from preo_client import AsyncPreoClient, Backoff, PreoClient
-
 from tests.helpers import KEY, created
 
 WATCHDOG = 30.0  # seconds: a hang fails the test instead of blocking CI

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -157,7 +158,7 @@ SETTINGS = [
 @pytest.mark.parametrize(("value", "expected"), SETTINGS)
 def test_preo_log_values(value: str, expected: Any) -> None:
     if expected is ValueError:
-        with pytest.raises(ValueError, match="."):
+        with pytest.raises(ValueError, match=re.escape(value)):
             parse_log_setting(value)
     else:
         assert parse_log_setting(value) == expected
