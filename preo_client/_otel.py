@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
+import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 
@@ -125,7 +126,7 @@ class CallTrace:
                 "server.address": url.host,
                 "server.port": port,
                 "url.template": URL_TEMPLATE,
-                "url.full": str(url.copy_with(username=None, password=None)),
+                "url.full": _full_url(url),
                 "preo.purchase_id": call.purchase_id,
                 "preo.idempotency_key": call.idempotency_key,
                 "preo.replayed": False,
@@ -174,16 +175,17 @@ class CallTrace:
         if span is not None:
             if self._token is not None:
                 otel_context.detach(self._token)
-            span.set_attribute("http.request.resend_count", max(attempts - 1, 0))
-            span.set_attribute("preo.outcome", outcome)
-            span.set_attribute(
-                "preo.outcome_unknown", outcome == "unknown" or (error is not None and unknown)
-            )
+            attributes: dict[str, Any] = {
+                "http.request.resend_count": max(attempts - 1, 0),
+                "preo.outcome": outcome,
+                "preo.outcome_unknown": outcome == "unknown" or (error is not None and unknown),
+            }
             if self._status is not None:
-                span.set_attribute("http.response.status_code", self._status)
+                attributes["http.response.status_code"] = self._status
             if error_type is not None:
-                span.set_attribute("error.type", error_type)
+                attributes["error.type"] = error_type
                 span.set_status(trace.StatusCode.ERROR, error_type)
+            span.set_attributes(attributes)
             span.end()
         if self._meters is not None:
             counter, histogram = self._meters
@@ -192,6 +194,11 @@ class CallTrace:
                 labels["error.type"] = error_type
             counter.add(1, labels)
             histogram.record(seconds, labels)
+
+
+def _full_url(url: httpx.URL) -> str:
+    """The URL without user information (never a credential on a span)."""
+    return str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
 
 
 def start_bulk(run_id: str, concurrency: int) -> BulkTrace | None:
