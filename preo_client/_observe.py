@@ -20,7 +20,7 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from ._config import LOG_ENV
-from ._exceptions import APIError, PreoError, RefundOutcomeUnknownError
+from ._exceptions import APIError, PreoError, RefundOutcomeUnknownError, retry_hint
 
 if TYPE_CHECKING:
     from ._call import AttemptFailed, Call, CallState
@@ -317,7 +317,10 @@ class CallWatch:
 
 
 def _message(error: BaseException) -> str:
-    return error.message if isinstance(error, APIError) else str(error)
+    """The error's message without the retry hint (the key is a field of its own)."""
+    if not isinstance(error, APIError):
+        return str(error)
+    return error.message.removesuffix(f". {retry_hint(error.idempotency_key)}")
 
 
 def call_outcome(error: BaseException | None) -> str:

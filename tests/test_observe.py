@@ -92,6 +92,7 @@ def test_every_attempt_is_one_record_with_its_fields(
             assert fields["preo.error_type"] is not None
             assert f"failed ({fields['preo.outcome']}): {fields['preo.error_type']}" in message
             assert fields["preo.error"]
+            assert fields["preo.idempotency_key"] not in message  # a field, not in the text
         else:
             assert fields["preo.outcome"] == "succeeded"
             assert fields["preo.error_type"] is None
