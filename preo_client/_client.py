@@ -23,6 +23,7 @@ from ._call import (
     BodyReader,
     Call,
     CallState,
+    _secret,
     already_read,
     body_problem_of,
     build_call,
@@ -47,7 +48,7 @@ from ._config import (
     total_seconds,
 )
 from ._deadline import ATTEMPT_DEADLINE, bound_attempts
-from ._exceptions import RefundValidationError, mark_outcome_unknown
+from ._exceptions import RefundValidationError, mark_outcome_unknown, scrub_error
 from ._observe import setup_logging, watch_call
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
@@ -266,7 +267,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             if state.watch is not None:
                 state.watch.failed(failed, None)
             # once an attempt may have landed, every later error of the call says so
-            error = failed.error
+            error = scrub_error(failed.error, _secret(call))
             raise (mark_outcome_unknown(error) if state.unknown_seen else error) from (
                 failed.__cause__
             )

@@ -136,6 +136,22 @@ def test_the_api_key_is_never_in_a_record(
         assert api_key not in repr(vars(record))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=40, deadline=None)
+@given(api_key=API_KEYS, script=scripts)
+def test_the_api_key_is_never_in_an_error_a_server_echoes_it_into(
+    kind: str, api_key: str, script: list[tuple[Any, ...]]
+) -> None:
+    """Echoed in the request id and JSON-escaped in the body (a key with a backslash or a
+    quote is escaped there, so scrubbing the raw bytes alone misses it)."""
+    result = call_once(kind, Script(script, echo=api_key), api_key=api_key, max_retries=0)
+    if isinstance(result, Exception):
+        assert api_key not in str(result)
+        assert api_key not in repr(result)
+        assert api_key not in repr(getattr(result, "body", None))
+        assert api_key not in str(getattr(result, "request_id", None))
+
+
 # -- PREO_LOG -----------------------------------------------------------------------------------
 
 SETTINGS = [
