@@ -20,7 +20,13 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from ._config import LOG_ENV
-from ._exceptions import APIError, PreoError, RefundOutcomeUnknownError, retry_hint
+from ._exceptions import (
+    APIError,
+    PreoError,
+    RefundOutcomeUnknownError,
+    _scrubbed,
+    retry_hint,
+)
 
 if TYPE_CHECKING:
     from ._call import AttemptFailed, Call, CallState
@@ -168,19 +174,15 @@ def watch_call(call: Call, state: CallState) -> CallWatch | None:
     """A watch for one call when its attempts are logged (INFO) or traced, else None."""
     bridge = otel()
     trace = bridge.start_call(call, state.trace_parent) if bridge is not None else None
-    if trace is None and not log.isEnabledFor(logging.INFO):
-        return None
-    watch = CallWatch(call, state, trace)
-    state.watch = watch
+    watch = None
+    if trace is not None or log.isEnabledFor(logging.INFO):
+        watch = CallWatch(call, state, trace)
+    state.watch = watch  # (a state sent again must not report to an earlier watch)
     return watch
 
 
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret and secret in text else text
-
-
 def _short(text: str, secret: str) -> str:
-    text = _scrub(text, secret)
+    text = _scrubbed(text, secret)
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
 
 
@@ -305,7 +307,7 @@ class CallWatch:
             tail = f"failed ({fields[OUTCOME]}): {fields[ERROR_TYPE]}: {fields[ERROR]}"
         log.info(
             "POST %s -> %s request_id=%s attempt=%d/%d elapsed=%.1fms %s",
-            _scrub(self._call.request.url.path, self._secret),
+            _scrubbed(self._call.request.url.path, self._secret),
             answer,
             fields[REQUEST_ID],
             fields[ATTEMPT],
@@ -349,10 +351,10 @@ class BulkTrace:
     def end(self, summary: Any) -> None:
         """End the span with the run's counts (idempotent)."""
         span, self._span = self._span, None
-        if span is not None:
-            bridge = otel()
-            assert bridge is not None  # nosec B101 - a span exists only with the bridge loaded
-            bridge.end_bulk(span, summary)
+        if span is not None:  # made by _otel: it is loaded
+            from ._otel import end_bulk
+
+            end_bulk(span, summary)
 
 
 def bulk_trace(run_id: str, concurrency: int) -> BulkTrace:
