@@ -25,7 +25,6 @@ from ._exceptions import (
     PreoError,
     RefundOutcomeUnknownError,
     _scrubbed,
-    retry_hint,
 )
 
 if TYPE_CHECKING:
@@ -319,10 +318,10 @@ class CallWatch:
 
 
 def _message(error: BaseException) -> str:
-    """The error's message without the retry hint (the key is a field of its own)."""
+    """The error's message without the key to retry with (a field of its own)."""
     if not isinstance(error, APIError):
         return str(error)
-    return error.message.removesuffix(f". {retry_hint(error.idempotency_key)}")
+    return error.message.split("; retry with idempotency_key=", 1)[0]
 
 
 def call_outcome(error: BaseException | None) -> str:
