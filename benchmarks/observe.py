@@ -3,8 +3,9 @@ MockTransport, same canned 201) with logging and OpenTelemetry off, with the Ope
 imported but no provider set, with SDK providers set, and with INFO records on; and what
 ``import preo_client`` costs when OpenTelemetry is already imported.
 
-Each mode runs in a fresh interpreter (what is imported is process-wide), measuring raw httpx
-and the SDK interleaved in that same process: the ratios compare, not the microseconds.
+Each mode runs in a fresh interpreter (what is imported is process-wide), measuring raw httpx,
+the SDK, and the SDK without its observability wrapper (``_send`` calling the retry loop
+directly) interleaved in that same process: the ratios compare, not the microseconds.
 """
 
 from __future__ import annotations
@@ -41,12 +42,28 @@ from decimal import Decimal
 import httpx
 from benchmarks._common import API_KEY, canned
 from preo_client import AsyncPreoClient, PreoClient
+from preo_client._call import CallState
+
+
+class Bare(PreoClient):  # the same client without the observability wrapper
+    def _send(self, call, state=None):
+        return self._retry_loop(call, state or CallState())
+
+
+class ABare(AsyncPreoClient):
+    async def _send(self, call, state=None):
+        return await self._retry_loop(call, state or CallState())
+
 
 URL = "https://api.preo.dev/v1/purchases/pur_1/refund"
 PAYLOAD = {{"reason": "compensation", "scope": "purchase_custom", "amount": 12.5}}
 HEADERS = {{"Accept": "application/json", "Authorization": "Bearer " + API_KEY}}
 raw = httpx.Client(transport=httpx.MockTransport(canned), headers=HEADERS)
 sdk = PreoClient(api_key=API_KEY, http_client=httpx.Client(transport=httpx.MockTransport(canned)))
+bare = Bare(api_key=API_KEY, http_client=httpx.Client(transport=httpx.MockTransport(canned)))
+abare = ABare(
+    api_key=API_KEY, http_client=httpx.AsyncClient(transport=httpx.MockTransport(canned))
+)
 araw = httpx.AsyncClient(transport=httpx.MockTransport(canned), headers=HEADERS)
 asdk = AsyncPreoClient(
     api_key=API_KEY, http_client=httpx.AsyncClient(transport=httpx.MockTransport(canned))
@@ -57,6 +74,12 @@ def raw_call():
 
 def sdk_call():
     return sdk.purchases.refund("pur_1", reason="compensation", amount=Decimal("12.50"))
+
+def bare_call():
+    return bare.purchases.refund("pur_1", reason="compensation", amount=Decimal("12.50"))
+
+async def abare_call():
+    return await abare.purchases.refund("pur_1", reason="compensation", amount=Decimal("12.50"))
 
 async def araw_call():
     r = await araw.post(URL, json=PAYLOAD, headers={{"Idempotency-Key": str(uuid.uuid4())}})
@@ -80,16 +103,18 @@ async def atimed(fn, calls):
     return (time.perf_counter() - start) / calls * 1e6
 
 loop = asyncio.new_event_loop()
-out = {{"raw": [], "sdk": [], "araw": [], "asdk": []}}
-for fn in (raw_call, sdk_call):
+out = {{"raw": [], "sdk": [], "bare": [], "araw": [], "asdk": [], "abare": []}}
+for fn in (raw_call, sdk_call, bare_call):
     timed(fn, 50)
-for fn in (araw_call, asdk_call):
+for fn in (araw_call, asdk_call, abare_call):
     loop.run_until_complete(atimed(fn, 50))
 for _ in range({rounds}):
     out["raw"].append(timed(raw_call, {calls}))
     out["sdk"].append(timed(sdk_call, {calls}))
+    out["bare"].append(timed(bare_call, {calls}))
     out["araw"].append(loop.run_until_complete(atimed(araw_call, {calls})))
     out["asdk"].append(loop.run_until_complete(atimed(asdk_call, {calls})))
+    out["abare"].append(loop.run_until_complete(atimed(abare_call, {calls})))
 print(json.dumps(out))
 """
 
@@ -112,25 +137,22 @@ def _import_ms(pre: str) -> float:
     return float(done.stdout) * 1000
 
 
+def _ratio(values: list[float], base: list[float]) -> str:
+    """The median of the per-round ratios (each round measured both back to back)."""
+    return f"{summary([v / b for v, b in zip(values, base, strict=True)])[0]:.3f}x"
+
+
 def run(rounds: int = 9, calls: int = 300) -> str:
     rows = []
     for name, setup in SETUPS.items():
         r = _mode(setup, rounds, calls)
-        sync = summary([s / b for s, b in zip(r["sdk"], r["raw"], strict=True)])[0]
-        asyn = summary([s / b for s, b in zip(r["asdk"], r["araw"], strict=True)])[0]
-        rows.append(
-            [
-                name,
-                f"{summary(r['sdk'])[0]:.1f}",
-                f"{sync:.3f}x",
-                f"{summary(r['asdk'])[0]:.1f}",
-                f"{asyn:.3f}x",
-            ]
-        )
+
+        pairs = [("sdk", "raw"), ("sdk", "bare"), ("asdk", "araw"), ("asdk", "abare")]
+        rows.append([name, *(_ratio(r[a], r[b]) for a, b in pairs)])
     title = (
         f"Observability cost per call ({rounds} rounds x {calls} calls, each mode its own process)"
     )
-    header = ["mode", "sync us", "sync vs raw httpx", "async us", "async vs raw httpx"]
+    header = ["mode", "sync vs raw httpx", "vs no hooks", "async vs raw httpx", "vs no hooks"]
     out = [table(title, header, rows)]
 
     pres = {

@@ -323,7 +323,7 @@ class PreoClient(_BaseClient[httpx.Client]):
     - ``http_client``: an ``httpx.Client`` (proxies, custom CAs, transports); never closed here.
     - ``default_headers``, ``backoff`` (``Backoff(base=0.5, cap=8.0)``), ``allow_insecure_http``.
 
-    ``PREO_LOG=info|debug`` logs one line per attempt on the ``preo_client`` logger.
+    ``PREO_LOG=info|debug|json`` logs one record per attempt on the ``preo_client`` logger.
     Use it as a context manager, or call :meth:`close`.
     """
 
@@ -491,8 +491,8 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
 
     A client is bound to the event loop of its first call (its connections are): using it
     from another loop raises ``ConfigurationError`` before anything is sent — make one client
-    per loop. ``PREO_LOG=info|debug`` logs one line per attempt on the ``preo_client`` logger.
-    Use it as an async context manager, or await :meth:`aclose`.
+    per loop. ``PREO_LOG=info|debug|json`` logs one record per attempt on the ``preo_client``
+    logger. Use it as an async context manager, or await :meth:`aclose`.
     """
 
     def __init__(
