@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from hypothesis import strategies as st
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from preo_client import AsyncPreoClient, Backoff, PreoClient
 from tests.helpers import KEY, created
 
+_T = TypeVar("_T")
 WATCHDOG = 30.0  # seconds: a hang fails the test instead of blocking CI
 KINDS = ["sync", "async"]
 
@@ -60,6 +61,26 @@ class Script:
         )
 
 
+def watched(fn: Callable[[], _T]) -> _T:
+    """``fn()`` in a thread under the watchdog: a hang fails instead of blocking CI."""
+    result: list[_T] = []
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(WATCHDOG)
+    assert not worker.is_alive(), "the sync call hung"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 def call_once(
     kind: str,
     script: Script,
@@ -73,24 +94,19 @@ def call_once(
     options = {"api_key": api_key, "backoff": Backoff(0, 0), **options}
     call = {"reason": "compensation", "amount": "12.50"}
     if kind == "sync":
-        result: list[object] = []
 
-        def go() -> None:
+        def go() -> object:
             if before is not None:
                 before()
             http = httpx.Client(transport=httpx.MockTransport(script))
             with http, PreoClient(http_client=http, **options) as client:
                 client._sleep = lambda seconds: None
                 try:
-                    result.append(client.purchases.refund("pur_1", **call))
+                    return client.purchases.refund("pur_1", **call)
                 except Exception as exc:
-                    result.append(exc)
+                    return exc
 
-        worker = threading.Thread(target=go, daemon=True)
-        worker.start()
-        worker.join(WATCHDOG)
-        assert not worker.is_alive(), "the sync call hung"
-        return result[0]
+        return watched(go)
 
     async def no_sleep(seconds: float) -> None:
         return None
@@ -109,4 +125,4 @@ def call_once(
     return asyncio.run(asyncio.wait_for(go_async(), WATCHDOG))
 
 
-__all__ = ["KINDS", "WATCHDOG", "Script", "call_once", "scripts", "steps"]
+__all__ = ["KINDS", "WATCHDOG", "Script", "call_once", "scripts", "steps", "watched"]

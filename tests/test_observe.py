@@ -14,13 +14,15 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preo_client import Refund
+from preo_client import Backoff, Refund
 from preo_client._observe import FIELDS, JsonFormatter, parse_log_setting, setup_logging
-from tests._observe_cases import KINDS, WATCHDOG, Script, call_once, scripts
+from tests._observe_cases import KINDS, WATCHDOG, Script, call_once, scripts, watched
+from tests.helpers import created, refund_json
 
 LOGGER = logging.getLogger("preo_client")
 TEXT = logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s")
@@ -292,3 +294,48 @@ def test_preo_log_json_writes_one_json_object_per_record_to_stderr() -> None:
         assert record["preo.idempotency_key"] == "idem-1"
         assert set(FIELDS) <= set(record)
     assert key not in done.stderr
+
+
+def test_every_record_the_sdk_emits_carries_preo_fields() -> None:
+    """Each kind of record: attempts and decisions, the response-field warning, a bulk run's
+    pause, an unknown PREO_LOG."""
+    from preo_client.testing import FakePreo, Fault
+
+    fake = FakePreo()
+    for i in range(3):
+        fake.add_purchase(f"p{i}", price="10.00", deposit="1.00")
+    fake.inject(Fault.http_status(429, retry_after="120"))
+    with restored_logger(), collected() as records:
+        setup_logging({"PREO_LOG": "loud"})
+        call_once("sync", _Incomplete())
+        call_once("sync", Script([("status", 503), ("ok",)]))
+        watched(lambda: bulk(fake))
+    kinds = {r.getMessage().split(" ")[0] for r in records}
+    assert {"PREO_LOG='loud'", "Refund", "server", "POST", "refund"} <= kinds
+    for record in records:
+        assert [name for name in vars(record) if name.startswith("preo.")], record.getMessage()
+        json.loads(JSON.format(record))
+    [pause] = [r for r in records if r.getMessage().startswith("server asked to wait")]
+    assert pause.__dict__["preo.pause_s"] == 120
+    [fields] = [r for r in records if r.getMessage().startswith("Refund response fields")]
+    assert fields.__dict__["preo.invalid_fields"] == {"edition_id": "string (required, missing)"}
+    assert fields.__dict__["preo.request_id"] == "req_abc"
+
+
+def bulk(fake: Any) -> object:
+    with fake.client(backoff=Backoff(0, 0)) as client:
+        client._sleep = lambda seconds: None
+        return client.purchases.refund_many(["p0", "p1", "p2"], reason="sold_out").run()
+
+
+class _Incomplete(Script):
+    """A refund answer without its ``edition_id``: kept, with a WARNING."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        body = refund_json()
+        del body["edition_id"]
+        return created(body)

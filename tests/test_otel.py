@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -32,9 +31,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from preo_client import AsyncPreoClient, Backoff, PreoClient, Refund, RefundOutcomeUnknownError
-from preo_client._bulk import AsyncBulkRun, BulkRun
 from preo_client.testing import FakePreo
-from tests._observe_cases import KINDS, WATCHDOG, Script, call_once, scripts
+from tests._observe_cases import KINDS, WATCHDOG, Script, call_once, scripts, watched
 from tests.helpers import KEY, created
 
 NO_WAIT = Backoff(0, 0)
@@ -322,25 +320,19 @@ def make_fake(count: int) -> FakePreo:
 
 
 def bulk(kind: str, fake: FakePreo, items: list[Any]) -> Any:
-    options = {"reason": "sold_out", "scope": None, "concurrency": 4, "journal": None,
-               "on_result": None}  # fmt: skip
+    options: dict[str, Any] = {"reason": "sold_out", "concurrency": 4}
     if kind == "sync":
-        result: list[Any] = []
 
-        def go() -> None:
+        def go() -> Any:
             with fake.client(backoff=NO_WAIT) as client:
                 client._sleep = lambda seconds: None
-                result.append(BulkRun(client, items, **options).run())
+                return client.purchases.refund_many(items, **options).run()
 
-        worker = threading.Thread(target=go, daemon=True)
-        worker.start()
-        worker.join(WATCHDOG)
-        assert not worker.is_alive(), "the sync run hung"
-        return result[0]
+        return watched(go)
 
     async def go_async() -> Any:
         async with fake.async_client(backoff=NO_WAIT) as client:
-            return await AsyncBulkRun(client, items, **options).run()
+            return await client.purchases.refund_many(items, **options).run()
 
     return asyncio.run(asyncio.wait_for(go_async(), WATCHDOG))
 
