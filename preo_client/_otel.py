@@ -62,29 +62,34 @@ def tracer() -> trace.Tracer | None:
     cached = _tracer
     if cached is None or cached[0] is not provider:
         with _lock:
-            cached = _tracer = (provider, provider.get_tracer(NAME, __version__))
+            cached = _tracer
+            if cached is None or cached[0] is not provider:
+                cached = _tracer = (provider, provider.get_tracer(NAME, __version__))
     return cached[1]
 
 
 def instruments() -> tuple[metrics.Counter, metrics.Histogram] | None:
-    """The refund counter and duration histogram; None while no meter provider is set."""
+    """The refund counter and duration histogram; None while no meter provider is set.
+    (Made once per provider, under a lock: the SDK warns about an instrument made twice.)"""
     global _instruments
     provider = metrics.get_meter_provider()
     if isinstance(provider, _UNSET_METERS):
         return None
     cached = _instruments
     if cached is None or cached[0] is not provider:
-        meter = provider.get_meter(NAME, __version__)
-        counter = meter.create_counter(
-            REFUNDS, unit="{refund}", description="Refund calls, by outcome."
-        )
-        histogram = meter.create_histogram(
-            DURATION,
-            unit="s",
-            description="Duration of refund calls, every attempt and wait included.",
-        )
         with _lock:
-            cached = _instruments = (provider, counter, histogram)
+            cached = _instruments
+            if cached is None or cached[0] is not provider:
+                meter = provider.get_meter(NAME, __version__)
+                counter = meter.create_counter(
+                    REFUNDS, unit="{refund}", description="Refund calls, by outcome."
+                )
+                histogram = meter.create_histogram(
+                    DURATION,
+                    unit="s",
+                    description="Duration of refund calls, every attempt and wait included.",
+                )
+                cached = _instruments = (provider, counter, histogram)
     return cached[1], cached[2]
 
 

@@ -363,6 +363,9 @@ def test_a_bulk_run_is_the_parent_span_of_its_calls_with_its_counts(
     assert {c.context.trace_id for c in calls} <= {run_context.trace_id}
     outcomes = sorted((c.attributes or {})["preo.outcome"] for c in calls)
     assert outcomes == ["failed"] * missing + ["succeeded"] * count
+    # the workers made the instruments once and counted every call
+    counted = {p.attributes["preo.outcome"]: p.value for p in t.points("preo.client.refunds")}
+    assert counted == {k: v for k, v in {"succeeded": count, "failed": missing}.items() if v}
 
 
 # -- the real globals, in a fresh interpreter ---------------------------------------------------
