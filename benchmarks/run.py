@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 
-from benchmarks import bulk, imports, memory, overhead, pacing
+from benchmarks import bulk, imports, memory, observe, overhead, pacing
 
 SUITES = {
     "overhead": overhead.run,
@@ -20,6 +20,7 @@ SUITES = {
     "bulk": bulk.run,
     "memory": memory.run,
     "pacing": pacing.run,
+    "observe": observe.run,
 }
 
 

@@ -44,6 +44,7 @@ from ._exceptions import (
 )
 from ._journal import Journal, JournalEntry, JournalError
 from ._models import Refund
+from ._observe import bulk_trace
 from ._pacing import AdaptivePacer
 from ._policy import check_comment, check_pickup_point_id, check_purchase_id, plan_refund
 from ._retry import DEFAULT_MAX_PAUSE, RETRY_AFTER_CAP, SharedPause
@@ -375,7 +376,11 @@ class _RunPause(SharedPause):
             before = self.remaining()
             super().extend(seconds)
         if seconds > RETRY_AFTER_CAP and seconds > before + 1:
-            log.warning("server asked to wait %.0fs: pausing the whole bulk run", seconds)
+            log.warning(
+                "server asked to wait %.0fs: pausing the whole bulk run",
+                seconds,
+                extra={"preo.pause_s": round(seconds, 3)},
+            )
 
     def halt(self) -> None:
         """The run stopped: no worker may start another attempt."""
@@ -885,6 +890,7 @@ class AsyncBulkRun(_Run):
         core = self._core
         core.start(job)
         state = core.state()
+        state.trace_parent = self._trace.parent
         try:
             refund = await sender._send(job.call, state)
         except Exception as exc:
@@ -935,6 +941,7 @@ class AsyncBulkRun(_Run):
 
     async def _outcomes(self) -> AsyncIterator[RefundOutcome]:
         core = self._core
+        self._trace = bulk_trace(self.run_id, self._concurrency)
         senders, shards = self._senders()
         self._thread_reader = None
         read = self._reader()
@@ -1030,6 +1037,7 @@ class AsyncBulkRun(_Run):
             for shard in shards:
                 await shard.aclose()
             core.close()
+            self._trace.end(self.summary)
 
     def _senders(self) -> tuple[list[AsyncPreoClient], list[httpx.AsyncClient]]:
         """Clients the workers send through. httpcore's async pool slows down sharply above
@@ -1142,6 +1150,7 @@ class BulkRun(_Run):
             return None
         core.start(job)
         state = core.state()
+        state.trace_parent = self._trace.parent
         try:
             refund = sender._send(job.call, state)
         except _Stopped:
@@ -1154,6 +1163,7 @@ class BulkRun(_Run):
         """The outcomes in completion order: one per input item, or the systemic error that
         stopped the run."""
         core = self._core
+        self._trace = bulk_trace(self.run_id, self._concurrency)
         stop = threading.Event()
         sender = self._sender(stop)
         events: queue.SimpleQueue[Future[RefundOutcome | None] | Read] = queue.SimpleQueue()
@@ -1241,6 +1251,7 @@ class BulkRun(_Run):
                 reader.close()
             pool.shutdown(wait=True, cancel_futures=True)
             core.close()
+            self._trace.end(self.summary)
 
     def _emit(self, outcome: RefundOutcome) -> RefundOutcome:
         outcome = self._core.count(outcome)

@@ -41,6 +41,7 @@ from ._retry import Failure, parse_retry_after
 
 if TYPE_CHECKING:
     from ._models import Refund
+    from ._observe import CallWatch
     from ._retry import SharedPause
 
 __all__ = [
@@ -148,6 +149,8 @@ class CallState:
     retry_after_cap: float | None = None
     max_retries: int | None = None
     unknown_seen: bool = False  # an attempt failed in a way that may have created the refund
+    watch: CallWatch | None = None  # logs/traces this call (see _observe.watch_call)
+    trace_parent: Any = None  # an OpenTelemetry context to start the call's span in (bulk)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,6 +167,7 @@ class Call:
     deadline: float
     max_retries: int
     key_supplied: bool = False  # the key came from the caller: it may have been used before
+    purchase_id: str = ""
 
 
 @functools.cache
@@ -244,6 +248,7 @@ def build_call(
         deadline=deadline,
         max_retries=max_retries,
         key_supplied=idempotency_key is not None,
+        purchase_id=purchase_id,
     )
 
 

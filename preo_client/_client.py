@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import logging
 import sys
 import time
 import weakref
@@ -24,6 +23,7 @@ from ._call import (
     BodyReader,
     Call,
     CallState,
+    _secret,
     already_read,
     body_problem_of,
     build_call,
@@ -45,11 +45,11 @@ from ._config import (
     check_headers,
     check_max_retries,
     given,
-    setup_logging,
     total_seconds,
 )
 from ._deadline import ATTEMPT_DEADLINE, bound_attempts
-from ._exceptions import RefundValidationError, mark_outcome_unknown
+from ._exceptions import RefundValidationError, mark_outcome_unknown, scrub_error
+from ._observe import setup_logging, watch_call
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
 
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncPreoClient", "PreoClient"]
 
-log = logging.getLogger("preo_client")
 setup_logging()
 
 # The waits between attempts; module attributes so a test can record them instead of sleeping
@@ -265,50 +264,20 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             retry_after=failed.retry_after,
             retry_after_cap=cap,
         ):
-            log.debug("refund attempt %d failed (%s), not retried", attempt, failed.failure.value)
+            if state.watch is not None:
+                state.watch.failed(failed, None)
             # once an attempt may have landed, every later error of the call says so
-            error = failed.error
+            error = scrub_error(failed.error, _secret(call))
             raise (mark_outcome_unknown(error) if state.unknown_seen else error) from (
                 failed.__cause__
             )
         delay = self._settings.backoff.delay(attempt, failed.retry_after)
-        log.debug(
-            "refund attempt %d failed (%s), retrying in %.3fs", attempt, failed.failure.value, delay
-        )
+        if state.watch is not None:
+            state.watch.failed(failed, delay)
         if state.pause is not None and _pauses_the_run(failed, state, delay):
             state.pause.extend(delay)  # every worker of the run waits, not just this one
             return 0.0
         return delay
-
-    def _log_attempt(
-        self,
-        call: Call,
-        attempt: int,
-        started: float,
-        response: httpx.Response | None,
-        failed: AttemptFailed | None = None,
-    ) -> None:
-        """One INFO line per attempt: never a header, the key or the body."""
-        if not log.isEnabledFor(logging.INFO):
-            return
-        elapsed = (time.monotonic() - started) * 1000
-        if response is not None:
-            outcome = f"{response.status_code}"
-            request_id = response.headers.get("x-request-id")
-            replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
-        else:
-            outcome = f"failed ({failed.failure.value})" if failed is not None else "failed"
-            request_id, replayed = None, False
-        log.info(
-            "POST %s -> %s request_id=%s attempt=%d/%d elapsed=%.1fms replayed=%s",
-            call.request.url.path,
-            outcome,
-            request_id,
-            attempt,
-            call.max_retries + 1,
-            elapsed,
-            str(replayed).lower(),
-        )
 
 
 def _pauses_the_run(failed: AttemptFailed, state: CallState, delay: float) -> bool:
@@ -354,7 +323,7 @@ class PreoClient(_BaseClient[httpx.Client]):
     - ``http_client``: an ``httpx.Client`` (proxies, custom CAs, transports); never closed here.
     - ``default_headers``, ``backoff`` (``Backoff(base=0.5, cap=8.0)``), ``allow_insecure_http``.
 
-    ``PREO_LOG=info|debug`` logs one line per attempt on the ``preo_client`` logger.
+    ``PREO_LOG=info|debug|json`` logs one record per attempt on the ``preo_client`` logger.
     Use it as a context manager, or call :meth:`close`.
     """
 
@@ -416,9 +385,17 @@ class PreoClient(_BaseClient[httpx.Client]):
         self._sleep = original._sleep
 
     def _send(self, call: Call, state: CallState | None = None) -> Refund:
+        """Send ``call`` (retrying as allowed); logged and traced when that is on."""
+        state = state if state is not None else CallState()
+        watch = watch_call(call, state)
+        if watch is None:
+            return self._retry_loop(call, state)
+        with watch:
+            return watch.succeeded(self._retry_loop(call, state))
+
+    def _retry_loop(self, call: Call, state: CallState) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
         self._check_open()
-        state = state if state is not None else CallState()
         sleep = self._sleep or _sleep
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
@@ -426,6 +403,8 @@ class PreoClient(_BaseClient[httpx.Client]):
             if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
                 sleep(wait)
             state.attempts += 1
+            if state.watch is not None:
+                state.watch.sending()
             try:
                 refund = self._attempt(call, state.attempts)
             except AttemptFailed as failed:
@@ -453,7 +432,6 @@ class PreoClient(_BaseClient[httpx.Client]):
             response = self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2
             failed = transport_failure(exc, call)
-            self._log_attempt(call, attempt, started, None, failed)
             raise failed from exc
         content = already_read(response)
         problem = None
@@ -473,7 +451,6 @@ class PreoClient(_BaseClient[httpx.Client]):
                     response.close()
             content, problem = reader.result()
             keep_body(response, content, call)
-        self._log_attempt(call, attempt, started, response)
         return finish(response, content, call, body_problem=problem)
 
     def close(self) -> None:
@@ -514,8 +491,8 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
 
     A client is bound to the event loop of its first call (its connections are): using it
     from another loop raises ``ConfigurationError`` before anything is sent — make one client
-    per loop. ``PREO_LOG=info|debug`` logs one line per attempt on the ``preo_client`` logger.
-    Use it as an async context manager, or await :meth:`aclose`.
+    per loop. ``PREO_LOG=info|debug|json`` logs one record per attempt on the ``preo_client``
+    logger. Use it as an async context manager, or await :meth:`aclose`.
     """
 
     def __init__(
@@ -594,10 +571,18 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         )
 
     async def _send(self, call: Call, state: CallState | None = None) -> Refund:
+        """Send ``call`` (retrying as allowed); logged and traced when that is on."""
+        state = state if state is not None else CallState()
+        watch = watch_call(call, state)
+        if watch is None:
+            return await self._retry_loop(call, state)
+        with watch:
+            return watch.succeeded(await self._retry_loop(call, state))
+
+    async def _retry_loop(self, call: Call, state: CallState) -> Refund:
         """Attempt ``call`` until it succeeds or may not be retried (the retry loop)."""
         self._check_open()
         self._check_loop()
-        state = state if state is not None else CallState()
         sleep = self._sleep or _async_sleep
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
@@ -605,6 +590,8 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
                 await sleep(wait)
             state.attempts += 1
+            if state.watch is not None:
+                state.watch.sending()
             try:
                 refund = await self._attempt(call, state.attempts)
             except AttemptFailed as failed:
@@ -642,7 +629,6 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             if sys.version_info >= (3, 11) and task.uncancel() > 0:
                 raise
             failed = deadline_failure(call)
-            self._log_attempt(call, attempt, started, None, failed)
             raise failed from None
         finally:
             timer.cancel()
@@ -652,7 +638,6 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             response = await self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2
             failed = transport_failure(exc, call)
-            self._log_attempt(call, attempt, started, None, failed)
             raise failed from exc
         content = already_read(response)
         problem = None
@@ -670,7 +655,6 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
                     await response.aclose()
             content, problem = reader.result()
             keep_body(response, content, call)
-        self._log_attempt(call, attempt, started, response)
         return finish(response, content, call, body_problem=problem)
 
     async def aclose(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import re
@@ -29,7 +28,6 @@ __all__ = [
     "Timeout",
     "resolve_api_key",
     "resolve_base_url",
-    "setup_logging",
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.preo.dev"
@@ -285,20 +283,3 @@ class ClientSettings:
             allow_insecure_http=bool(allow_insecure_http),
             backoff=backoff,
         )
-
-
-_LOG_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO}
-
-
-def setup_logging(environ: Mapping[str, str] = os.environ) -> None:
-    """``PREO_LOG=info|debug`` adds a stderr handler to the ``preo_client`` logger (once)."""
-    level = _LOG_LEVELS.get(environ.get(LOG_ENV, "").strip().lower())
-    if level is None:
-        return
-    logger = logging.getLogger("preo_client")
-    if not any(getattr(h, "_preo_env_handler", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
-        handler._preo_env_handler = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(level)

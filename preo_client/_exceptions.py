@@ -78,6 +78,7 @@ __all__ = [
 
 BODY_TEXT_LIMIT: Final = 2048
 _E = TypeVar("_E", bound="APIError")
+_V = TypeVar("_V")
 
 
 def truncate(text: str, limit: int = BODY_TEXT_LIMIT) -> str:
@@ -445,6 +446,32 @@ def parse_error_body(content: bytes) -> object:
     return body
 
 
+def _scrubbed(value: _V, secret: str) -> _V:
+    """``value`` (a parsed body: shallow JSON, or text) with ``secret`` replaced by ``***``."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***")  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {_scrubbed(k, secret): _scrubbed(v, secret) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list):
+        return [_scrubbed(v, secret) for v in value]  # type: ignore[return-value]
+    return value
+
+
+def scrub_error(error: _E, secret: str) -> _E:
+    """``error`` with ``secret`` (the API key) out of its message, request id and body, should a
+    server or a transport have echoed it in a form the byte-level scrub missed (a header, an
+    escaped string, an exception's text). For a call's final error only: not the hot path."""
+    if secret:
+        error.message = _scrubbed(error.message, secret)
+        error.args = tuple(_scrubbed(a, secret) for a in error.args)
+        for name in ("body", "request_id"):
+            if name in error.__dict__:
+                error.__dict__[name] = _scrubbed(error.__dict__[name], secret)
+    return error
+
+
 def make_status_error(
     response: httpx.Response,
     *,
@@ -463,7 +490,9 @@ def make_status_error(
     status = response.status_code
     if secret and secret.encode() in content:
         content = content.replace(secret.encode(), b"***")
-    body = parse_error_body(content)
+    # the key may also come back JSON-escaped (a `\\` or `\"` in it) or as the request id
+    body = _scrubbed(parse_error_body(content), secret)
+    request_id = _scrubbed(request_id, secret)
     cls = error_class_for_status(status)
     message = f"Error code: {status} {response.reason_phrase}".rstrip()
     if request_id:
@@ -473,6 +502,7 @@ def make_status_error(
         message += f" - {server}"
     if note:
         message += f" ({note})"
+    message = _scrubbed(message, secret)
     return cls(
         message,
         response=response,

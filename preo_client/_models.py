@@ -758,6 +758,11 @@ def _parse(
             "Refund response fields not of their documented type, kept raw "
             "(see Refund.invalid_fields): %s",
             ", ".join(f"{name} (expected {expected})" for name, expected in bad.items()),
+            extra={
+                "preo.request_id": request_id,
+                "preo.idempotency_key": idempotency_key,
+                "preo.invalid_fields": dict(bad),
+            },
         )
     return Refund(
         data,

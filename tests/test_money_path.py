@@ -42,7 +42,7 @@ from preo_client import (
     _exceptions,
 )
 from preo_client._amounts import parse_amount
-from preo_client._config import setup_logging
+from preo_client._observe import setup_logging
 from tests.helpers import KEY, created, refund_json
 
 KINDS = ["sync", "async"]
