@@ -46,8 +46,8 @@ from ._bulk import (
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url
+from ._error_document import error_document
 from ._exceptions import (
-    APIError,
     AuthenticationError,
     PermissionDeniedError,
     PreoError,
@@ -104,10 +104,11 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _fail(code: int, message: str) -> NoReturn:
+def _fail(code: int, message: str, error: BaseException | None = None) -> NoReturn:
+    """Exit with ``code``: the message on stderr, or with --json the error document."""
     message = _printable(message)
     if _OUTPUT["json"]:
-        click.echo(json.dumps({"error": {"exit_code": code, "message": message}}))
+        click.echo(json.dumps({"error": error_document(code, message, error)}))
     else:
         stderr.print(f"[bold red]error:[/] {_escape(message)}", markup=True)
     sys.exit(code)
@@ -147,7 +148,7 @@ def _check_connection(
                 f"--base-url {base_url} is plain http:// (the API key would travel in clear "
                 "text): use https://, a loopback host, or pass --allow-insecure-http",
             )
-        _fail(EXIT_USAGE, _cli_words(str(exc)))
+        _fail(EXIT_USAGE, _cli_words(str(exc)), exc)
 
 
 def _money(value: Decimal) -> str:
@@ -212,13 +213,13 @@ def refund(
                 idempotency_key=idempotency_key,
             )
     except ConfigurationError as exc:
-        _fail(EXIT_USAGE, _cli_words(str(exc)))
+        _fail(EXIT_USAGE, _cli_words(str(exc)), exc)
     except RefundValidationError as exc:
-        _fail(EXIT_USAGE, str(exc))
+        _fail(EXIT_USAGE, str(exc), exc)
     except (AuthenticationError, PermissionDeniedError) as exc:
-        _fail(EXIT_AUTH, str(exc))
-    except APIError as exc:
-        _fail(EXIT_FAILURES, str(exc))
+        _fail(EXIT_AUTH, str(exc), exc)
+    except PreoError as exc:
+        _fail(EXIT_FAILURES, str(exc), exc)
     if as_json:
         click.echo(json.dumps(refund_to_dict(result), indent=2, default=str))
         return
@@ -566,14 +567,15 @@ def _report(
     results_path: Path,
     run_id: str,
     code: int,
-    error: str | None,
+    error: dict[str, Any] | None,
 ) -> None:
-    """The summary: a table and the failed rows, or one JSON document (with the error)."""
+    """The summary: a table and the failed rows, or one JSON document (with the error
+    document of a stopped run)."""
     failed = _failed_rows(summary, line_of)
     if _OUTPUT["json"]:
         data = {
             "exit_code": code,
-            "error": None if error is None else {"exit_code": code, "message": error},
+            "error": error,
             "succeeded": summary.succeeded,
             "replayed": summary.replayed,
             "covered": summary.covered,
@@ -689,7 +691,7 @@ def refund_bulk(
             if scope is not None and scope not in SCOPES:
                 plan_refund("other", scope)
         except RefundValidationError as exc:
-            _fail(EXIT_USAGE, f"--{exc}")
+            _fail(EXIT_USAGE, f"--{exc}", exc)
         if batch_id is not None and not batch_id.strip():
             _fail(EXIT_USAGE, "--batch-id must not be empty")
         items: Iterable[RefundItem] | _StdinRows
@@ -719,7 +721,7 @@ def refund_bulk(
         try:
             client, http = _async_client(api_key, base_url, sandbox, allow_insecure_http)
         except ConfigurationError as exc:
-            _fail(EXIT_USAGE, _cli_words(str(exc)))
+            _fail(EXIT_USAGE, _cli_words(str(exc)), exc)
     with contextlib.ExitStack() as stack:
         if http is not None:
             stack.callback(_close_quietly, http)
@@ -731,9 +733,9 @@ def refund_bulk(
                     max_rate=max_rate, pacing=pacing,
                 )  # fmt: skip
             except JournalError as exc:
-                _fail(EXIT_USAGE, _journal_message(exc, line_of))
+                _fail(EXIT_USAGE, _journal_message(exc, line_of), exc)
             except RefundValidationError as exc:
-                _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}")
+                _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}", exc)
             stack.callback(run.close)
             out = stack.enter_context(
                 _results_file(results_path, append=bool(resuming), overwrite=overwrite)
@@ -749,7 +751,8 @@ def refund_bulk(
     if not stderr.is_terminal:
         reporter.line()
     code, error = _verdict(run.summary, stop, journal, line_of)
-    _report(run.summary, elapsed, line_of, results_path, run.run_id, code, error)
+    document = None if error is None else error_document(code, _printable(error), stop)
+    _report(run.summary, elapsed, line_of, results_path, run.run_id, code, document)
     if error is not None and not _OUTPUT["json"]:
         _fail(code, error)
     sys.exit(code)
@@ -787,7 +790,7 @@ def _read_file(path: Path) -> list[Row]:
         with path.open("rb") as data:
             return list(read_rows(data))
     except InputError as exc:
-        _fail(EXIT_USAGE, f"{path}: {exc}; nothing was sent")
+        _fail(EXIT_USAGE, f"{path}: {exc}; nothing was sent", exc)
     except OSError as exc:
         _fail(EXIT_USAGE, f"cannot read {path}: {exc.strerror}")
 

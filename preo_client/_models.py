@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn
 
 import httpx
 
-from ._exceptions import APIResponseValidationError
+from ._exceptions import APIResponseValidationError, join_sentences
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -682,9 +682,12 @@ def parse_refund(
 
     def invalid(reason: str) -> APIResponseValidationError:
         return APIResponseValidationError(
-            f"Invalid refund response (status {response.status_code}, request id {request_id}): "
-            f"{reason}. The refund was probably created; retry with "
-            f"idempotency_key={idempotency_key!r} to read it back safely",
+            join_sentences(
+                f"Invalid refund response (status {response.status_code}, request id "
+                f"{request_id}): {reason}",
+                f"The refund was probably created; retry with idempotency_key={idempotency_key!r}"
+                " to read it back safely",
+            ),
             response=response,
             body=content.decode("utf-8", errors="replace"),
             request_id=request_id,
