@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
 import attrs
 import httpx
 
+from ._amounts import amount_text
 from ._bulk import (
     DEFAULT_MAX_PAUSE,
     AsyncBulkRun,
@@ -152,15 +153,17 @@ def _check_connection(
 
 
 def _money(value: Decimal) -> str:
-    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else str(value)
+    return amount_text(value)
 
 
 def refund_to_dict(refund: Refund) -> dict[str, Any]:
-    """A refund as JSON-ready data (amount as an exact decimal string)."""
-    plain = {k: v for k, v in refund.to_dict(mode="json").items() if k != "amount"}
+    """A refund as JSON-ready data: ``to_dict(mode="json")`` (the amount as its exact decimal
+    string, the one rule of :func:`amount_text`) and how it came back."""
+    plain = refund.to_dict(mode="json")
+    amount = plain.pop("amount")
     return {
         **plain,
-        "amount": _money(refund.amount),
+        "amount": amount,
         "idempotency_key": refund.idempotency_key,
         "request_id": refund.request_id,
         "replayed": refund.replayed,
