@@ -28,6 +28,7 @@ from ._exceptions import (
     make_status_error,
     mark_outcome_unknown,
 )
+from ._extras import merged_body
 from ._idempotency import check_idempotency_key, new_idempotency_key
 from ._models import parse_refund
 from ._policy import (
@@ -199,10 +200,13 @@ def build_call(
     timeout: httpx.Timeout,
     deadline: float,
     max_retries: int,
+    extra_body: Mapping[str, object] | None = None,
+    extra_query: Mapping[str, str] | None = None,
 ) -> Call:
     """Check every argument (no I/O) and build the one request every attempt sends.
 
-    Raises :class:`RefundValidationError` naming the field; nothing else.
+    ``extra_body`` / ``extra_query`` (checked by ``_extras``) are added to the body and the
+    URL. Raises :class:`RefundValidationError` naming the field; nothing else.
     """
     purchase_id = check_purchase_id(purchase_id)
     plan = plan_refund(reason, scope, amount)  # type: ignore[arg-type]
@@ -221,7 +225,7 @@ def build_call(
         pickup_point_id=unset if pickup_point_id is None else pickup_point_id,
     )
     kwargs = gen.endpoint._get_kwargs(purchase_id, body=body, idempotency_key=key)
-    content = _JSON.encode(kwargs["json"]).encode()  # the policy refused lone surrogates
+    content = _JSON.encode(merged_body(kwargs["json"], extra_body)).encode()  # checked text
     request_headers = dict(headers)
     for name, value in kwargs["headers"].items():
         request_headers[name.lower()] = value
@@ -231,6 +235,7 @@ def build_call(
             base_url + kwargs["url"],
             content=content,
             headers=request_headers,
+            params=extra_query or None,
             extensions={"timeout": timeout.as_dict()},
         )
     except httpx.InvalidURL as exc:  # e.g. longer than a URL may be

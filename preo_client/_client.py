@@ -50,6 +50,7 @@ from ._config import (
 )
 from ._deadline import ATTEMPT_DEADLINE, bound_attempts
 from ._exceptions import RefundValidationError, mark_outcome_unknown
+from ._extras import check_extra_body, check_extra_query
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
 
@@ -212,8 +213,12 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         timeout: object = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
         max_retries: object = NOT_GIVEN,
+        extra_body: object = None,
+        extra_query: object = None,
     ) -> Call:
         """Check every argument (no I/O) and build the one request all attempts send."""
+        body = None if extra_body is None else check_extra_body(extra_body)
+        query = None if extra_query is None else check_extra_query(extra_query)
         headers = self._request_headers
         if extra_headers:
             try:
@@ -249,6 +254,8 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             timeout=per_call,
             deadline=deadline,
             max_retries=retries,
+            extra_body=body,
+            extra_query=query,
         )
 
     def _after_failure(self, failed: AttemptFailed, call: Call, state: CallState) -> float:
