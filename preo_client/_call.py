@@ -10,10 +10,11 @@ network loop and ask this module what happened.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -149,6 +150,59 @@ class CallState:
     retry_after_cap: float | None = None
     max_retries: int | None = None
     unknown_seen: bool = False  # an attempt failed in a way that may have created the refund
+    on_attempt: Callable[[AttemptRecord], None] | None = None  # the audit trail (a journal)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One answered (or failed) attempt, as an audit trail keeps it.
+
+    ``sent_at`` / ``answered_at`` are UTC wall-clock times; ``outcome`` is ``"Refund"`` or the
+    error class name; ``failure`` what the failure meant (``not_sent``, ``refused``, ``final``,
+    ``unknown``; None for a refund); ``status_code`` / ``request_id`` those of the answer, if
+    one came; ``refund`` the refund it returned.
+    """
+
+    attempt: int
+    sent_at: datetime.datetime
+    answered_at: datetime.datetime
+    outcome: str
+    failure: str | None
+    status_code: int | None
+    request_id: str | None
+    refund: Refund | None = None
+
+
+def attempt_started(state: CallState) -> datetime.datetime | None:
+    """The attempt's start time when an audit trail listens (else None: nothing to pay)."""
+    return None if state.on_attempt is None else datetime.datetime.now(datetime.timezone.utc)
+
+
+def attempt_ended(
+    state: CallState,
+    sent_at: datetime.datetime | None,
+    *,
+    refund: Refund | None = None,
+    failed: AttemptFailed | None = None,
+) -> None:
+    """Tell the audit trail (``state.on_attempt``) how attempt ``state.attempts`` ended."""
+    if state.on_attempt is None or sent_at is None:
+        return
+    error = failed.error if failed is not None else None
+    status = getattr(error, "status_code", None)
+    request_id = refund.request_id if refund is not None else getattr(error, "request_id", None)
+    state.on_attempt(
+        AttemptRecord(
+            attempt=state.attempts,
+            sent_at=sent_at,
+            answered_at=datetime.datetime.now(datetime.timezone.utc),
+            outcome="Refund" if error is None else type(error).__name__,
+            failure=None if failed is None else failed.failure.name.lower(),
+            status_code=status if isinstance(status, int) else None,
+            request_id=request_id if isinstance(request_id, str) else None,
+            refund=refund,
+        )
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

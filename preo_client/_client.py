@@ -25,6 +25,8 @@ from ._call import (
     Call,
     CallState,
     already_read,
+    attempt_ended,
+    attempt_started,
     body_problem_of,
     build_call,
     deadline_failure,
@@ -433,15 +435,18 @@ class PreoClient(_BaseClient[httpx.Client]):
             if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
                 sleep(wait)
             state.attempts += 1
+            sent_at = attempt_started(state)
             try:
                 refund = self._attempt(call, state.attempts)
             except AttemptFailed as failed:
                 if state.pacer is not None and failed.failure is not Failure.NOT_SENT:
                     state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
+                attempt_ended(state, sent_at, failed=failed)
                 delay = self._after_failure(failed, call, state)
             else:
                 if state.pacer is not None:
                     state.pacer.observe(throttled=False)
+                attempt_ended(state, sent_at, refund=refund)
                 return refund
             if delay:
                 (self._sleep or _sleep)(delay)
@@ -612,15 +617,18 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
                 await sleep(wait)
             state.attempts += 1
+            sent_at = attempt_started(state)
             try:
                 refund = await self._attempt(call, state.attempts)
             except AttemptFailed as failed:
                 if state.pacer is not None and failed.failure is not Failure.NOT_SENT:
                     state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
+                attempt_ended(state, sent_at, failed=failed)
                 delay = self._after_failure(failed, call, state)
             else:
                 if state.pacer is not None:
                     state.pacer.observe(throttled=False)
+                attempt_ended(state, sent_at, refund=refund)
                 return refund
             if delay:
                 await (self._sleep or _async_sleep)(delay)
