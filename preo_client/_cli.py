@@ -54,6 +54,7 @@ from ._exceptions import (
     PreoError,
     RefundValidationError,
 )
+from ._journal_reader import EXPORT_FIELDS, JournalReport, journal_report
 from ._models import Refund
 from ._pacing import AdaptivePacer
 from ._policy import REASONS, SCOPES, plan_refund
@@ -740,6 +741,11 @@ def refund_bulk(
             except RefundValidationError as exc:
                 _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}", exc)
             stack.callback(run.close)
+            if total is not None:  # a file: every input line is known before the run
+                try:
+                    _record_inputs(run, line_of)
+                except JournalError as exc:
+                    _fail(EXIT_USAGE, _journal_message(exc, line_of), exc)
             out = stack.enter_context(
                 _results_file(results_path, append=bool(resuming), overwrite=overwrite)
             )
@@ -749,6 +755,9 @@ def refund_bulk(
             stop = asyncio.run(_drive(client, http, run, out, reporter, line_of))
         except KeyboardInterrupt:
             stop = KeyboardInterrupt()
+        if total is None:  # standard input: its lines are known now
+            with contextlib.suppress(JournalError):  # lines only inform the audit trail
+                _record_inputs(run, line_of)
         reporter.close()
         elapsed = time.monotonic() - reporter.started
     if not stderr.is_terminal:
@@ -853,6 +862,115 @@ def _verdict(
     if stop is not None:
         return EXIT_FAILURES, f"run stopped: {stop}{resume}"
     return (EXIT_FAILURES if summary.failures else EXIT_OK), None
+
+
+def _record_inputs(run: AsyncBulkRun, line_of: Sequence[int]) -> None:
+    """Give the journal's audit trail each input position's line, so ``preo journal`` lists
+    every input item (sent or not) with its line. (The one place the CLI reaches the run's
+    journal: re-wire here if the bulk run's internals move.)"""
+    journal = run._core.journal
+    if journal is not None and line_of:
+        journal.record_inputs(list(line_of))
+
+
+# -- journal -----------------------------------------------------------------------------
+
+
+@cli.group("journal")
+def journal_group() -> None:
+    """Read a refund-bulk journal: what was refunded, when, and what needs attention.
+    Read-only: never writes to the journal; refused while a run holds it."""
+
+
+def _journal_report(path: str) -> JournalReport:
+    try:
+        return journal_report(path)
+    except JournalError as exc:
+        _fail(EXIT_USAGE, str(exc), exc)
+
+
+@journal_group.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or the error) as JSON.")
+def journal_show(path: str, as_json: bool) -> None:
+    """Counts by standing, the exact refunded total of every run, the runs, and the rows that
+    need attention, of the journal at PATH."""
+    _OUTPUT["json"] = as_json
+    report = _journal_report(path)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    out = _console(err=False)
+    counts = Table(title=f"Journal {path} (batch id {report.batch_id})")
+    counts.add_column("standing")
+    counts.add_column("items", justify="right")
+    for standing, count in report.counts.items():
+        counts.add_row(standing.replace("_", " "), str(count))
+    counts.add_row("total", str(len(report.records)))
+    counts.add_row("refunded (every run, exact)", _money(report.refunded_total))
+    out.print(counts)
+    runs = Table(title="Runs")
+    for column in ("run", "started (UTC)", "ended (UTC)", "attempts", "refunds", "amount"):
+        runs.add_column(column)
+    for run in report.runs:
+        runs.add_row(
+            str(run.run), _when(run.started_at), _when(run.ended_at) or "killed or running",
+            str(run.attempts), str(run.refunds), _money(run.amount),
+        )  # fmt: skip
+    out.print(runs)
+    attention = report.attention
+    for record in attention[:SHOWN_ERRORS]:
+        where = f"line {record.line}" if record.line is not None else f"item {record.position + 1}"
+        what = record.error or record.standing.replace("_", " ")
+        out.print(_escape(_printable(f"{where}: {record.purchase_id} {what} "
+                                     f"(key {record.idempotency_key})")))  # fmt: skip
+    if len(attention) > SHOWN_ERRORS:
+        out.print(f"... and {len(attention) - SHOWN_ERRORS} more: preo journal export {path}")
+    if not report.closed_cleanly:
+        out.print("note: the last run did not close the journal (killed?): resume it with "
+                  "refund-bulk --journal to settle the rows in flight")  # fmt: skip
+
+
+def _when(value: object) -> str:
+    return "" if value is None else str(value).replace("+00:00", "Z")
+
+
+@journal_group.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File [default: stdout].")
+def journal_export(path: str, fmt: str, output: str | None) -> None:
+    """One record per input item of the journal at PATH, in input order (CSV with a header,
+    or JSON lines): line, request, standing, refund, key, request id, times, attempts."""
+    if output is not None and Path(output).resolve() == Path(path).resolve():
+        _fail(EXIT_USAGE, f"-o {output} is the journal itself; export elsewhere")
+    records = [record.to_dict() for record in _journal_report(path).records]
+    try:
+        sink = open(output, "w", encoding="utf-8", newline="") if output else None  # noqa: SIM115
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"cannot write {output}: {exc.strerror}")
+    stream: IO[str] = sink if sink is not None else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for record in records:
+                stream.write(json.dumps(record) + "\n")
+        else:
+            import csv
+
+            writer = csv.DictWriter(stream, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in record.items()} for record in records)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
 
 
 # -- sandbox -----------------------------------------------------------------------------
