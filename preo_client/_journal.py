@@ -300,6 +300,7 @@ class Journal:
                     self._entry(row[0], row[1:])  # every entry readable, before any use
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
                 migrate_audit(db)
+                self._check_audit(db)
                 self._run_number = db.execute(
                     "INSERT INTO runs (started_at, batch_id, pid) VALUES (?, ?, ?)",
                     (_now(), str(meta["run_id"]), os.getpid()),
@@ -315,6 +316,31 @@ class Journal:
             ) from None
         self._held[0] = True
         return str(meta["run_id"])
+
+    def _check_audit(self, db: sqlite3.Connection) -> None:
+        """Every audit-trail row readable and of the types this module writes (damage there
+        is refused like damage anywhere else)."""
+        text, number = (str,), (int,)
+        optional_text, optional_number = (str, type(None)), (int, type(None))
+        shapes = {
+            "SELECT * FROM runs": (number, text, optional_text, text, optional_number),
+            "SELECT * FROM attempts": (
+                number, optional_number, text, number, text, text, text, optional_text,
+                optional_number, optional_text, optional_text, optional_text, optional_text,
+                optional_number,
+            ),
+            "SELECT * FROM inputs": (number, number),
+        }  # fmt: skip
+        for query, shape in shapes.items():
+            table = query.rsplit(" ", 1)[1]
+            for row in db.execute(query):
+                if len(row) != len(shape) or not all(
+                    isinstance(value, kinds) for value, kinds in zip(row, shape, strict=False)
+                ):
+                    raise JournalError(
+                        f"journal {self.path} is damaged: an entry of its {table} table is not "
+                        "one this library writes; restore the journal from a copy"
+                    )
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the main file: a moved PATH carries the run id and the "held"

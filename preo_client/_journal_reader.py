@@ -182,7 +182,7 @@ def journal_report(path: str | os.PathLike[str]) -> JournalReport:
             return _read(shown, real)
         except JournalError:
             raise
-        except _SQLITE_ERRORS as exc:
+        except (*_SQLITE_ERRORS, TypeError, ValueError, InvalidOperation, KeyError) as exc:
             raise JournalError(
                 f"journal {shown} is damaged or not a preo journal ({' '.join(str(exc).split())})"
             ) from None
