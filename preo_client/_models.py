@@ -683,16 +683,13 @@ class Refund:
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickles with every field (``to_dict()`` equal after a round trip), its metadata,
         and its HTTP response without the ``Authorization`` header."""
-        return (
-            _unpickle_refund,
-            (
-                self._data,
-                self._idempotency_key,
-                self._request_id,
-                self._replayed,
-                _redacted_response(self._http_response),
-            ),
-        )
+        metadata = {
+            "idempotency_key": self._idempotency_key,
+            "request_id": self._request_id,
+            "replayed": self._replayed,
+            "http_response": _redacted_response(self._http_response),
+        }
+        return (_unpickle_refund, (self._data, metadata))
 
     def __repr__(self) -> str:
         scope = self._values.get("scope")
@@ -864,21 +861,8 @@ def _read(
     )
 
 
-def _unpickle_refund(
-    data: dict[str, Any],
-    idempotency_key: str,
-    request_id: str | None,
-    replayed: bool,
-    http_response: httpx.Response,
-) -> Refund:
-    return _read(
-        data,
-        idempotency_key=idempotency_key,
-        request_id=request_id,
-        replayed=replayed,
-        http_response=http_response,
-        log=False,  # logged when it was first read
-    )
+def _unpickle_refund(data: dict[str, Any], metadata: dict[str, Any]) -> Refund:
+    return _read(data, **metadata, log=False)  # logged when it was first read
 
 
 def _from_python(value: Any, depth: int) -> Any:
