@@ -357,3 +357,53 @@ def test_record_to_dict_is_json_with_exact_amounts() -> None:
     assert data["amount"] == "12.50"
     assert data["requested_amount"] == "12.50"
     json.dumps(data)
+
+
+@pytest.mark.parametrize("args", [["journal"], ["journal", "show"], ["journal", "export"]])
+def test_journal_help(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
+
+
+def test_the_sync_bulk_run_records_its_attempts_too(tmp_path: Path) -> None:
+    fake = FakePreo.demo(auto_purchases=True)
+    fake.inject(Fault.http_status(503, retry_after="0"))
+    journal = tmp_path / "sync.db"
+    with fake.client() as client:
+        summary = client.purchases.refund_many(
+            ["pur_1", "pur_2"], reason="sold_out", journal=journal, concurrency=1
+        ).run()
+    assert summary.succeeded == 2
+    records = list(read_journal(journal))
+    assert [r.attempts for r in records] == [2, 1]
+    assert [r.line for r in records] == [None, None]  # no input file: positions only
+    assert all(r.request_id and r.request_id.startswith("req_") for r in records)
+
+
+def test_a_killed_run_reads_without_being_resumed(tmp_path: Path) -> None:
+    """After kill -9 (no run holds it, -wal beside it) the journal reads as it stands, and
+    reading changes neither the file nor its -wal."""
+    count = 200
+    fake = FakePreo.demo(auto_purchases=True)
+    fake.set_latency(0.002)
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(count)))
+    journal = tmp_path / "j.db"
+    command = [PREO, "refund-bulk", str(source), "--reason", "sold_out", "--journal",
+               str(journal), "--concurrency", "4"]  # fmt: skip
+    with serve(fake) as server:
+        killed = _bulk_until_killed(command, server.url, journal, 40)
+    assert killed
+    wal = Path(f"{journal}-wal")
+    before = {p: p.read_bytes() for p in (journal, wal) if p.exists()}
+    report = journal_report(journal)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not report.closed_cleanly
+    assert report.runs[0].ended_at is None  # killed: never ended
+    assert len(report.records) == count  # every input line is known, sent or not
+    assert report.counts["not_sent"] >= 1
+    assert report.counts["done"] >= 1
+    assert sum(report.counts.values()) == count
+    done = [r for r in report.records if r.standing == "done"]
+    assert report.refunded_total == sum((r.amount or Decimal(0) for r in done), Decimal(0))
