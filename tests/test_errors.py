@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ from preo_client._exceptions import (
     mark_outcome_unknown,
 )
 from preo_client._models import parse_refund
-from preo_client.testing import FakePreo, Fault
+from preo_client.testing import FakePreo, Fault, serve
 
 KEY = "key-0001"
 ERROR_CLASSES = sorted(
@@ -369,3 +370,56 @@ def test_decimal_amount_in_validation_message_is_clean() -> None:
     with pytest.raises(RefundValidationError) as caught:
         preo_client.plan_refund("compensation", amount=Decimal("-1"))
     assert_clean(str(caught.value))
+
+
+def _bulk_document(tmp_path: Path, fake: FakePreo, *args: str, key: str | None = None) -> Any:
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\npur_1\npur_2\n")
+    with serve(fake) as server:
+        result = CliRunner().invoke(
+            _cli.cli,
+            ["refund-bulk", str(source), "--json", "--overwrite", *args],
+            env={"PREO_API_KEY": key or fake.api_key, "PREO_BASE_URL": server.url},
+        )
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("{")]
+    document = json.loads(line)
+    return result.exit_code, document["error"]
+
+
+def test_refund_bulk_json_error_documents(tmp_path: Path) -> None:
+    """`preo refund-bulk --json`: the same error document for a run that stops or never
+    starts."""
+    fake = FakePreo.demo(auto_purchases=True)
+    code, document = _bulk_document(tmp_path, fake, "--reason", "sold_out", key="sk_wrong")
+    assert code == 3
+    assert tuple(document) == ERROR_FIELDS
+    assert document["type"] == "AuthenticationError"
+    assert document["status_code"] == 401
+    assert document["request_id"].startswith("req_")
+    assert document["idempotency_key"].startswith("preo-")
+
+    fake.inject(*[Fault.http_status(429, retry_after="100000")] * 4)
+    code, document = _bulk_document(tmp_path, fake, "--reason", "sold_out", "--max-pause", "1")
+    assert code == 1
+    assert document["type"] in ("RateLimitError", "RateLimitOutcomeUnknownError")
+    assert document["status_code"] == 429
+
+    code, document = _bulk_document(tmp_path, fake, "--reason", "sold-out")
+    assert code == 2
+    assert document["type"] == "RefundValidationError"
+    assert document["field_errors"] == {"reason": [document["message"].split(": ", 1)[1]]}
+
+    journal = tmp_path / "held.journal"
+    from preo_client._journal import Journal
+
+    held = Journal(journal)
+    try:
+        code, document = _bulk_document(
+            tmp_path, fake, "--reason", "sold_out", "--journal", str(journal)
+        )
+    finally:
+        held.close()
+    assert code == 2
+    assert document["type"] == "JournalError"
+    assert "in use by another run" in document["message"]
