@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
     from ._journal import JournalError
+    from ._journal_reader import JournalRecord, read_journal
     from ._pacing import AdaptivePacer
 
 # Loaded on first use, so that a plain `import preo_client` stays cheap.
@@ -69,6 +70,8 @@ _LAZY = {
     "CoveringRefundUnknownError": "._bulk",
     "ItemFailedError": "._bulk",
     "JournalError": "._journal",
+    "JournalRecord": "._journal_reader",
+    "read_journal": "._journal_reader",
     "RefundItem": "._bulk",
     "RefundOutcome": "._bulk",
     "RefundReason": "._generated.models.refund_reason",
@@ -124,6 +127,7 @@ __all__ = [
     "InternalServerOutcomeUnknownError",
     "ItemFailedError",
     "JournalError",
+    "JournalRecord",
     "NotFoundError",
     "NotFoundOutcomeUnknownError",
     "NotGiven",
@@ -151,6 +155,7 @@ __all__ = [
     "__version__",
     "idempotency_key_for",
     "plan_refund",
+    "read_journal",
 ]
 
 # Exported classes show (and pickle) as `preo_client.X`, like httpx's do.

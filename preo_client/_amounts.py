@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import TypeAlias
 
-__all__ = ["MAX_AMOUNT", "AmountError", "AmountInput", "parse_amount", "suggest_decimal"]
+__all__ = [
+    "MAX_AMOUNT",
+    "AmountError",
+    "AmountInput",
+    "amount_text",
+    "parse_amount",
+    "suggest_decimal",
+]
 
 AmountInput: TypeAlias = Decimal | int | str | float
 
@@ -75,3 +82,14 @@ def parse_amount(value: object) -> Decimal:
     if quantized != amount:
         raise AmountError(f"must have at most 2 decimal places, got {amount}")
     return quantized
+
+
+def amount_text(amount: Decimal) -> str:
+    """The one written form of an amount: exact fixed-point decimal text with at least two
+    places (``"51.50"``, ``"0.00"``; ``"12.345"`` when the server sent three), never rounded,
+    never an exponent. ``to_dict(mode="json")`` and the CLI write it as a string, ``to_json()``
+    as a JSON number with the same digits."""
+    exponent = amount.as_tuple().exponent
+    if amount.is_finite() and isinstance(exponent, int) and exponent > -2:
+        amount = amount.quantize(CENT, context=Context(prec=max(28, amount.adjusted() + 4)))
+    return format(amount, "f")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import httpx
 
-from ._call import CallState
+from ._call import AttemptRecord, CallState
 from ._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -633,6 +633,13 @@ class _Core:
                 self.journal.claim(job.group.name, job.position, job.call.idempotency_key)
             self.journal.start(job.position, job.canonical, job.call.idempotency_key)
 
+    def attempt_journal(self, job: _Job) -> Callable[[AttemptRecord], None] | None:
+        """What the retry loop calls after each attempt of ``job`` (``CallState.on_attempt``):
+        the journal's audit trail of that attempt; None without a journal."""
+        if self.journal is None:
+            return None
+        return functools.partial(self.journal.record_attempt, job.call.idempotency_key)
+
     def record(
         self,
         job: _Job,
@@ -891,6 +898,7 @@ class AsyncBulkRun(_Run):
         core.start(job)
         state = core.state()
         state.trace_parent = self._trace.parent
+        state.on_attempt = core.attempt_journal(job)  # the audit trail of every attempt
         try:
             refund = await sender._send(job.call, state)
         except Exception as exc:
@@ -1151,6 +1159,7 @@ class BulkRun(_Run):
         core.start(job)
         state = core.state()
         state.trace_parent = self._trace.parent
+        state.on_attempt = core.attempt_journal(job)  # the audit trail of every attempt
         try:
             refund = sender._send(job.call, state)
         except _Stopped:

@@ -10,10 +10,11 @@ network loop and ask this module what happened.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -28,6 +29,7 @@ from ._exceptions import (
     make_status_error,
     mark_outcome_unknown,
 )
+from ._extras import merged_body
 from ._idempotency import check_idempotency_key, new_idempotency_key
 from ._models import parse_refund
 from ._policy import (
@@ -151,6 +153,59 @@ class CallState:
     unknown_seen: bool = False  # an attempt failed in a way that may have created the refund
     watch: CallWatch | None = None  # logs/traces this call (see _observe.watch_call)
     trace_parent: Any = None  # an OpenTelemetry context to start the call's span in (bulk)
+    on_attempt: Callable[[AttemptRecord], None] | None = None  # the audit trail (a journal)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One answered (or failed) attempt, as an audit trail keeps it.
+
+    ``sent_at`` / ``answered_at`` are UTC wall-clock times; ``outcome`` is ``"Refund"`` or the
+    error class name; ``failure`` what the failure meant (``not_sent``, ``refused``, ``final``,
+    ``unknown``; None for a refund); ``status_code`` / ``request_id`` those of the answer, if
+    one came; ``refund`` the refund it returned.
+    """
+
+    attempt: int
+    sent_at: datetime.datetime
+    answered_at: datetime.datetime
+    outcome: str
+    failure: str | None
+    status_code: int | None
+    request_id: str | None
+    refund: Refund | None = None
+
+
+def attempt_started(state: CallState) -> datetime.datetime | None:
+    """The attempt's start time when an audit trail listens (else None: nothing to pay)."""
+    return None if state.on_attempt is None else datetime.datetime.now(datetime.timezone.utc)
+
+
+def attempt_ended(
+    state: CallState,
+    sent_at: datetime.datetime | None,
+    *,
+    refund: Refund | None = None,
+    failed: AttemptFailed | None = None,
+) -> None:
+    """Tell the audit trail (``state.on_attempt``) how attempt ``state.attempts`` ended."""
+    if state.on_attempt is None or sent_at is None:
+        return
+    error = failed.error if failed is not None else None
+    status = getattr(error, "status_code", None)
+    request_id = refund.request_id if refund is not None else getattr(error, "request_id", None)
+    state.on_attempt(
+        AttemptRecord(
+            attempt=state.attempts,
+            sent_at=sent_at,
+            answered_at=datetime.datetime.now(datetime.timezone.utc),
+            outcome="Refund" if error is None else type(error).__name__,
+            failure=None if failed is None else failed.failure.name.lower(),
+            status_code=status if isinstance(status, int) else None,
+            request_id=request_id if isinstance(request_id, str) else None,
+            refund=refund,
+        )
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,10 +258,13 @@ def build_call(
     timeout: httpx.Timeout,
     deadline: float,
     max_retries: int,
+    extra_body: Mapping[str, object] | None = None,
+    extra_query: Mapping[str, str] | None = None,
 ) -> Call:
     """Check every argument (no I/O) and build the one request every attempt sends.
 
-    Raises :class:`RefundValidationError` naming the field; nothing else.
+    ``extra_body`` / ``extra_query`` (checked by ``_extras``) are added to the body and the
+    URL. Raises :class:`RefundValidationError` naming the field; nothing else.
     """
     purchase_id = check_purchase_id(purchase_id)
     plan = plan_refund(reason, scope, amount)  # type: ignore[arg-type]
@@ -225,7 +283,7 @@ def build_call(
         pickup_point_id=unset if pickup_point_id is None else pickup_point_id,
     )
     kwargs = gen.endpoint._get_kwargs(purchase_id, body=body, idempotency_key=key)
-    content = _JSON.encode(kwargs["json"]).encode()  # the policy refused lone surrogates
+    content = _JSON.encode(merged_body(kwargs["json"], extra_body)).encode()  # checked text
     request_headers = dict(headers)
     for name, value in kwargs["headers"].items():
         request_headers[name.lower()] = value
@@ -235,6 +293,7 @@ def build_call(
             base_url + kwargs["url"],
             content=content,
             headers=request_headers,
+            params=extra_query or None,
             extensions={"timeout": timeout.as_dict()},
         )
     except httpx.InvalidURL as exc:  # e.g. longer than a URL may be

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
 import attrs
 import httpx
 
+from ._amounts import amount_text
 from ._bulk import (
     DEFAULT_MAX_PAUSE,
     AsyncBulkRun,
@@ -46,13 +47,14 @@ from ._bulk import (
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url
+from ._error_document import error_document
 from ._exceptions import (
-    APIError,
     AuthenticationError,
     PermissionDeniedError,
     PreoError,
     RefundValidationError,
 )
+from ._journal_reader import EXPORT_FIELDS, JournalReport, journal_report
 from ._models import Refund
 from ._pacing import AdaptivePacer
 from ._policy import REASONS, SCOPES, plan_refund
@@ -105,10 +107,11 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _fail(code: int, message: str) -> NoReturn:
+def _fail(code: int, message: str, error: BaseException | None = None) -> NoReturn:
+    """Exit with ``code``: the message on stderr, or with --json the error document."""
     message = _printable(message)
     if _OUTPUT["json"]:
-        click.echo(json.dumps({"error": {"exit_code": code, "message": message}}))
+        click.echo(json.dumps({"error": error_document(code, message, error)}))
     else:
         stderr.print(f"[bold red]error:[/] {_escape(message)}", markup=True)
     sys.exit(code)
@@ -148,19 +151,21 @@ def _check_connection(
                 f"--base-url {base_url} is plain http:// (the API key would travel in clear "
                 "text): use https://, a loopback host, or pass --allow-insecure-http",
             )
-        _fail(EXIT_USAGE, _cli_words(str(exc)))
+        _fail(EXIT_USAGE, _cli_words(str(exc)), exc)
 
 
 def _money(value: Decimal) -> str:
-    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else str(value)
+    return amount_text(value)
 
 
 def refund_to_dict(refund: Refund) -> dict[str, Any]:
-    """A refund as JSON-ready data (amount as an exact decimal string)."""
-    plain = {k: v for k, v in refund.to_dict(mode="json").items() if k != "amount"}
+    """A refund as JSON-ready data: ``to_dict(mode="json")`` (the amount as its exact decimal
+    string, the one rule of :func:`amount_text`) and how it came back."""
+    plain = refund.to_dict(mode="json")
+    amount = plain.pop("amount")
     return {
         **plain,
-        "amount": _money(refund.amount),
+        "amount": amount,
         "idempotency_key": refund.idempotency_key,
         "request_id": refund.request_id,
         "replayed": refund.replayed,
@@ -180,7 +185,8 @@ class _PolicyChoice(click.Choice[str]):
             try:
                 self._check(value)
             except RefundValidationError as exc:
-                self.fail(str(exc).split(": ", 1)[1], param, ctx)
+                message = str(exc).split(": ", 1)[1]
+                raise click.BadParameter(message, ctx=ctx, param=param) from exc
         return super().convert(value, param, ctx)
 
 
@@ -188,7 +194,55 @@ _REASON = _PolicyChoice(REASONS, check=plan_refund)
 _SCOPE = _PolicyChoice(SCOPES, check=lambda scope: plan_refund("other", scope))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _JsonUsageError(click.UsageError):
+    """A usage error click found while parsing, shown as the ``--json`` error document."""
+
+    def __init__(self, original: click.UsageError) -> None:
+        super().__init__(original.format_message(), original.ctx)
+        param = getattr(original, "param", None)
+        self.field = None if param is None else param.name
+        # the policy's own error when it refused the value (_PolicyChoice): its type and field
+        cause = original.__cause__
+        self.error = cause if isinstance(cause, RefundValidationError) else None
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = _printable(self.format_message())
+        document = error_document(self.exit_code, message, self.error)
+        if self.field and not document["field_errors"]:
+            document["field_errors"] = {self.field: [message]}
+        click.echo(json.dumps({"error": document}))
+
+
+class _Group(click.Group):
+    """The ``preo`` group: with ``--json``, even a usage error click finds while parsing (an
+    unknown ``--reason``, ``--concurrency 0``) is one JSON error document, exit 2."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            ctx = super().make_context(info_name, list(args), parent, **extra)
+        except click.UsageError as exc:
+            raise _JsonUsageError(exc) if "--json" in args else exc from None
+        ctx.meta["preo.json"] = "--json" in args
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _JsonUsageError:
+            raise
+        except click.UsageError as exc:
+            if ctx.meta.get("preo.json"):
+                raise _JsonUsageError(exc) from None
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="preo-client", prog_name="preo")
 def cli() -> None:
     """Create Preo refund requests from the command line."""
@@ -245,13 +299,13 @@ def refund(
                 idempotency_key=idempotency_key,
             )
     except ConfigurationError as exc:
-        _fail(EXIT_USAGE, _cli_words(str(exc)))
+        _fail(EXIT_USAGE, _cli_words(str(exc)), exc)
     except RefundValidationError as exc:
-        _fail(EXIT_USAGE, str(exc))
+        _fail(EXIT_USAGE, str(exc), exc)
     except (AuthenticationError, PermissionDeniedError) as exc:
-        _fail(EXIT_AUTH, str(exc))
-    except APIError as exc:
-        _fail(EXIT_FAILURES, str(exc))
+        _fail(EXIT_AUTH, str(exc), exc)
+    except PreoError as exc:
+        _fail(EXIT_FAILURES, str(exc), exc)
     if as_json:
         click.echo(json.dumps(refund_to_dict(result), indent=2, default=str))
         return
@@ -599,14 +653,15 @@ def _report(
     results_path: Path,
     run_id: str,
     code: int,
-    error: str | None,
+    error: dict[str, Any] | None,
 ) -> None:
-    """The summary: a table and the failed rows, or one JSON document (with the error)."""
+    """The summary: a table and the failed rows, or one JSON document (with the error
+    document of a stopped run)."""
     failed = _failed_rows(summary, line_of)
     if _OUTPUT["json"]:
         data = {
             "exit_code": code,
-            "error": None if error is None else {"exit_code": code, "message": error},
+            "error": error,
             "succeeded": summary.succeeded,
             "replayed": summary.replayed,
             "covered": summary.covered,
@@ -738,7 +793,7 @@ def refund_bulk(
             if scope is not None and scope not in SCOPES:
                 plan_refund("other", scope)
         except RefundValidationError as exc:
-            _fail(EXIT_USAGE, f"--{exc}")
+            _fail(EXIT_USAGE, f"--{exc}", exc)
         if batch_id is not None and not batch_id.strip():
             _fail(EXIT_USAGE, "--batch-id must not be empty")
         items: Iterable[RefundItem] | _StdinRows
@@ -768,7 +823,7 @@ def refund_bulk(
         try:
             client, http = _async_client(api_key, base_url, sandbox, allow_insecure_http)
         except ConfigurationError as exc:
-            _fail(EXIT_USAGE, _cli_words(str(exc)))
+            _fail(EXIT_USAGE, _cli_words(str(exc)), exc)
     with contextlib.ExitStack() as stack:
         if http is not None:
             stack.callback(_close_quietly, http)
@@ -780,10 +835,15 @@ def refund_bulk(
                     max_rate=max_rate, pacing=pacing,
                 )  # fmt: skip
             except JournalError as exc:
-                _fail(EXIT_USAGE, _journal_message(exc, line_of))
+                _fail(EXIT_USAGE, _journal_message(exc, line_of), exc)
             except RefundValidationError as exc:
-                _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}")
+                _fail(EXIT_USAGE, f"--{_cli_words(str(exc)).replace('_', '-')}", exc)
             stack.callback(run.close)
+            if total is not None:  # a file: every input line is known before the run
+                try:
+                    _record_inputs(run, line_of)
+                except JournalError as exc:
+                    _fail(EXIT_USAGE, _journal_message(exc, line_of), exc)
             out = stack.enter_context(
                 _results_file(results_path, append=bool(resuming), overwrite=overwrite)
             )
@@ -793,12 +853,16 @@ def refund_bulk(
             stop = asyncio.run(_drive(client, http, run, out, reporter, line_of))
         except KeyboardInterrupt:
             stop = KeyboardInterrupt()
+        if total is None:  # standard input: its lines are known now
+            with contextlib.suppress(JournalError):  # lines only inform the audit trail
+                _record_inputs(run, line_of)
         reporter.close()
         elapsed = time.monotonic() - reporter.started
     if not stderr.is_terminal:
         reporter.line()
     code, error = _verdict(run.summary, stop, journal, line_of)
-    _report(run.summary, elapsed, line_of, results_path, run.run_id, code, error)
+    document = None if error is None else error_document(code, _printable(error), stop)
+    _report(run.summary, elapsed, line_of, results_path, run.run_id, code, document)
     if error is not None and not _OUTPUT["json"]:
         _fail(code, error)
     sys.exit(code)
@@ -836,7 +900,7 @@ def _read_file(path: Path) -> list[Row]:
         with path.open("rb") as data:
             return list(read_rows(data))
     except InputError as exc:
-        _fail(EXIT_USAGE, f"{path}: {exc}; nothing was sent")
+        _fail(EXIT_USAGE, f"{path}: {exc}; nothing was sent", exc)
     except OSError as exc:
         _fail(EXIT_USAGE, f"cannot read {path}: {exc.strerror}")
 
@@ -896,6 +960,120 @@ def _verdict(
     if stop is not None:
         return EXIT_FAILURES, f"run stopped: {stop}{resume}"
     return (EXIT_FAILURES if summary.failures else EXIT_OK), None
+
+
+def _record_inputs(run: AsyncBulkRun, line_of: Sequence[int]) -> None:
+    """Give the journal's audit trail each input position's line, so ``preo journal`` lists
+    every input item (sent or not) with its line. (The one place the CLI reaches the run's
+    journal: re-wire here if the bulk run's internals move.)"""
+    journal = run._core.journal
+    if journal is not None and line_of:
+        journal.record_inputs(list(line_of))
+
+
+# -- journal -----------------------------------------------------------------------------
+
+
+@cli.group("journal")
+def journal_group() -> None:
+    """Read a refund-bulk journal: what was refunded, when, and what needs attention.
+    Read-only: never writes to the journal; refused while a run holds it."""
+
+
+def _journal_report(path: str) -> JournalReport:
+    try:
+        return journal_report(path)
+    except JournalError as exc:
+        _fail(EXIT_USAGE, str(exc), exc)
+
+
+@journal_group.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report (or the error) as JSON.")
+def journal_show(path: str, as_json: bool) -> None:
+    """Counts by standing, the exact refunded total of every run, the runs, and the rows that
+    need attention, of the journal at PATH."""
+    _OUTPUT["json"] = as_json
+    report = _journal_report(path)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    out = _console(err=False)
+    counts = Table(title=f"Journal {path} (batch id {report.batch_id})")
+    counts.add_column("standing")
+    counts.add_column("items", justify="right")
+    for standing, count in report.counts.items():
+        counts.add_row(standing.replace("_", " "), str(count))
+    counts.add_row("total", str(len(report.records)))
+    counts.add_row("refunded (every run, exact)", _money(report.refunded_total))
+    out.print(counts)
+    runs = Table(title="Runs")
+    for column in ("run", "started (UTC)", "ended (UTC)", "attempts", "refunds", "amount"):
+        runs.add_column(column)
+    for run in report.runs:
+        runs.add_row(
+            str(run.run), _when(run.started_at), _when(run.ended_at) or "killed or running",
+            str(run.attempts), str(run.refunds), _money(run.amount),
+        )  # fmt: skip
+    out.print(runs)
+    attention = report.attention
+    for record in attention[:SHOWN_ERRORS]:
+        where = f"line {record.line}" if record.line is not None else f"item {record.position + 1}"
+        what = record.error or record.standing.replace("_", " ")
+        out.print(_escape(_printable(f"{where}: {record.purchase_id} {what} "
+                                     f"(key {record.idempotency_key})")))  # fmt: skip
+    if len(attention) > SHOWN_ERRORS:
+        out.print(f"... and {len(attention) - SHOWN_ERRORS} more: preo journal export {path}")
+    if not report.closed_cleanly:
+        out.print("note: the last run did not close the journal (killed?): resume it with "
+                  "refund-bulk --journal to settle the rows in flight")  # fmt: skip
+
+
+def _when(value: object) -> str:
+    return "" if value is None else str(value).replace("+00:00", "Z")
+
+
+@journal_group.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="csv: a header line, then one row per item; jsonl: one JSON object per item.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File [default: stdout].")
+def journal_export(path: str, fmt: str, output: str | None) -> None:
+    """One record per input item of the journal at PATH, in input order (CSV with a header,
+    or JSON lines): line, request, standing, refund, key, request id, times, attempts."""
+    if output is not None and Path(output).resolve() == Path(path).resolve():
+        _fail(EXIT_USAGE, f"-o {output} is the journal itself; export elsewhere")
+    records = [record.to_dict() for record in _journal_report(path).records]
+    try:
+        sink = open(output, "w", encoding="utf-8", newline="") if output else None  # noqa: SIM115
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"cannot write {output}: {exc.strerror}")
+    stream: IO[str] = sink if sink is not None else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for record in records:
+                stream.write(json.dumps(record) + "\n")
+        else:
+            import csv
+
+            writer = csv.DictWriter(stream, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in record.items()} for record in records)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
 
 
 # -- sandbox -----------------------------------------------------------------------------

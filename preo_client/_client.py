@@ -25,6 +25,8 @@ from ._call import (
     CallState,
     _secret,
     already_read,
+    attempt_ended,
+    attempt_started,
     body_problem_of,
     build_call,
     deadline_failure,
@@ -49,6 +51,7 @@ from ._config import (
 )
 from ._deadline import ATTEMPT_DEADLINE, bound_attempts
 from ._exceptions import RefundValidationError, mark_outcome_unknown, scrub_error
+from ._extras import check_extra_body, check_extra_query
 from ._observe import setup_logging, watch_call
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
@@ -211,8 +214,12 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         timeout: object = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
         max_retries: object = NOT_GIVEN,
+        extra_body: object = None,
+        extra_query: object = None,
     ) -> Call:
         """Check every argument (no I/O) and build the one request all attempts send."""
+        body = None if extra_body is None else check_extra_body(extra_body)
+        query = None if extra_query is None else check_extra_query(extra_query)
         headers = self._request_headers
         if extra_headers:
             try:
@@ -248,6 +255,8 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             timeout=per_call,
             deadline=deadline,
             max_retries=retries,
+            extra_body=body,
+            extra_query=query,
         )
 
     def _after_failure(self, failed: AttemptFailed, call: Call, state: CallState) -> float:
@@ -405,15 +414,18 @@ class PreoClient(_BaseClient[httpx.Client]):
             state.attempts += 1
             if state.watch is not None:
                 state.watch.sending()
+            sent_at = attempt_started(state)
             try:
                 refund = self._attempt(call, state.attempts)
             except AttemptFailed as failed:
                 if state.pacer is not None and failed.failure is not Failure.NOT_SENT:
                     state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
+                attempt_ended(state, sent_at, failed=failed)
                 delay = self._after_failure(failed, call, state)
             else:
                 if state.pacer is not None:
                     state.pacer.observe(throttled=False)
+                attempt_ended(state, sent_at, refund=refund)
                 return refund
             if delay:
                 (self._sleep or _sleep)(delay)
@@ -592,15 +604,18 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             state.attempts += 1
             if state.watch is not None:
                 state.watch.sending()
+            sent_at = attempt_started(state)
             try:
                 refund = await self._attempt(call, state.attempts)
             except AttemptFailed as failed:
                 if state.pacer is not None and failed.failure is not Failure.NOT_SENT:
                     state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
+                attempt_ended(state, sent_at, failed=failed)
                 delay = self._after_failure(failed, call, state)
             else:
                 if state.pacer is not None:
                     state.pacer.observe(throttled=False)
+                attempt_ended(state, sent_at, refund=refund)
                 return refund
             if delay:
                 await (self._sleep or _async_sleep)(delay)

@@ -34,6 +34,7 @@ the ``Authorization`` header removed. This module imports no HTTP library at run
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
@@ -155,8 +156,26 @@ class RefundValidationError(PreoError, ValueError):
     """
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {_without_prefix(field, message)}")
         self.field = field
+
+
+def _without_prefix(field: str, message: str) -> str:
+    """``message`` without a leading ``field:`` it may already carry (a wrapped error's text),
+    so the field is named once: ``extra_headers: invalid ...``, never twice."""
+    prefix = f"{field}:"
+    while message.startswith(prefix):
+        message = message[len(prefix) :].lstrip()
+    return message
+
+
+def join_sentences(first: str, second: str) -> str:
+    """``first``, then ``second`` as a new sentence, with exactly one full stop between them
+    (``first`` may already end with ``.``, ``!`` or ``?``)."""
+    first = first.rstrip()
+    if not first:
+        return second
+    return f"{first} {second}" if first.endswith((".", "!", "?")) else f"{first}. {second}"
 
 
 class ConfigurationError(PreoError, ValueError):
@@ -169,10 +188,15 @@ class RefundOutcomeUnknownError(PreoError):
     Raised (as a twin of the specific error class) when an attempt of the call may have been
     processed: a read timeout or dropped connection after sending, any 5xx but 503, a 2xx that
     is not a readable refund, or any later error of such a call. Retrying with the same
-    ``idempotency_key`` cannot refund twice on a server that honours the key.
+    ``idempotency_key`` cannot refund twice on a server that honours the key (except after a
+    ``422``: that key was used with another body, and its message says what to do).
+
+    ``idempotency_key`` is the key the call sent (a ``str``); it is empty only for an error
+    raised for an item nothing was sent for (a bulk item whose transaction's refund, sent
+    with another item's key, has an unknown outcome).
     """
 
-    idempotency_key: str | None = None
+    idempotency_key: str = ""
 
 
 class APIError(PreoError):
@@ -289,52 +313,76 @@ class APIResponseValidationError(APIError):
 class APIConnectionOutcomeUnknownError(APIConnectionError, RefundOutcomeUnknownError):
     """An :class:`APIConnectionError` after which the refund may exist."""
 
+    idempotency_key: str
+
 
 class APITimeoutOutcomeUnknownError(APITimeoutError, RefundOutcomeUnknownError):
     """An :class:`APITimeoutError` after which the refund may exist."""
+
+    idempotency_key: str
 
 
 class APIStatusOutcomeUnknownError(APIStatusError, RefundOutcomeUnknownError):
     """An :class:`APIStatusError` of a call whose refund may exist."""
 
+    idempotency_key: str
+
 
 class BadRequestOutcomeUnknownError(BadRequestError, RefundOutcomeUnknownError):
     """A :class:`BadRequestError` of a call whose refund may exist."""
+
+    idempotency_key: str
 
 
 class AuthenticationOutcomeUnknownError(AuthenticationError, RefundOutcomeUnknownError):
     """An :class:`AuthenticationError` of a call whose refund may exist."""
 
+    idempotency_key: str
+
 
 class PermissionDeniedOutcomeUnknownError(PermissionDeniedError, RefundOutcomeUnknownError):
     """A :class:`PermissionDeniedError` of a call whose refund may exist."""
+
+    idempotency_key: str
 
 
 class NotFoundOutcomeUnknownError(NotFoundError, RefundOutcomeUnknownError):
     """A :class:`NotFoundError` of a call whose refund may exist."""
 
+    idempotency_key: str
+
 
 class ConflictOutcomeUnknownError(ConflictError, RefundOutcomeUnknownError):
     """A :class:`ConflictError` of a call whose refund may exist."""
 
+    idempotency_key: str
+
 
 class UnprocessableEntityOutcomeUnknownError(UnprocessableEntityError, RefundOutcomeUnknownError):
     """An :class:`UnprocessableEntityError` of a call whose refund may exist."""
+
+    idempotency_key: str
 
 
 class RateLimitOutcomeUnknownError(RateLimitError, RefundOutcomeUnknownError):
     """A :class:`RateLimitError` of a call whose refund may exist (an earlier attempt may have
     landed)."""
 
+    idempotency_key: str
+
 
 class InternalServerOutcomeUnknownError(InternalServerError, RefundOutcomeUnknownError):
     """An :class:`InternalServerError` after which the refund may exist (any 5xx but 503)."""
+
+    idempotency_key: str
 
 
 class APIResponseValidationOutcomeUnknownError(
     APIResponseValidationError, RefundOutcomeUnknownError
 ):
     """A 2xx that is not a readable refund: the refund was probably created."""
+
+    idempotency_key: str
 
 
 OUTCOME_UNKNOWN_VARIANTS: Final[dict[type[APIError], type[APIError]]] = {
@@ -502,6 +550,9 @@ def make_status_error(
         message += f" - {server}"
     if note:
         message += f" ({note})"
+    remedy = _KEY_REMEDIES.get(cls)
+    if remedy is not None:
+        message = join_sentences(message, remedy(idempotency_key))
     message = _scrubbed(message, secret)
     return cls(
         message,
@@ -514,7 +565,8 @@ def make_status_error(
 
 
 def retry_hint(idempotency_key: str | None) -> str:
-    """The sentence every unknown-outcome error ends with."""
+    """The sentence every unknown-outcome error ends with (but a 409's and a 422's, which
+    say their own remedy)."""
     return (
         "The refund may or may not have been created; retry with "
         f"idempotency_key={idempotency_key!r} so that it cannot be created twice "
@@ -522,8 +574,42 @@ def retry_hint(idempotency_key: str | None) -> str:
     )
 
 
+def key_reused_remedy(idempotency_key: str | None) -> str:
+    """What a ``422`` (the key was already used with a different body) asks for. Retrying with
+    the same key returns the same 422 forever, so this never advises it."""
+    return (
+        f"The idempotency key {idempotency_key!r} was already used with a different request "
+        "body, so the server refused this one; the earlier request with this key may have "
+        "created a refund. Look that refund up before refunding this purchase again, and send "
+        "a different request only with a new idempotency key"
+    )
+
+
+def key_in_flight_remedy(idempotency_key: str | None) -> str:
+    """What a ``409`` (a request with the same key is still being processed) asks for."""
+    return (
+        f"A request with the idempotency key {idempotency_key!r} is still being processed: "
+        f"retry later with the same key (idempotency_key={idempotency_key!r}), which cannot "
+        "create the refund twice"
+    )
+
+
+_KEY_REMEDIES: Final[dict[type[APIStatusError], Callable[[str | None], str]]] = {
+    ConflictError: key_in_flight_remedy,
+    UnprocessableEntityError: key_reused_remedy,
+}
+
+
+def _unknown_hint(error: APIError) -> str:
+    for cls, remedy in _KEY_REMEDIES.items():
+        if isinstance(error, cls):
+            return remedy(error.idempotency_key)
+    return retry_hint(error.idempotency_key)
+
+
 def mark_outcome_unknown(error: _E) -> _E:
-    """Return ``error`` as its outcome-unknown twin (same fields, the retry hint added)."""
+    """Return ``error`` as its outcome-unknown twin (same fields, its remedy added once: the
+    retry hint, or for a 409 / 422 what that status asks for)."""
     if isinstance(error, RefundOutcomeUnknownError):
         return error
     variant = next(
@@ -532,7 +618,9 @@ def mark_outcome_unknown(error: _E) -> _E:
     )
     unknown = variant.__new__(variant)
     unknown.__dict__.update(error.__dict__)
-    if f"idempotency_key={error.idempotency_key!r}" not in error.message:  # said once only
-        unknown.message = f"{error.message}. {retry_hint(error.idempotency_key)}"
+    hint = _unknown_hint(error)
+    said = hint in error.message or f"idempotency_key={error.idempotency_key!r}" in error.message
+    if not said:  # said once only
+        unknown.message = join_sentences(error.message, hint)
     unknown.args = (unknown.message,)
     return unknown  # type: ignore[return-value]

@@ -26,24 +26,35 @@ released by the OS when the process dies, so a killed run never leaves a stale l
 
 Damage: the file is checked (``PRAGMA quick_check``) when opened, and every ``sqlite3`` error
 anywhere (open, query, fetch, commit, close) is a :class:`JournalError`, never a raw one.
+
+The audit trail (tables added in place to any journal of this schema, older ones included, by
+:func:`migrate_audit`; the ``items`` table is not touched): ``runs`` (one row per run that held
+the journal: start and end time, batch id, pid), ``attempts`` (every answered or failed attempt:
+the key, the attempt number, when it was sent and answered, its outcome class, status, request
+id and, for a refund, its id, amount, status and ``replayed``) and ``inputs`` (each input
+position's line in the input file). ``preo_client._journal_reader`` reads them without writing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import sqlite3
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from ._exceptions import PreoError
 
-__all__ = ["SCHEMA", "Journal", "JournalEntry", "JournalError"]
+if TYPE_CHECKING:
+    from ._call import AttemptRecord
+
+__all__ = ["SCHEMA", "Journal", "JournalEntry", "JournalError", "migrate_audit"]
 
 SCHEMA: Final = "preo-bulk-journal/1"
 STATES: Final = frozenset({"started", "done", "covered", "failed"})
@@ -63,9 +74,31 @@ _CREATE: Final = (
     "idempotency_key TEXT NOT NULL, state TEXT NOT NULL, refund_id TEXT, amount TEXT, "
     "error TEXT)",
 )
+# The audit trail: additive tables, created when missing (see migrate_audit).
+_AUDIT: Final = (
+    "CREATE TABLE IF NOT EXISTS runs (run INTEGER PRIMARY KEY, started_at TEXT NOT NULL, "
+    "ended_at TEXT, batch_id TEXT NOT NULL, pid INTEGER)",
+    "CREATE TABLE IF NOT EXISTS attempts (id INTEGER PRIMARY KEY, run INTEGER, "
+    "idempotency_key TEXT NOT NULL, attempt INTEGER NOT NULL, sent_at TEXT NOT NULL, "
+    "answered_at TEXT NOT NULL, outcome TEXT NOT NULL, failure TEXT, status_code INTEGER, "
+    "request_id TEXT, refund_id TEXT, amount TEXT, refund_status TEXT, replayed INTEGER)",
+    "CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (idempotency_key)",
+    "CREATE TABLE IF NOT EXISTS inputs (position INTEGER PRIMARY KEY, line INTEGER NOT NULL)",
+)
 # sqlite3 reports some damage as UnicodeDecodeError (text, or its own message, not UTF-8)
 _SQLITE_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError)
 _T = TypeVar("_T")
+
+
+def migrate_audit(db: sqlite3.Connection) -> None:
+    """Add the audit-trail tables to a journal that lacks them (idempotent; the caller holds
+    the write transaction). Journals written before them open and gain them in place."""
+    for statement in _AUDIT:
+        db.execute(statement)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 class JournalError(PreoError, ValueError):
@@ -205,6 +238,7 @@ class Journal:
             raise JournalError(f"cannot lock journal {self.path}: {exc.strerror}") from None
         self._mutex = threading.Lock()
         self._groups_ready = False
+        self._run_number: int | None = None
         try:
             _refuse_hard_links(real)
             self._file_lock = _FileLock(real)
@@ -265,6 +299,12 @@ class Journal:
                 ):
                     self._entry(row[0], row[1:])  # every entry readable, before any use
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
+                migrate_audit(db)
+                self._check_audit(db)
+                self._run_number = db.execute(
+                    "INSERT INTO runs (started_at, batch_id, pid) VALUES (?, ?, ?)",
+                    (_now(), str(meta["run_id"]), os.getpid()),
+                ).lastrowid
             self._checkpoint()
         except JournalError:
             raise
@@ -276,6 +316,31 @@ class Journal:
             ) from None
         self._held[0] = True
         return str(meta["run_id"])
+
+    def _check_audit(self, db: sqlite3.Connection) -> None:
+        """Every audit-trail row readable and of the types this module writes (damage there
+        is refused like damage anywhere else)."""
+        text, number = (str,), (int,)
+        optional_text, optional_number = (str, type(None)), (int, type(None))
+        shapes = {
+            "SELECT * FROM runs": (number, text, optional_text, text, optional_number),
+            "SELECT * FROM attempts": (
+                number, optional_number, text, number, text, text, text, optional_text,
+                optional_number, optional_text, optional_text, optional_text, optional_text,
+                optional_number,
+            ),
+            "SELECT * FROM inputs": (number, number),
+        }  # fmt: skip
+        for query, shape in shapes.items():
+            table = query.rsplit(" ", 1)[1]
+            for row in db.execute(query):
+                if len(row) != len(shape) or not all(
+                    isinstance(value, kinds) for value, kinds in zip(row, shape, strict=False)
+                ):
+                    raise JournalError(
+                        f"journal {self.path} is damaged: an entry of its {table} table is not "
+                        "one this library writes; restore the journal from a copy"
+                    )
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the main file: a moved PATH carries the run id and the "held"
@@ -436,8 +501,59 @@ class Journal:
             (group, position, key),
         )
 
+    # -- the audit trail (additive: see migrate_audit) -----------------------------------
+
+    def record_attempt(self, key: str, record: AttemptRecord) -> None:
+        """Record (and commit) one attempt of the request sent with ``key``: when it was sent
+        and answered, how it ended, the answer's request id and, for a refund, its id, amount,
+        status and whether it was a replay. The bulk run calls it from the retry loop
+        (``CallState.on_attempt``)."""
+        refund = record.refund
+        status = None if refund is None else getattr(refund.status, "value", refund.status)
+        self._execute(
+            "INSERT INTO attempts (run, idempotency_key, attempt, sent_at, answered_at, outcome, "
+            "failure, status_code, request_id, refund_id, amount, refund_status, replayed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._run_number,
+                key,
+                record.attempt,
+                record.sent_at.isoformat(),
+                record.answered_at.isoformat(),
+                record.outcome,
+                record.failure,
+                record.status_code,
+                record.request_id,
+                None if refund is None else refund.id,
+                None if refund is None else str(refund.amount),
+                status if isinstance(status, str) else None,
+                None if refund is None else int(refund.replayed),
+            ),
+        )
+
+    def record_inputs(self, lines: Sequence[int], *, start: int = 0) -> None:
+        """Record (one commit) the input line of each position from ``start`` (``lines[i]``
+        is position ``start + i``'s line); a position already recorded keeps its line. Tells
+        readers which input items exist, sent or not."""
+
+        def work(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(
+                    "INSERT OR IGNORE INTO inputs (position, line) VALUES (?, ?)",
+                    ((start + offset, line) for offset, line in enumerate(lines)),
+                )
+
+        self._run(work)
+
+    def _end_run(self) -> None:
+        with contextlib.suppress(JournalError):  # a failing journal: the run stays open-ended
+            self._execute("UPDATE runs SET ended_at = ? WHERE run = ?", (_now(), self._run_number))
+
     def close(self) -> None:
         """Mark the journal closed cleanly, close it and release the lock (idempotent)."""
+        if self._held[0] and self._finalizer.alive:
+            self._end_run()
         with self._mutex:
             self._finalizer()
 

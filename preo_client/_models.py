@@ -14,6 +14,7 @@ import decimal
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
@@ -21,7 +22,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn
 
 import httpx
 
-from ._exceptions import APIResponseValidationError
+from ._amounts import amount_text
+from ._exceptions import (
+    APIResponseValidationError,
+    RefundValidationError,
+    _redacted_response,
+    join_sentences,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -122,7 +129,7 @@ def _exact_amount(value: object) -> Decimal | None:
 
 def _amount_text(amount: Decimal) -> str:
     """Fixed-point text of an amount: a valid JSON number and an exact decimal string."""
-    return format(amount, "f")
+    return amount_text(amount)
 
 
 def _depth_ok(data: dict[str, Any]) -> bool:
@@ -234,6 +241,9 @@ class _Nested:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self._id!r}, extra={self.extra!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self)._owning, (self._data,))
 
 
 class StaffUser(_Nested):
@@ -614,15 +624,72 @@ class Refund:
                 result[name] = _json_safe(raw) if as_json else _copy(raw)
         return result
 
-    def to_json(self) -> str:
-        """The refund as JSON text: ``amount`` an exact JSON number (``51.50``, never
-        ``51.500000001``), date-times ISO 8601, everything else as in
-        ``to_dict(mode="json")``."""
-        parts = []
-        for name, value in self.to_dict(mode="json").items():
-            text = _amount_text(self._amount) if name == "amount" else json.dumps(value)
-            parts.append(f"{json.dumps(name)}: {text}")
-        return "{" + ", ".join(parts) + "}"
+    def to_json(self, *, indent: int | str | None = None) -> str:
+        """The refund as JSON text: ``amount`` an exact JSON number with the digits of
+        ``to_dict(mode="json")["amount"]`` (``51.50``, never ``51.500000001``), date-times
+        ISO 8601, everything else as in ``to_dict(mode="json")``. ``indent`` as for
+        ``json.dumps`` (None: one line)."""
+        document = self.to_dict(mode="json")
+        marker = f"<amount {uuid.uuid4().hex}>"  # stands for the amount, replaced below
+        document["amount"] = marker
+        return json.dumps(document, indent=indent).replace(
+            json.dumps(marker), _amount_text(self._amount), 1
+        )
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        idempotency_key: str = "",
+        request_id: str | None = None,
+        replayed: bool = False,
+    ) -> Refund:
+        """A refund from an API body already decoded (a cache, a queue, a test), read by the
+        same lenient parser as an answer: what ``to_dict()``, ``to_dict(mode="json")`` or
+        ``json.loads(to_json())`` gave reads back as an equal refund.
+
+        Numbers may be ``Decimal``, ``int`` or ``float`` (a float is read as its shortest
+        text: ``51.5`` is ``Decimal('51.50')``); date-times ``datetime`` or ISO 8601 text. A
+        field not of its documented type is kept raw and listed in ``invalid_fields``, as for
+        an answer. Raises :class:`RefundValidationError` (field ``data``) when ``data`` is not
+        a mapping of JSON-like values or has no readable ``id`` or ``amount``.
+
+        ``http_response`` is a stand-in (status 200, the refund's JSON as body, the request id
+        as ``X-Request-Id``): nothing was received.
+        """
+        if not isinstance(data, Mapping):
+            raise RefundValidationError(
+                "data", f"must be a mapping (a decoded JSON object), not {type(data).__name__}"
+            )
+        try:
+            body = _from_python(data, 0)
+            headers = {} if request_id is None else {"x-request-id": request_id}
+            refund = _read(
+                body,
+                idempotency_key=idempotency_key,
+                request_id=request_id,
+                replayed=replayed,
+                http_response=httpx.Response(200, headers=headers),
+            )
+        except _Unreadable as exc:
+            raise RefundValidationError("data", exc.reason) from None
+        refund._http_response = httpx.Response(
+            200, headers={**headers, "content-type": "application/json"},
+            content=refund.to_json().encode(),
+        )  # fmt: skip
+        return refund
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles with every field (``to_dict()`` equal after a round trip), its metadata,
+        and its HTTP response without the ``Authorization`` header."""
+        metadata = {
+            "idempotency_key": self._idempotency_key,
+            "request_id": self._request_id,
+            "replayed": self._replayed,
+            "http_response": _redacted_response(self._http_response),
+        }
+        return (_unpickle_refund, (self._data, metadata))
 
     def __repr__(self) -> str:
         scope = self._values.get("scope")
@@ -682,9 +749,12 @@ def parse_refund(
 
     def invalid(reason: str) -> APIResponseValidationError:
         return APIResponseValidationError(
-            f"Invalid refund response (status {response.status_code}, request id {request_id}): "
-            f"{reason}. The refund was probably created; retry with "
-            f"idempotency_key={idempotency_key!r} to read it back safely",
+            join_sentences(
+                f"Invalid refund response (status {response.status_code}, request id "
+                f"{request_id}): {reason}",
+                f"The refund was probably created; retry with idempotency_key={idempotency_key!r}"
+                " to read it back safely",
+            ),
             response=response,
             body=content.decode("utf-8", errors="replace"),
             request_id=request_id,
@@ -720,6 +790,25 @@ def _parse(
         raise _Unreadable(f"body is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise _Unreadable(f"expected a JSON object, got {type(data).__name__}")
+    return _read(
+        data,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        replayed=headers.get("idempotent-replayed", "").lower() == "true",
+        http_response=response,
+    )
+
+
+def _read(
+    data: dict[str, Any],
+    *,
+    idempotency_key: str,
+    request_id: str | None,
+    replayed: bool,
+    http_response: httpx.Response,
+    log: bool = True,
+) -> Refund:
+    """The one reading of a decoded body (an answer's, ``from_dict``'s, an unpickled one's)."""
     if not _depth_ok(data):
         raise _Unreadable(f"body nests deeper than {MAX_DEPTH} levels")
 
@@ -753,7 +842,7 @@ def _parse(
         view = values.get(name)
         if view is not None and view.id is None and "id" in view._data:
             bad[f"{name}.id"] = _NESTED_ID
-    if bad:
+    if bad and log:
         _log.warning(
             "Refund response fields not of their documented type, kept raw "
             "(see Refund.invalid_fields): %s",
@@ -772,6 +861,35 @@ def _parse(
         invalid=bad,
         idempotency_key=idempotency_key,
         request_id=request_id,
-        replayed=headers.get("idempotent-replayed", "").lower() == "true",
-        http_response=response,
+        replayed=replayed,
+        http_response=http_response,
     )
+
+
+def _unpickle_refund(data: dict[str, Any], metadata: dict[str, Any]) -> Refund:
+    return _read(data, **metadata, log=False)  # logged when it was first read
+
+
+def _from_python(value: Any, depth: int) -> Any:
+    """A copy of a decoded body as the parser's decoder would have made it (floats and
+    date-times back to exact text forms); :class:`_Unreadable` for anything JSON cannot hold."""
+    if depth > MAX_DEPTH:
+        raise _Unreadable(f"body nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        copied: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Unreadable(f"keys must be strings, got {type(key).__name__}")
+            copied[key] = _from_python(item, depth + 1)
+        return copied
+    if isinstance(value, list | tuple):
+        return [_from_python(item, depth + 1) for item in value]
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Unreadable(f"{value!r} is not a JSON number")
+        return Decimal(float.__repr__(value))
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, str | int | Decimal):  # bool is an int
+        return value
+    raise _Unreadable(f"a {type(value).__name__} is not a JSON value")

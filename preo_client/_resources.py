@@ -43,6 +43,8 @@ class Purchases:
         pickup_point_id: str | None = None,
         idempotency_key: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, object] | None = None,
+        extra_query: Mapping[str, str | int] | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Refund:
@@ -65,6 +67,11 @@ class Purchases:
         given (a UUID4) and sent unchanged by every retry, with the same body bytes.
         ``extra_headers`` are added to this request (``Authorization``, ``Idempotency-Key``,
         ``Content-Type``, ``Content-Length`` and ``Host`` cannot be overridden).
+        ``extra_body`` adds JSON fields to the request body and ``extra_query`` query
+        parameters (escape hatches for fields this version does not know); a name that would
+        set ``reason``, ``scope``, ``amount``, ``comment`` or ``pickup_point_id`` is refused
+        (those go through the refund policy), and ``extra_body`` must be exact JSON (no
+        ``float``): every retry sends the same bytes.
         ``timeout`` (seconds or ``httpx.Timeout``) and ``max_retries`` override the client's
         for this call.
 
@@ -88,6 +95,8 @@ class Purchases:
             timeout=timeout,
             extra_headers=extra_headers,
             max_retries=max_retries,
+            extra_body=extra_body,
+            extra_query=extra_query,
         )
         return client._send(call)
 
@@ -153,6 +162,8 @@ class AsyncPurchases:
         pickup_point_id: str | None = None,
         idempotency_key: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, object] | None = None,
+        extra_query: Mapping[str, str | int] | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Refund:
@@ -175,6 +186,11 @@ class AsyncPurchases:
         given (a UUID4) and sent unchanged by every retry, with the same body bytes.
         ``extra_headers`` are added to this request (``Authorization``, ``Idempotency-Key``,
         ``Content-Type``, ``Content-Length`` and ``Host`` cannot be overridden).
+        ``extra_body`` adds JSON fields to the request body and ``extra_query`` query
+        parameters (escape hatches for fields this version does not know); a name that would
+        set ``reason``, ``scope``, ``amount``, ``comment`` or ``pickup_point_id`` is refused
+        (those go through the refund policy), and ``extra_body`` must be exact JSON (no
+        ``float``): every retry sends the same bytes.
         ``timeout`` (seconds or ``httpx.Timeout``) and ``max_retries`` override the client's
         for this call.
 
@@ -198,6 +214,8 @@ class AsyncPurchases:
             timeout=timeout,
             extra_headers=extra_headers,
             max_retries=max_retries,
+            extra_body=extra_body,
+            extra_query=extra_query,
         )
         return await client._send(call)
 

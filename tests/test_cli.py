@@ -850,9 +850,10 @@ def test_ctrl_c_while_reading_the_file_exits_130(tmp_path: Path, as_json: bool) 
     assert "Traceback" not in stderr
     if as_json:
         (document,) = [json.loads(line) for line in stdout.splitlines()]
-        assert document["error"] == {
+        assert {k: document["error"][k] for k in ("exit_code", "message", "type")} == {
             "exit_code": 130,
             "message": "interrupted before anything was sent",
+            "type": "KeyboardInterrupt",
         }
     else:
         assert "interrupted before anything was sent" in stderr

@@ -7,6 +7,7 @@ Mount it as an httpx transport, a wired ``PreoClient``, or a real HTTP server on
 """
 
 from ._fake import DEMO_API_KEY, FakePreo, Fault, Purchase, RefundRecord
+from ._refunds import make_refund
 from ._server import SandboxServer, serve
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "Purchase",
     "RefundRecord",
     "SandboxServer",
+    "make_refund",
     "serve",
 ]

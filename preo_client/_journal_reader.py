@@ -1,0 +1,446 @@
+"""Reading a bulk-run journal without ever writing it: one record per input item, the runs, totals.
+
+The journal is opened read-only (SQLite ``mode=ro``; ``immutable`` when no ``-wal`` file is
+beside it, so not even an empty ``-wal`` is created), never migrated and never locked for
+writing. A journal held by a running ``refund-bulk`` is refused (its lock file is locked) and so
+is a damaged one or a file that is not a preo journal: always a :class:`JournalError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+
+from . import _exceptions
+from ._amounts import amount_text
+from ._journal import SCHEMA, JournalError, _refuse_foreign
+
+__all__ = [
+    "EXPORT_FIELDS",
+    "STANDINGS",
+    "JournalRecord",
+    "JournalReport",
+    "JournalRun",
+    "Standing",
+    "journal_report",
+    "read_journal",
+]
+
+Standing = Literal["done", "covered", "failed", "outcome_unknown", "not_sent"]
+#: Every standing of an input item, in the order reports list them.
+STANDINGS: Final[tuple[Standing, ...]] = (
+    "done",
+    "covered",
+    "failed",
+    "outcome_unknown",
+    "not_sent",
+)
+_SQLITE_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError)
+
+
+@attrs.frozen(kw_only=True)
+class JournalRecord:
+    """One input item as the journal knows it (``read_journal`` yields them in input order).
+
+    - ``position`` (0-based) and ``line`` (the input file's line; None when the run was not
+      given a file); ``purchase_id``, ``transaction_id``, ``reference``, ``reason``, ``scope``
+      and ``requested_amount`` (a ``Decimal`` for the custom scopes, else None): the request.
+    - ``standing``: ``done`` (refunded: ``refund_id`` and ``amount``), ``covered`` (by its
+      transaction's refund, sent for the item on line ``covered_by``: nothing was sent for it),
+      ``failed`` (surely no refund: ``error`` names the class), ``outcome_unknown`` (its request
+      may have made a refund: resume the run with the same journal), ``not_sent``.
+    - ``refund_id``, ``amount`` (exact), ``refund_status``; ``idempotency_key`` sent;
+      ``request_id`` of the answer (quote it to Preo support); ``first_sent_at`` /
+      ``answered_at`` (UTC); ``attempts`` made over every run; ``replayed`` (the answer came
+      from the server's idempotency store; None when no answer was recorded).
+    """
+
+    position: int
+    line: int | None
+    purchase_id: str
+    transaction_id: str | None
+    reference: str | None
+    reason: str
+    scope: str
+    requested_amount: Decimal | None
+    standing: Standing
+    refund_id: str | None
+    amount: Decimal | None
+    refund_status: str | None
+    covered_by: int | None
+    idempotency_key: str | None
+    request_id: str | None
+    error: str | None
+    first_sent_at: datetime.datetime | None
+    answered_at: datetime.datetime | None
+    attempts: int
+    replayed: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: amounts as exact decimal strings (``amount_text``), times ISO 8601."""
+        result: dict[str, Any] = {}
+        for field in attrs.fields(JournalRecord):
+            value = getattr(self, field.name)
+            if isinstance(value, Decimal):
+                value = amount_text(value)
+            elif isinstance(value, datetime.datetime):
+                value = value.isoformat()
+            result[field.name] = value
+        return result
+
+
+#: The columns of ``preo journal export`` (the fields of a :class:`JournalRecord`, in order).
+EXPORT_FIELDS: Final = tuple(field.name for field in attrs.fields(JournalRecord))
+
+
+@attrs.frozen(kw_only=True)
+class JournalRun:
+    """One run that held the journal: when it started and ended (None: killed, or the journal
+    was written before runs were recorded), its batch id, the attempts it made, the refunds it
+    was answered with (replays excluded) and their exact total."""
+
+    run: int
+    batch_id: str
+    started_at: datetime.datetime | None
+    ended_at: datetime.datetime | None
+    attempts: int
+    refunds: int
+    amount: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class JournalReport:
+    """A journal at a glance: ``counts`` by standing, ``refunded_total`` (exact, every distinct
+    refund of every run), the ``runs``, the ``records`` and those that need ``attention``
+    (failed, outcome unknown, not sent)."""
+
+    path: str
+    batch_id: str
+    closed_cleanly: bool
+    counts: dict[str, int]
+    refunded_total: Decimal
+    runs: tuple[JournalRun, ...]
+    records: tuple[JournalRecord, ...]
+
+    @property
+    def attention(self) -> tuple[JournalRecord, ...]:
+        """The records that need someone: failed, outcome unknown, not sent."""
+        return tuple(r for r in self.records if r.standing not in ("done", "covered"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (without the records: ``journal export`` gives those)."""
+        return {
+            "path": self.path,
+            "batch_id": self.batch_id,
+            "closed_cleanly": self.closed_cleanly,
+            "items": len(self.records),
+            "counts": dict(self.counts),
+            "refunded_total": amount_text(self.refunded_total),
+            "runs": [
+                {
+                    "run": run.run,
+                    "batch_id": run.batch_id,
+                    "started_at": _iso(run.started_at),
+                    "ended_at": _iso(run.ended_at),
+                    "attempts": run.attempts,
+                    "refunds": run.refunds,
+                    "amount": amount_text(run.amount),
+                }
+                for run in self.runs
+            ],
+            "attention": [record.to_dict() for record in self.attention],
+        }
+
+
+def read_journal(path: str | os.PathLike[str]) -> Iterator[JournalRecord]:
+    """The journal's input items, in input order, as typed records; never writes to it.
+
+    Everything is read (and checked) when called: :class:`JournalError` for a journal a run
+    holds, a damaged one, or a file that is not a preo journal.
+    """
+    return iter(journal_report(path).records)
+
+
+def journal_report(path: str | os.PathLike[str]) -> JournalReport:
+    """Read the journal at ``path`` (read-only) into a :class:`JournalReport`."""
+    shown = Path(path)
+    real = Path(os.path.realpath(shown))
+    if not real.is_file():
+        raise JournalError(f"no journal at {shown}")
+    _refuse_foreign(real)
+    with _not_held(shown, real):
+        try:
+            return _read(shown, real)
+        except JournalError:
+            raise
+        except (*_SQLITE_ERRORS, TypeError, ValueError, InvalidOperation, KeyError) as exc:
+            raise JournalError(
+                f"journal {shown} is damaged or not a preo journal ({' '.join(str(exc).split())})"
+            ) from None
+
+
+@contextlib.contextmanager
+def _not_held(shown: Path, real: Path) -> Iterator[None]:
+    """Refuse a journal a run holds; hold a shared lock on its lock file while reading, so no
+    run starts meanwhile. Creates nothing (a journal no run ever held has no lock file)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no check
+        yield
+        return
+    try:
+        fd = os.open(f"{real}.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {shown}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            raise JournalError(
+                f"journal {shown} is held by a running refund-bulk (pid {owner}): read it "
+                "when that run has finished"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the shared lock
+
+
+def _connect(real: Path) -> sqlite3.Connection:
+    uri = f"{real.as_uri()}?mode=ro"
+    if not Path(f"{real}-wal").exists():
+        uri += "&immutable=1"  # everything is in the file: read it without creating a -wal
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+
+def _read(shown: Path, real: Path) -> JournalReport:
+    with contextlib.closing(_connect(real)) as db:
+        check = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+        if check != ["ok"]:
+            raise JournalError(f"journal {shown} is damaged ({' '.join('; '.join(check).split())})")
+        db.execute("BEGIN")  # one snapshot for every table
+        tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master")}
+        if not {"meta", "items"} <= tables:
+            raise JournalError(f"{shown} is not a preo journal (no meta and items tables)")
+        meta = {str(k): str(v) for k, v in db.execute("SELECT name, value FROM meta")}
+        if meta.get("schema") != SCHEMA or "run_id" not in meta:
+            raise JournalError(
+                f"{shown} is not a preo journal of schema {SCHEMA} (found {meta.get('schema')!r})"
+            )
+        items = db.execute(
+            "SELECT position, request, idempotency_key, state, refund_id, amount, error "
+            "FROM items ORDER BY position"
+        ).fetchall()
+        inputs = dict(db.execute("SELECT position, line FROM inputs")) if "inputs" in tables else {}
+        attempts = (
+            db.execute(
+                "SELECT run, idempotency_key, sent_at, answered_at, outcome, request_id, "
+                "refund_id, amount, refund_status, replayed FROM attempts ORDER BY id"
+            ).fetchall()
+            if "attempts" in tables
+            else []
+        )
+        runs = (
+            db.execute(
+                "SELECT run, started_at, ended_at, batch_id FROM runs ORDER BY run"
+            ).fetchall()
+            if "runs" in tables
+            else []
+        )
+    return _report(shown, meta, items, inputs, attempts, runs)
+
+
+@attrs.define
+class _Trail:
+    """What the attempts of one idempotency key say."""
+
+    attempts: int = 0
+    first_sent_at: str | None = None
+    answered_at: str | None = None
+    request_id: str | None = None
+    refund_status: str | None = None
+    replayed: bool | None = None
+
+
+def _trails(attempts: list[tuple[Any, ...]]) -> dict[str, _Trail]:
+    trails: dict[str, _Trail] = {}
+    for _, key, sent_at, answered_at, outcome, request_id, _, _, status, replayed in attempts:
+        trail = trails.setdefault(str(key), _Trail())
+        trail.attempts += 1
+        trail.first_sent_at = trail.first_sent_at or sent_at
+        trail.answered_at = answered_at
+        trail.request_id = request_id or trail.request_id
+        if outcome == "Refund":
+            trail.refund_status, trail.replayed = status, bool(replayed)
+            trail.request_id = request_id
+    return trails
+
+
+def _standing(state: str, error: str | None) -> Standing:
+    """An item's standing from its journal state and error class name. ``failed`` only for an
+    error class of ``_exceptions`` that is not outcome-unknown (surely no refund); any other
+    failure (an unknown class, ``ItemFailedError``, ``CoveringRefundUnknownError``) and an
+    item still ``started`` (in flight at a stop) are ``outcome_unknown``: conservative."""
+    if state == "done":
+        return "done"
+    if state == "covered":
+        return "covered"
+    cls = getattr(_exceptions, error or "", None) if state == "failed" else None
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, _exceptions.PreoError)
+        and not issubclass(cls, _exceptions.RefundOutcomeUnknownError)
+    ):
+        return "failed"
+    return "outcome_unknown"
+
+
+def _report(
+    shown: Path,
+    meta: dict[str, str],
+    items: list[tuple[Any, ...]],
+    inputs: dict[int, int],
+    attempts: list[tuple[Any, ...]],
+    runs: list[tuple[Any, ...]],
+) -> JournalReport:
+    trails = _trails(attempts)
+    by_position = {int(row[0]): row for row in items}
+    carriers: dict[str, int] = {}
+    for position, _, key, state, *_ in items:
+        if state != "covered":
+            carriers.setdefault(str(key), int(position))
+    records: list[JournalRecord] = []
+    for position in sorted({*by_position, *inputs}):
+        row = by_position.get(position)
+        line = inputs.get(position)
+        if row is None:
+            records.append(_not_sent(position, line))
+            continue
+        records.append(_record(shown, row, line, inputs, carriers, trails))
+    counts: dict[str, int] = dict.fromkeys(STANDINGS, 0)
+    refunds: dict[str, Decimal] = {}
+    for record in records:
+        counts[record.standing] += 1
+        if record.standing == "done" and record.refund_id is not None and record.amount:
+            refunds.setdefault(record.refund_id, record.amount)
+    return JournalReport(
+        path=str(shown),
+        batch_id=meta["run_id"],
+        closed_cleanly=meta.get("clean") != "0",
+        counts=counts,
+        refunded_total=sum(refunds.values(), Decimal(0)),
+        runs=tuple(_runs(runs, attempts, meta["run_id"])),
+        records=tuple(records),
+    )
+
+
+def _not_sent(position: int, line: int | None) -> JournalRecord:
+    return JournalRecord(
+        position=position, line=line, purchase_id="", transaction_id=None, reference=None,
+        reason="", scope="", requested_amount=None, standing="not_sent", refund_id=None,
+        amount=None, refund_status=None, covered_by=None, idempotency_key=None,
+        request_id=None, error=None, first_sent_at=None, answered_at=None, attempts=0,
+        replayed=None,
+    )  # fmt: skip
+
+
+def _record(
+    shown: Path,
+    row: tuple[Any, ...],
+    line: int | None,
+    inputs: dict[int, int],
+    carriers: dict[str, int],
+    trails: dict[str, _Trail],
+) -> JournalRecord:
+    position, request_text, key, state, refund_id, amount, error = row
+    try:
+        request = json.loads(request_text)
+        if not isinstance(request, dict):
+            raise TypeError
+        requested = _decimal(request.get("amount"))
+        recorded = _decimal(amount)
+    except (TypeError, ValueError, InvalidOperation):
+        raise JournalError(
+            f"journal {shown} is damaged: the entry of input item {int(position) + 1} is not "
+            "one this library writes",
+            position=int(position),
+        ) from None
+    covered = state == "covered"
+    carrier = carriers.get(str(key)) if covered else None
+    trail = trails.get(str(key), _Trail()) if not covered else _Trail()
+    return JournalRecord(
+        position=int(position),
+        line=line,
+        purchase_id=str(request.get("purchase_id", "")),
+        transaction_id=_text(request.get("transaction_id")),
+        reference=_text(request.get("reference")),
+        reason=str(request.get("reason", "")),
+        scope=str(request.get("scope", "")),
+        requested_amount=requested,
+        standing=_standing(str(state), _text(error)),
+        refund_id=_text(refund_id),
+        amount=None if covered else recorded,
+        refund_status=trail.refund_status,
+        covered_by=None if carrier is None else inputs.get(carrier, carrier + 1),
+        idempotency_key=_text(key),
+        request_id=trail.request_id,
+        error=_text(error),
+        first_sent_at=_time(trail.first_sent_at),
+        answered_at=_time(trail.answered_at),
+        attempts=trail.attempts,
+        replayed=trail.replayed,
+    )
+
+
+def _runs(
+    runs: list[tuple[Any, ...]], attempts: list[tuple[Any, ...]], batch_id: str
+) -> Iterator[JournalRun]:
+    for number, started_at, ended_at, run_batch in runs:
+        mine = [a for a in attempts if a[0] == number]
+        fresh = {a[6]: _decimal(a[7]) or Decimal(0) for a in mine if a[4] == "Refund" and not a[9]}
+        yield JournalRun(
+            run=int(number),
+            batch_id=str(run_batch or batch_id),
+            started_at=_time(started_at),
+            ended_at=_time(ended_at),
+            attempts=len(mine),
+            refunds=len(fresh),
+            amount=sum(fresh.values(), Decimal(0)),
+        )
+
+
+def _decimal(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("not a decimal string")
+    return Decimal(value)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _time(value: object) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
