@@ -505,9 +505,12 @@ def test_resume_after_kill_9_refunds_every_purchase_exactly_once(tmp_path: Path)
 
 
 def test_two_concurrent_runs_on_one_journal_never_pay_twice(tmp_path: Path) -> None:
-    """Regression: two runs at once on one journal both exited 0, 292 of 300 paid twice."""
+    """Regression: two runs at once on one journal both exited 0, 292 of 300 paid twice.
+
+    Each answer waits 20 ms so the first run still holds the journal when the second starts
+    (on a loaded machine a fast run could end before the second process is up)."""
     count = 300
-    fake = FakePreo()
+    fake = FakePreo(latency=0.02)
     for i in range(count):
         fake.add_purchase(f"pur_{i}", price="10.00")
     source = tmp_path / "cancel.csv"
