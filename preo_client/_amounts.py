@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
-from typing import TypeAlias
+from collections.abc import Iterable
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
+from typing import Final, TypeAlias
 
-__all__ = ["MAX_AMOUNT", "AmountError", "AmountInput", "parse_amount", "suggest_decimal"]
+__all__ = [
+    "MAX_AMOUNT",
+    "AmountError",
+    "AmountInput",
+    "exact_add",
+    "exact_sum",
+    "money_text",
+    "parse_amount",
+    "suggest_decimal",
+]
 
 AmountInput: TypeAlias = Decimal | int | str | float
 
@@ -15,6 +25,32 @@ CENT = Decimal("0.01")
 # wire exactly (a double carries 15 decimal digits), so what is sent is what was asked for.
 MAX_AMOUNT = Decimal("9999999999999.99")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # ASCII digits only
+
+
+# A context in which adding finite Decimals is exact whatever their size (the default context
+# rounds to 28 digits): libmpdec only allocates the digits a result needs.
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def exact_add(a: Decimal, b: Decimal) -> Decimal:
+    """``a + b`` with no rounding, whatever the size of either."""
+    return _EXACT.add(a, b)
+
+
+def exact_sum(values: Iterable[Decimal]) -> Decimal:
+    """The exact sum of ``values`` (``Decimal(0)`` for none)."""
+    total = Decimal(0)
+    for value in values:
+        total = _EXACT.add(total, value)
+    return total
+
+
+def money_text(value: Decimal) -> str:
+    """``value`` as plain decimal text with at least two places, exactly (``1E+26`` ->
+    ``100000000000000000000000000.00``; ``1.005`` stays ``1.005``: never rounded)."""
+    if value.is_finite() and value.as_tuple().exponent > -2:  # type: ignore[operator]
+        value = _EXACT.quantize(value, CENT)  # only adds zeros: exact
+    return format(value, "f")
 
 
 class AmountError(ValueError):

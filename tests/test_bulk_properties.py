@@ -26,7 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preo_client import AuthenticationError, Backoff, RateLimitError, RefundItem, RefundOutcome
-from preo_client._bulk import AsyncBulkRun, BulkRun, BulkSummary, _group_name, canonical_request
+from preo_client._bulk import (
+    AsyncBulkRun,
+    BulkRun,
+    BulkSummary,
+    canonical_request,
+    group_of_request,
+)
 from preo_client.testing import FakePreo, Fault
 
 NO_WAIT = Backoff(base=0, cap=0)
@@ -202,7 +208,7 @@ def _groups(inputs: list[Any]) -> dict[int, str]:
                 canonical = canonical_request(raw)
             except Exception:  # noqa: S112  # nosec B112 - an invalid item has no group
                 continue
-            name = _group_name(raw, canonical)
+            name = group_of_request(canonical)
             if name is not None:
                 groups[position] = name
     return groups
