@@ -75,11 +75,14 @@ class Groups:
             group.carrier, group.key = recorded
             entry = journal.recorded(group.carrier)
             standing = self._standing_of(entry)
+            if entry is not None:  # until its row is read: where an earlier run had it
+                group.carrier_position = entry.position
             if entry is not None and entry.state == "done":
                 group.state, group.refund_id = "ok", entry.refund_id
             elif standing is Standing.NEW or (standing is Standing.NOTHING):
                 # claimed but never sent, or refused: nothing exists, another may take over
                 group.carrier = group.key = None
+                group.carrier_position = -1
             else:  # may have landed (or a carrier covered by an older layout): resent when read
                 group.state = "pending"
         return group

@@ -27,7 +27,7 @@ second name for the same file (a symlink, a renamed path) finds it held. A journ
 than one hard link is refused (its ``-wal`` would not follow the other name). Both locks are
 released by the OS when the process dies, so a killed run never leaves a stale lock.
 
-Damage: the file is checked (``PRAGMA quick_check``) when opened, and every ``sqlite3`` error
+Damage: the file is checked (``PRAGMA integrity_check``: tables and their indexes) when opened, and every ``sqlite3`` error
 anywhere (open, query, fetch, commit, close) is a :class:`JournalError`, never a raw one.
 """
 
@@ -333,7 +333,7 @@ class Journal:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            check = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+            check = [str(row[0]) for row in db.execute("PRAGMA integrity_check(3)")]
             if check != ["ok"]:
                 found = " ".join("; ".join(check).split())  # one line
                 raise JournalError(
@@ -496,6 +496,7 @@ class Journal:
             and isinstance(amount, str | None)
             and isinstance(error, str | None)
             and isinstance(request_id, str | None)
+            and _identity_holds(identity, request)
         ):
             return JournalEntry(
                 request, key, str(state), refund_id, amount, error, identity, position, request_id
@@ -588,6 +589,12 @@ class Journal:
         """Mark the journal closed cleanly, close it and release the lock (idempotent)."""
         with self._mutex:
             self._finalizer()
+
+
+def _identity_holds(identity: str, request: str) -> bool:
+    """Whether ``identity`` is the one ``request`` has (a damaged byte in either breaks it)."""
+    _, _, ordinal = identity.partition(":")
+    return ordinal.isdigit() and ordinal.isascii() and identity == item_identity(request, int(ordinal))
 
 
 def _is_json_object(text: str) -> bool:
