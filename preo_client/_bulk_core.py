@@ -263,21 +263,16 @@ class Core:
             return None
 
     def precheck(self, items: Sequence[object]) -> None:
-        """Check a whole in-memory input before anything is sent: rows of one transaction
-        asking different amounts, and (resuming) every journal item that may have made a
-        refund (or did) but that this input changed or lacks. Raises
-        :class:`RefundValidationError` / :class:`JournalError`."""
-        transactions: dict[str, tuple[int, str | None]] = {}
-        identities: set[str] = set()
-        ordinals = Ordinals()
-        for position, raw in enumerate(items):
-            canonical = self._canonical(raw)
-            if canonical is None:
-                continue
-            _check_transaction(transactions, canonical, position)
-            if self.resuming:
-                identities.add(item_identity(canonical, ordinals.next(canonical)))
+        """Check a whole in-memory input before anything is sent: (resuming) every journal
+        item that may have made a refund (or did) but that this input changed or lacks.
+        Raises :class:`JournalError`."""
         if self.resuming and self.journal is not None:
+            identities: set[str] = set()
+            ordinals = Ordinals()
+            for raw in items:
+                canonical = self._canonical(raw)
+                if canonical is not None:
+                    identities.add(item_identity(canonical, ordinals.next(canonical)))
             self._refuse_missing(items, identities)
         self.prechecked = True
 

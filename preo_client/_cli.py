@@ -43,6 +43,7 @@ from ._bulk import (
     RefundOutcome,
     canonical_request,
 )
+from ._amounts import money_text
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url
@@ -151,7 +152,7 @@ def _check_connection(
 
 
 def _money(value: Decimal) -> str:
-    return f"{value:.2f}" if value == value.quantize(Decimal("0.01")) else str(value)
+    return money_text(value)  # exact at any size: never rounded, never InvalidOperation
 
 
 def refund_to_dict(refund: Refund) -> dict[str, Any]:
@@ -427,6 +428,7 @@ def _plan_table(plan: _Plan) -> Table:
 
 def _result_line(outcome: RefundOutcome, line_of: Sequence[int]) -> dict[str, Any]:
     refund = outcome.refund
+    earlier = outcome.earlier  # a row an earlier run finished: what the journal recorded
     covered_by = outcome.covered_by
     return {
         "line": _line(outcome.position, line_of),
@@ -436,8 +438,10 @@ def _result_line(outcome: RefundOutcome, line_of: Sequence[int]) -> dict[str, An
         "skipped": outcome.skipped,
         "replayed": outcome.replayed,
         "covered_by_line": None if covered_by is None else _line(covered_by, line_of),
-        "refund_id": refund.id if refund else None,
-        "amount": _money(refund.amount) if refund else None,
+        "refund_id": refund.id if refund else (earlier.refund_id if earlier else None),
+        "amount": _money(refund.amount) if refund else (earlier.amount if earlier else None),
+        "request_id": refund.request_id if refund else (earlier.request_id if earlier else None),
+        "amount_differs": outcome.amount_differs,
         "scope": getattr(refund.scope, "value", refund.scope) if refund else None,
         "status": getattr(refund.status, "value", refund.status) if refund else None,
         "error": type(outcome.error).__name__ if outcome.error else None,
@@ -541,7 +545,15 @@ def _summary_table(summary: BulkSummary, elapsed: float) -> Table:
     table.add_row("total", str(summary.total))
     if summary.unfinished:
         table.add_row("in flight at stop (resume to finish)", str(summary.unfinished))
-    table.add_row("amount refunded", _money(summary.total_amount))
+    if summary.unread:
+        table.add_row("never read (the run stopped)", str(summary.unread))
+    if summary.amount_differs:
+        table.add_row("refunded another amount than asked", str(summary.amount_differs))
+    if summary.missing:
+        table.add_row("in the journal, not in this input", ", ".join(summary.missing[:5]))
+    table.add_row("amount refunded (this run)", _money(summary.total_amount))
+    if summary.journal_total is not None:
+        table.add_row("amount refunded (whole journal)", _money(summary.journal_total))
     table.add_row("elapsed", f"{elapsed:.1f}s")
     return table
 
@@ -581,7 +593,13 @@ def _report(
             "failed": dict(summary.failed),
             "total": summary.total,
             "unfinished": summary.unfinished,
+            "unread": summary.unread,
+            "amount_differs": summary.amount_differs,
+            "missing": summary.missing,
             "amount_refunded": _money(summary.total_amount),
+            "journal_amount_refunded": (
+                None if summary.journal_total is None else _money(summary.journal_total)
+            ),
             "elapsed_s": round(elapsed, 3),
             "stopped": summary.stopped,
             "failed_rows": failed,
