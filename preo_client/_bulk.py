@@ -84,7 +84,7 @@ def _stop_reason(exc: BaseException) -> str:
 
 def _source_error(read: Read) -> BaseException | None:
     """The input's failure, if ``read`` is one; one that is not an ``Exception`` (``SystemExit``,
-        ``KeyboardInterrupt`` from a reader) stops the run at once: raised here."""
+    ``KeyboardInterrupt`` from a reader) stops the run at once: raised here."""
     if read[0] != "error":
         return None
     error = read[1]
@@ -100,7 +100,7 @@ def _read_one(iterator: Iterator[object]) -> Read:
         return ("item", next(iterator))
     except StopIteration:
         return ("end", None)
-    except BaseException as exc:  # noqa: BLE001 - the input failed: the run stops, raises it
+    except BaseException as exc:
         return ("error", exc)
 
 
@@ -129,7 +129,7 @@ class _ThreadReader:
     def _read(self) -> None:
         try:
             iterator = iter(self._items)
-        except BaseException as exc:  # noqa: BLE001 - handed to the run, which raises it
+        except BaseException as exc:
             failed: Read | None = ("error", exc)
         else:
             failed = None
@@ -281,7 +281,7 @@ class AsyncBulkRun(_Run):
                     return ("end", None)
                 except asyncio.CancelledError:
                     raise
-                except BaseException as exc:  # noqa: BLE001 - the run raises it
+                except BaseException as exc:
                     return ("error", exc)
 
             return next_async
@@ -506,9 +506,7 @@ class BulkRun(_Run):
         sender._sleep = sleep
         return sender
 
-    def _process(
-        self, job: Job, sender: PreoClient, stop: threading.Event
-    ) -> RefundOutcome | None:
+    def _process(self, job: Job, sender: PreoClient, stop: threading.Event) -> RefundOutcome | None:
         core = self._core
         if stop.is_set():
             return None

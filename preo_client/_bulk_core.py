@@ -286,7 +286,7 @@ class Core:
         """Refuse an input lacking a journal item that may have made a refund, or changing
         one that may have (or did): naming the changed row when one is for its purchase."""
         journal = self.journal
-        assert journal is not None  # noqa: S101  # nosec B101 - checked by the caller
+        assert journal is not None  # nosec B101 - checked by the caller
         missing: dict[str, JournalEntry] = {}
         for entry in journal.entries():
             if entry.identity not in identities and standing_of(entry) in (
@@ -370,8 +370,7 @@ class Core:
         return [
             str(json.loads(entry.request)["purchase_id"])
             for entry in self.journal.entries()
-            if entry.identity not in self.matched
-            and standing_of(entry) is Standing.MAY_HAVE_LANDED
+            if entry.identity not in self.matched and standing_of(entry) is Standing.MAY_HAVE_LANDED
         ]
 
     def begin(self, raw: object, position: int) -> list[Step]:
@@ -458,9 +457,7 @@ class Core:
             asked = job.call.plan.amount
             differs = asked is not None and refund.amount != asked
             note = (
-                f"the server refunded {refund.amount}, not the {asked} asked"
-                if differs
-                else None
+                f"the server refunded {refund.amount}, not the {asked} asked" if differs else None
             )
             outcome = RefundOutcome(
                 job.item, refund, None, attempts, key, False, job.position, note=note,
@@ -490,7 +487,7 @@ class Core:
             note = TRANSACTION_HINT
         outcome = self._failed(job.item, job.position, key, attempts, failure, found, note)
         if self.journal is not None:
-            assert outcome.error is not None  # noqa: S101  # nosec B101 - a failed outcome
+            assert outcome.error is not None  # nosec B101 - a failed outcome
             self.journal.finish(job.identity, "failed", error=type(outcome.error).__name__)
         return outcome
 

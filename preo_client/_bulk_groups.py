@@ -118,7 +118,9 @@ class Groups:
         job.claim = True
         return [job]
 
-    def done_earlier(self, group: Group, identity: str, position: int, entry: JournalEntry) -> list[Step]:
+    def done_earlier(
+        self, group: Group, identity: str, position: int, entry: JournalEntry
+    ) -> list[Step]:
         """A row an earlier run finished: when its own request made the group's refund, the
         group is resolved by it."""
         if entry.state != "done" or group.state == "ok":

@@ -182,6 +182,3 @@ class Ordinals:
         ordinal = self._seen.get(name, -1) + 1
         self._seen[name] = ordinal
         return ordinal
-
-
-

@@ -1,4 +1,4 @@
-"""The one standing table of a bulk item: its standing × the answer it gets -> what follows. Pure.
+"""The one standing table of a bulk item: its standing and the answer it gets -> what follows. Pure.
 
 An item's *standing* is what is known about its own key: ``new`` (no key committed), ``committed``
 (its key is in the journal, nothing sent yet), ``may_have_landed`` (a request with its key may have

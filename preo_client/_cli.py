@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
 import attrs
 import httpx
 
+from ._amounts import money_text
 from ._bulk import (
     DEFAULT_MAX_PAUSE,
     AsyncBulkRun,
@@ -43,7 +44,6 @@ from ._bulk import (
     RefundOutcome,
     canonical_request,
 )
-from ._amounts import money_text
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url

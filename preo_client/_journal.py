@@ -27,8 +27,9 @@ second name for the same file (a symlink, a renamed path) finds it held. A journ
 than one hard link is refused (its ``-wal`` would not follow the other name). Both locks are
 released by the OS when the process dies, so a killed run never leaves a stale lock.
 
-Damage: the file is checked (``PRAGMA integrity_check``: tables and their indexes) when opened, and every ``sqlite3`` error
-anywhere (open, query, fetch, commit, close) is a :class:`JournalError`, never a raw one.
+Damage: the file is checked (``PRAGMA integrity_check``: tables and their indexes) when opened,
+and every ``sqlite3`` error anywhere (open, query, fetch, commit, close) is a
+:class:`JournalError`, never a raw one.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def _migrate_items_v1(db: sqlite3.Connection, group_of: Callable[[str], str | No
             continue
         replace = "OR REPLACE" if state == "done" else "OR IGNORE"
         db.execute(
-            f"INSERT {replace} INTO groups (name, identity, idempotency_key) VALUES (?, ?, ?)",  # noqa: S608  # nosec B608 - a fixed word
+            f"INSERT {replace} INTO groups (name, identity, idempotency_key) "  # noqa: S608  # nosec B608
+            "VALUES (?, ?, ?)",  # (a fixed word above)
             (name, identity, key),
         )
 
@@ -457,7 +459,7 @@ class Journal:
         after: tuple[int, str] = (-2, "")
         while True:
             page = self._run(
-                lambda db: db.execute(
+                lambda db, after=after: db.execute(  # type: ignore[misc]
                     f"{_ENTRY_SELECT} WHERE (position, identity) > (?, ?) "
                     "ORDER BY position, identity LIMIT 500",
                     after,
@@ -478,7 +480,7 @@ class Journal:
                 "AND refund_id IS NOT NULL AND amount IS NOT NULL"
             ).fetchall()
         )
-        from ._amounts import exact_sum  # noqa: PLC0415 - a light pure module
+        from ._amounts import exact_sum
 
         return len(rows), exact_sum(Decimal(amount) for _, amount in rows)
 
@@ -594,7 +596,9 @@ class Journal:
 def _identity_holds(identity: str, request: str) -> bool:
     """Whether ``identity`` is the one ``request`` has (a damaged byte in either breaks it)."""
     _, _, ordinal = identity.partition(":")
-    return ordinal.isdigit() and ordinal.isascii() and identity == item_identity(request, int(ordinal))
+    if not (ordinal.isdigit() and ordinal.isascii()):
+        return False
+    return identity == item_identity(request, int(ordinal))
 
 
 def _is_json_object(text: str) -> bool:

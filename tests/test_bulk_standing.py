@@ -84,7 +84,8 @@ def test_every_cell_holds_the_rule(standing: Standing, answer: Answer) -> None:
         assert cell.reported in (Reported.UNKNOWN, Reported.IN_FLIGHT)
         assert not cell.takeover
     if cell.reported is Reported.NO_REFUND:
-        assert cell.standing is Standing.NOTHING and cell.takeover
+        assert cell.standing is Standing.NOTHING
+        assert cell.takeover
         assert answer not in (Answer.LOST, Answer.IN_FLIGHT, Answer.KEY_REUSED, Answer.STOPPED)
     if cell.takeover:
         assert cell.standing in (Standing.NEW, Standing.NOTHING)
@@ -117,7 +118,8 @@ def test_a_resend_that_is_refused_stays_outcome_unknown(
     carrier = next(o for o in second if o.item.purchase_id == "pur_a")
     assert isinstance(carrier.error, RefundOutcomeUnknownError), carrier.error
     other = next(o for o in second if o.item.purchase_id == "pur_b")
-    assert other.refund is None and other.attempts == 0
+    assert other.refund is None
+    assert other.attempts == 0
     assert summary.succeeded == 0
     # a third run with a healthy server resolves it with the recorded key: still one refund
     fake._faults.clear()
@@ -141,7 +143,8 @@ def test_a_plain_row_resent_and_refused_is_outcome_unknown(
     assert isinstance(outcome.error, RefundOutcomeUnknownError), (name, outcome.error)
     fake._faults.clear()
     (outcome,), _ = runner(fake, items, journal=journal)  # and the journal keeps saying so
-    assert outcome.ok and len(fake.refunds) == 1
+    assert outcome.ok
+    assert len(fake.refunds) == 1
 
 
 # -- reproduction 3: a BaseException from a lazy input never hangs ----------------------------
@@ -171,7 +174,7 @@ def test_a_base_exception_from_the_input_stops_the_run(kind: str) -> None:
                             pass
 
                 asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - what the run raised
+        except BaseException as exc:
             result["raised"] = exc
 
     worker = threading.Thread(target=go, daemon=True)
@@ -212,20 +215,22 @@ def test_rows_of_a_transaction_with_distinct_references_are_one_group(runner: An
         fake.add_purchase(p, price="10.00", transaction_id="tx_1")
     items = [RefundItem(p, transaction_id="tx_1", reference=f"line-{i}", comment=f"c{i}")
              for i, p in enumerate(("pur_a", "pur_b", "pur_c"))]  # fmt: skip
-    outcomes, summary = runner(fake, items, reason="event_cancelled", concurrency=1)
+    _, summary = runner(fake, items, reason="event_cancelled", concurrency=1)
     assert (summary.succeeded, summary.covered, summary.failures) == (1, 2, 0)
-    assert len(fake.refunds) == 1 and len(fake.requests) == 1
+    assert (len(fake.refunds), len(fake.requests)) == (1, 1)
 
 
 def test_rows_of_a_transaction_asking_different_amounts_are_refused(runner: Any) -> None:
     fake = FakePreo()
     for p in ("pur_a", "pur_b"):
         fake.add_purchase(p, price="10.00", transaction_id="tx_1")
+    asked = (("pur_a", "5.00"), ("pur_b", "4.00"))
     items = [RefundItem(p, reason="compensation", scope="transaction_custom", amount=a,
-                        transaction_id="tx_1") for p, a in (("pur_a", "5.00"), ("pur_b", "4.00"))]  # fmt: skip
+                        transaction_id="tx_1") for p, a in asked]  # fmt: skip
     outcomes, _ = runner(fake, items, concurrency=1)
     refused = next(o for o in outcomes if o.position == 1)
-    assert isinstance(refused.error, RefundValidationError) and refused.attempts == 0
+    assert isinstance(refused.error, RefundValidationError)
+    assert refused.attempts == 0
     assert len(fake.refunds) == 1
 
 
@@ -235,7 +240,7 @@ def test_rows_of_a_transaction_asking_different_amounts_are_refused(runner: Any)
 def test_a_huge_refund_amount_is_reported_exactly(runner: Any) -> None:
     fake = FakePreo(auto_purchases=True)
     fake.inject(Fault.edit_json(amount=10**26))
-    outcomes, summary = runner(fake, ["pur_1"], reason="sold_out")
+    _, summary = runner(fake, ["pur_1"], reason="sold_out")
     assert summary.total_amount == Decimal(10**26)
     assert money_text(summary.total_amount) == "100000000000000000000000000.00"
 
@@ -245,7 +250,9 @@ def test_an_answer_for_another_amount_is_flagged(runner: Any) -> None:
     fake.inject(Fault.edit_json(amount="7.00"))
     items = [RefundItem("pur_1", reason="compensation", amount="5.00")]
     (outcome,), summary = runner(fake, items)
-    assert outcome.ok and outcome.amount_differs and "7.00" in (outcome.note or "")
+    assert outcome.ok
+    assert outcome.amount_differs
+    assert "7.00" in (outcome.note or "")
     assert summary.amount_differs == 1
 
 
@@ -262,19 +269,23 @@ def test_a_sync_wait_of_any_length_is_interrupted_by_a_stop(seconds: float) -> N
         sender = run._sender(stop)
         raised: list[BaseException] = []
 
+        sleep: Any = sender._sleep
+
         def wait() -> None:
             try:
-                sender._sleep(seconds)
-            except BaseException as exc:  # noqa: BLE001 - what the wait raised
+                sleep(seconds)
+            except BaseException as exc:
                 raised.append(exc)
 
         waiter = threading.Thread(target=wait, daemon=True)
         waiter.start()
         waiter.join(0.2)
-        assert waiter.is_alive() and not raised  # waiting, not OverflowError
+        assert waiter.is_alive()  # waiting, not OverflowError
+        assert not raised
         stop.set()
         waiter.join(WATCHDOG)
-        assert not waiter.is_alive() and isinstance(raised[0], _Stopped)
+        assert not waiter.is_alive()
+        assert isinstance(raised[0], _Stopped)
         run.close()
 
 
@@ -321,9 +332,9 @@ def test_a_lazy_input_lacking_a_may_have_landed_item_reports_it(tmp_path: Path) 
     [{"max_pause": "300"}, {"max_pause": None}, {"max_pause": True}, {"journal": 7}],
 )
 def test_wrong_argument_types_are_validation_errors(options: dict[str, Any]) -> None:
-    with FakePreo.demo(auto_purchases=True).client() as client:
-        with pytest.raises(RefundValidationError):
-            client.purchases.refund_many(["pur_1"], reason="sold_out", **options)
+    fake = FakePreo.demo(auto_purchases=True)
+    with fake.client() as client, pytest.raises(RefundValidationError):
+        client.purchases.refund_many(["pur_1"], reason="sold_out", **options)
 
 
 # -- reproduction 11: keys from content, not position ------------------------------------------
@@ -351,6 +362,6 @@ def test_batch_id_keys_survive_edits_of_other_rows(runner: Any, edit: str) -> No
 def test_the_second_of_two_identical_rows_is_a_second_item(runner: Any) -> None:
     fake = FakePreo(auto_purchases=True)
     items = [RefundItem("pur_1", reason="compensation", amount="1.00")] * 2
-    outcomes, summary = runner(fake, items, batch_id="b-2", concurrency=1)
+    outcomes, _ = runner(fake, items, batch_id="b-2", concurrency=1)
     assert len({o.idempotency_key for o in outcomes}) == 2
     assert len(fake.refunds) == 2

@@ -135,7 +135,7 @@ def test_a_journal_moved_without_its_wal_after_kill_9_is_refused(tmp_path: Path)
     journal = Journal(moved)
     try:
         assert journal.run_id == run_id
-        entries = [journal.recorded(item_identity('{"p": %d}' % p, 0)) for p in range(50)]
+        entries = [journal.recorded(item_identity(f'{{"p": {p}}}', 0)) for p in range(50)]
         assert all(e is not None and e.state == "done" for e in entries)
     finally:
         journal.close()
