@@ -53,7 +53,16 @@ if TYPE_CHECKING:
     from ._call import Call
     from ._client import AsyncPreoClient, PreoClient
 
-__all__ = ["BULK_MAX_RETRIES", "Core", "Job", "RunPause", "Step", "classify", "standing_of"]
+__all__ = [
+    "BULK_MAX_RETRIES",
+    "Core",
+    "Job",
+    "RunPause",
+    "Step",
+    "check_transaction",
+    "classify",
+    "standing_of",
+]
 
 log = logging.getLogger("preo_client")
 
@@ -226,7 +235,7 @@ class Core:
         self.max_retries = max(int(getattr(client, "max_retries", 2)), BULK_MAX_RETRIES)
         self.groups = Groups(self.journal, self.resuming, standing_of)
         self.ordinals = Ordinals()
-        self.transactions: dict[str, tuple[int, str | None]] = {}  # tx -> first row, amount
+        self.transactions: dict[str, tuple[str, str | None]] = {}  # tx -> first row, amount
         self.prechecked = False
         self.matched: set[str] = set()  # identities the journal had (a lazy resume only)
 
@@ -385,7 +394,7 @@ class Core:
             return [RefundOutcome(RefundItem(where), None, error, 0, None, False, position)]
         try:
             canonical = canonical_request(item)
-            _check_transaction(self.transactions, canonical, position)
+            check_transaction(self.transactions, canonical, f"input item {position + 1}")
         except PreoError as exc:
             return [RefundOutcome(item, None, exc, 0, None, False, position)]
         except Exception as exc:
@@ -570,19 +579,21 @@ class Core:
             self.journal.close()
 
 
-def _check_transaction(
-    transactions: dict[str, tuple[int, str | None]], canonical: str, position: int
+def check_transaction(
+    transactions: dict[str, tuple[str, str | None]], canonical: str, where: str
 ) -> None:
-    """Refuse a row asking its transaction for another amount than an earlier row did."""
+    """Refuse a row (``where``: "input item 3", "line 4") asking its transaction for another
+    amount than an earlier row did (``transactions``: each transaction's first row and amount,
+    updated)."""
     wanted = transaction_request(canonical)
     if wanted is None:
         return
     transaction, _, _, amount = wanted
-    first = transactions.setdefault(transaction, (position, amount))
+    first = transactions.setdefault(transaction, (where, amount))
     if first[1] != amount:
         raise RefundValidationError(
             "amount",
             f"transaction {transaction!r} is asked for {amount or 'its full amount'} here but "
-            f"for {first[1] or 'its full amount'} by input item {first[0] + 1}: one "
-            "transaction-scope refund covers the whole transaction; give its rows one amount",
+            f"for {first[1] or 'its full amount'} by {first[0]}: one transaction-scope refund "
+            "covers the whole transaction; give its rows one amount",
         )

@@ -43,7 +43,9 @@ from ._bulk import (
     RefundItem,
     RefundOutcome,
     canonical_request,
+    group_of_request,
 )
+from ._bulk_core import check_transaction
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url
@@ -301,6 +303,14 @@ def _validate(rows: Sequence[Row], reason: str | None, scope: str | None) -> Non
     """The first pass over a file: every row checked before anything is sent."""
     _missing_reason(rows, reason)
     problems = [p for row in rows if (p := _problem(row, reason, scope)) is not None]
+    transactions: dict[str, tuple[str, str | None]] = {}
+    for row in rows if not problems else ():  # rows of one transaction asking other amounts
+        assert isinstance(row.item, RefundItem)  # nosec B101 - checked above
+        try:
+            canonical = canonical_request(_with_defaults(row.item, reason, scope))
+            check_transaction(transactions, canonical, f"line {row.line}")
+        except RefundValidationError as exc:
+            problems.append(f"line {row.line}: {exc}")
     if problems:
         more = len(problems) - SHOWN_ERRORS
         listing = "\n  ".join(problems[:SHOWN_ERRORS]) + (
@@ -389,8 +399,8 @@ class _Plan:
 
 def _plan(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> _Plan:
     """The plan of a run, as the run groups it: an item with a transaction_id and a
-    transaction scope sends one request per transaction and identical request; the other
-    rows of the group are covered by it (and add no amount)."""
+    transaction scope sends one request per transaction and transaction request (reason,
+    scope, amount); the other rows of the group are covered by it (and add no amount)."""
     rows: collections.Counter[tuple[str, str]] = collections.Counter()
     groups: set[str] = set()
     requests = covered = 0
@@ -399,10 +409,8 @@ def _plan(items: Sequence[RefundItem], reason: str | None, scope: str | None) ->
         full = _with_defaults(item, reason, scope)
         plan = plan_refund(full.reason or "", full.scope, full.amount)
         rows[(str(plan.reason), str(plan.scope))] += 1
-        if item.transaction_id is not None and str(plan.scope).startswith("transaction_"):
-            request = json.loads(canonical_request(full))
-            del request["purchase_id"]
-            group = f"{item.transaction_id}\0{json.dumps(request, sort_keys=True)}"
+        group = group_of_request(canonical_request(full))
+        if group is not None:
             if group in groups:
                 covered += 1
                 continue

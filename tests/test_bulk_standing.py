@@ -365,3 +365,72 @@ def test_the_second_of_two_identical_rows_is_a_second_item(runner: Any) -> None:
     outcomes, _ = runner(fake, items, batch_id="b-2", concurrency=1)
     assert len({o.idempotency_key for o in outcomes}) == 2
     assert len(fake.refunds) == 2
+
+
+# -- journals of schema 1 (keyed by position) resume with the keys they recorded -----------------
+
+
+def _legacy_journal(path: Path, rows: list[tuple[int, str, str, str]], groups: Any = ()) -> None:
+    """A ``preo-bulk-journal/1`` file as the previous version wrote it."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE items (position INTEGER PRIMARY KEY, request TEXT NOT NULL, "
+            "idempotency_key TEXT NOT NULL, state TEXT NOT NULL, refund_id TEXT, amount TEXT, "
+            "error TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("schema", "preo-bulk-journal/1"), ("run_id", "legacy-run"), ("clean", "1")],
+        )
+        db.executemany(
+            "INSERT INTO items (position, request, idempotency_key, state) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+        if groups:
+            db.execute(
+                "CREATE TABLE groups (name TEXT PRIMARY KEY, position INTEGER NOT NULL, "
+                "idempotency_key TEXT NOT NULL)"
+            )
+            db.executemany("INSERT INTO groups VALUES (?, ?, ?)", groups)
+
+
+def test_a_schema_1_journal_resumes_with_its_recorded_keys(tmp_path: Path, runner: Any) -> None:
+    from preo_client._bulk import canonical_request
+
+    fake = FakePreo()
+    for p in ("pur_a", "pur_b", "pur_c"):
+        fake.add_purchase(p, price="20.00", transaction_id="tx")
+    items = [RefundItem(p, reason="compensation", scope="transaction_custom", amount="5.00",
+                        transaction_id="tx") for p in ("pur_a", "pur_b", "pur_c")]  # fmt: skip
+    plain = RefundItem("pur_a", reason="compensation", amount="1.00")
+    # the earlier version sent pur_b's transaction refund (its answer lost) and the plain row
+    with fake.client() as client:
+        client.purchases.refund("pur_b", reason="compensation", scope="transaction_custom",
+                                amount="5.00", idempotency_key="legacy-key-b")  # fmt: skip
+        client.purchases.refund("pur_a", reason="compensation", amount="1.00",
+                                idempotency_key="legacy-key-plain")  # fmt: skip
+    journal = tmp_path / "j"
+    _legacy_journal(
+        journal,
+        [
+            (1, canonical_request(items[1]), "legacy-key-b", "started"),
+            (3, canonical_request(plain), "legacy-key-plain", "started"),
+        ],
+        groups=[("old-group-name", 1, "legacy-key-b")],
+    )
+    outcomes, summary = runner(fake, [*items, plain], journal=journal, concurrency=1)
+    by_purchase = {(o.item.purchase_id, o.item.scope): o for o in outcomes}
+    carrier = by_purchase["pur_b", "transaction_custom"]
+    assert carrier.idempotency_key == "legacy-key-b"
+    assert carrier.ok
+    assert by_purchase["pur_a", None].idempotency_key == "legacy-key-plain"
+    assert summary.failures == 0
+    assert summary.covered == 2
+    assert len(fake.refunds) == 2  # nothing sent twice: the recorded keys were replayed
+    _, summary = runner(fake, [*items, plain], journal=journal, concurrency=1)
+    assert summary.skipped == 4
+    assert len(fake.refunds) == 2
