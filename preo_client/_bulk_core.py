@@ -235,6 +235,7 @@ class Core:
         self.max_retries = max(int(getattr(client, "max_retries", 2)), BULK_MAX_RETRIES)
         self.groups = Groups(self.journal, self.resuming, standing_of)
         self.ordinals = Ordinals()
+        self.reproducible = journal is not None or batch_id is not None
         self.transactions: dict[str, tuple[str, str | None]] = {}  # tx -> first row, amount
         self.prechecked = False
         self.matched: set[str] = set()  # identities the journal had (a lazy resume only)
@@ -399,7 +400,9 @@ class Core:
             return [RefundOutcome(item, None, exc, 0, None, False, position)]
         except Exception as exc:
             return [RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)]
-        ordinal = self.ordinals.next(canonical)
+        # keys anyone can reproduce (a journal, a batch id) count identical requests; a fresh
+        # random run id makes every key unique already: its position does, remembering nothing
+        ordinal = self.ordinals.next(canonical) if self.reproducible else position
         identity = item_identity(canonical, ordinal)
         entry = self.journal.recorded(identity) if self.resuming and self.journal else None
         if self.resuming and not self.prechecked:
