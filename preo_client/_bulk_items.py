@@ -50,8 +50,10 @@ class RefundItem:
       reproducible from the item alone: the same reference and request send the same key in
       any run, at any position.
     - ``transaction_id``: the purchase's transaction. With a transaction scope, one request
-      is sent per transaction and the run's other items of it are reported as covered
-      (``RefundOutcome.covered_by``).
+      is sent per transaction and transaction request (reason, scope, amount), whatever the
+      rows' reference, comment or pickup point: the first such row's (its text and key), and
+      the run's other items of it are reported as covered (``RefundOutcome.covered_by``). A
+      row asking its transaction for another amount is refused.
     """
 
     purchase_id: str

@@ -434,3 +434,27 @@ def test_a_schema_1_journal_resumes_with_its_recorded_keys(tmp_path: Path, runne
     _, summary = runner(fake, [*items, plain], journal=journal, concurrency=1)
     assert summary.skipped == 4
     assert len(fake.refunds) == 2
+
+
+def test_a_stopped_run_says_how_many_rows_were_never_read() -> None:
+    from preo_client import AuthenticationError
+
+    fake = FakePreo(auto_purchases=True)
+    fake.inject(Fault.http_status(401))
+    items = [f"pur_{n}" for n in range(10)]
+
+    def go() -> Any:
+        with fake.client(backoff=NO_WAIT) as client:
+            run = client.purchases.refund_many(items, reason="sold_out", concurrency=1)
+            with pytest.raises(AuthenticationError):
+                list(run)
+            return run.summary
+
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(go()), daemon=True)
+    worker.start()
+    worker.join(WATCHDOG)
+    assert not worker.is_alive()
+    (summary,) = done
+    assert summary.unread == len(items) - 1  # only the first row was read
+    assert summary.stopped is not None
