@@ -65,18 +65,7 @@ _LEGACY_COLUMNS: Final = (
     "error",
 )
 # the items columns this version reads (a journal may hold more: added by later migrations)
-_COLUMNS: Final = (
-    "identity",
-    "purchase_id",
-    "position",
-    "request",
-    "idempotency_key",
-    "state",
-    "refund_id",
-    "amount",
-    "error",
-    "request_id",
-)
+_COLUMNS: Final = ("identity", "purchase_id", *_LEGACY_COLUMNS, "request_id")
 _CREATE: Final = ("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",)
 _ENTRY_SELECT: Final = (
     "SELECT identity, position, request, idempotency_key, state, refund_id, amount, error, "
