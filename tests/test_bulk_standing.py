@@ -458,3 +458,36 @@ def test_a_stopped_run_says_how_many_rows_were_never_read() -> None:
     (summary,) = done
     assert summary.unread == len(items) - 1  # only the first row was read
     assert summary.stopped is not None
+
+
+FRESH = [
+    ("429", EXHAUST_429, Reported.NO_REFUND),
+    ("400", [Fault.http_status(400)], Reported.NO_REFUND),
+    ("404", [Fault.http_status(404)], Reported.NO_REFUND),
+    ("409", [Fault.http_status(409)] * 9, Reported.UNKNOWN),
+    ("422", [Fault.http_status(422)], Reported.UNKNOWN),
+    ("connect", [Fault.connect_error()] * 9, Reported.NO_REFUND),
+    ("lost", [Fault.read_timeout()], Reported.UNKNOWN),
+    ("ok", [], Reported.REFUNDED),
+]
+
+
+@pytest.mark.parametrize(("name", "faults", "reported"), FRESH, ids=[n for n, _, _ in FRESH])
+def test_a_fresh_item_is_reported_as_the_table_says(
+    runner: Any, name: str, faults: list[Fault], reported: Reported
+) -> None:
+    """The committed standing (a fresh item, its key journaled) in both drivers: the reported
+    outcome is the table's, and the ledger agrees with it."""
+    fake = FakePreo(auto_purchases=True)
+    fake.inject(*faults)
+    (outcome,), _ = runner(fake, [RefundItem("pur_1", reason="compensation", amount="1.00")])
+    keys = {refund.idempotency_key for refund in fake.refunds}
+    if reported is Reported.REFUNDED:
+        assert outcome.ok
+        assert outcome.idempotency_key in keys
+    elif reported is Reported.UNKNOWN:
+        assert isinstance(outcome.error, RefundOutcomeUnknownError), (name, outcome.error)
+    else:
+        assert outcome.error is not None
+        assert not isinstance(outcome.error, RefundOutcomeUnknownError), (name, outcome.error)
+        assert outcome.idempotency_key not in keys
