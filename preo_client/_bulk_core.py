@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -237,8 +238,19 @@ class Core:
         self.ordinals = Ordinals()
         self.reproducible = journal is not None or batch_id is not None
         self.transactions: dict[str, tuple[str, str | None]] = {}  # tx -> first row, amount
+        if self.resuming and self.journal is not None:
+            self._seed_transactions(self.journal)
         self.prechecked = False
         self.matched: set[str] = set()  # identities the journal had (a lazy resume only)
+
+    def _seed_transactions(self, journal: Journal) -> None:
+        """What earlier runs asked each transaction for (rows that may have made, or made,
+        its refund): a row of this run asking another amount is refused, read first or not."""
+        for entry in journal.entries():
+            if standing_of(entry) in (Standing.MAY_HAVE_LANDED, Standing.DONE):
+                with contextlib.suppress(RefundValidationError):  # an older run's conflict
+                    where = f"an earlier run's item {entry.position + 1}"
+                    check_transaction(self.transactions, entry.request, where)
 
     def state(self) -> CallState:
         return CallState(
@@ -395,7 +407,6 @@ class Core:
             return [RefundOutcome(RefundItem(where), None, error, 0, None, False, position)]
         try:
             canonical = canonical_request(item)
-            check_transaction(self.transactions, canonical, f"input item {position + 1}")
         except PreoError as exc:
             return [RefundOutcome(item, None, exc, 0, None, False, position)]
         except Exception as exc:
@@ -411,6 +422,11 @@ class Core:
             else:
                 self.matched.add(identity)
         standing = standing_of(entry)
+        if standing not in (Standing.MAY_HAVE_LANDED, Standing.DONE):  # else: it stands
+            try:
+                check_transaction(self.transactions, canonical, f"input item {position + 1}")
+            except PreoError as exc:
+                return [RefundOutcome(item, None, exc, 0, None, False, position)]
         name = group_of_request(canonical)
         group = self.groups.get(name) if name is not None else None
         if entry is not None and standing is Standing.DONE:

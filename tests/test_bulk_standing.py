@@ -491,3 +491,25 @@ def test_a_fresh_item_is_reported_as_the_table_says(
         assert outcome.error is not None
         assert not isinstance(outcome.error, RefundOutcomeUnknownError), (name, outcome.error)
         assert outcome.idempotency_key not in keys
+
+
+def test_a_reordered_resume_never_refunds_a_transaction_for_two_amounts(
+    tmp_path: Path, runner: Any
+) -> None:
+    """Run 1 sent the 4.00 row (answer lost) and refused the 5.00 row; a resume with the rows
+    reordered must not send the 5.00 row first: the 4.00 row's key may have landed."""
+    fake = FakePreo()
+    for p in ("pur_a", "pur_b"):
+        fake.add_purchase(p, price="20.00", transaction_id="tx_1")
+    asked = (("pur_b", "4.00"), ("pur_a", "5.00"))
+    items = [RefundItem(p, reason="compensation", scope="transaction_custom", amount=a,
+                        transaction_id="tx_1") for p, a in asked]  # fmt: skip
+    journal = tmp_path / "j"
+    fake.inject(Fault.read_timeout())
+    runner(fake, items, journal=journal, concurrency=1)
+    assert [str(r.amount) for r in fake.refunds] == ["4.00"]
+    second, _ = runner(fake, items[::-1], journal=journal, concurrency=1)
+    assert [str(r.amount) for r in fake.refunds] == ["4.00"]
+    refused = next(o for o in second if o.item.purchase_id == "pur_a")
+    assert isinstance(refused.error, RefundValidationError)
+    assert refused.attempts == 0
