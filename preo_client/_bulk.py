@@ -143,6 +143,21 @@ class _ThreadReader:
                 return
 
 
+def _check_inputs(items: object, on_result: object) -> None:
+    """Refuse an input that is not iterable, or an ``on_result`` that cannot be called, before
+    anything is opened or sent."""
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable | AsyncIterable):
+        raise RefundValidationError(
+            "items",
+            "must be an iterable (or async iterable) of purchase ids or RefundItems, not "
+            f"{type(items).__name__}",
+        )
+    if on_result is not None and not callable(on_result):
+        raise RefundValidationError(
+            "on_result", f"must be a callable or None, not {type(on_result).__name__}"
+        )
+
+
 def _inline(items: object) -> bool:
     """An in-memory sequence is read in place (its ``next()`` never blocks)."""
     return isinstance(items, Sequence) and not isinstance(items, str)
@@ -235,9 +250,11 @@ class AsyncBulkRun(_Run):
         pacing: str = "adaptive",
     ) -> None:
         """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
-        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        :class:`~preo_client.RefundValidationError` for a bad ``items``, ``on_result``,
+        ``concurrency``, ``batch_id``, ``journal``, ``max_rate``, ``pacing`` or
         ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
         journal, before anything is sent."""
+        _check_inputs(items, on_result)
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, max_rate=max_rate,
@@ -475,9 +492,11 @@ class BulkRun(_Run):
         pacing: str = "adaptive",
     ) -> None:
         """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
-        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        :class:`~preo_client.RefundValidationError` for a bad ``items``, ``on_result``,
+        ``concurrency``, ``batch_id``, ``journal``, ``max_rate``, ``pacing`` or
         ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
         journal, before anything is sent."""
+        _check_inputs(items, on_result)
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, max_rate=max_rate,

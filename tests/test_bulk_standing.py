@@ -329,12 +329,22 @@ def test_a_lazy_input_lacking_a_may_have_landed_item_reports_it(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_pause": "300"}, {"max_pause": None}, {"max_pause": True}, {"journal": 7}],
+    [
+        {"max_pause": "300"},
+        {"max_pause": None},
+        {"max_pause": True},
+        {"max_pause": float("nan")},
+        {"journal": 7},
+        {"on_result": 5},
+        {"items": 5},
+        {"items": "pur_1"},
+    ],
 )
 def test_wrong_argument_types_are_validation_errors(options: dict[str, Any]) -> None:
     fake = FakePreo.demo(auto_purchases=True)
+    arguments = {"items": ["pur_1"], "reason": "sold_out", **options}
     with fake.client() as client, pytest.raises(RefundValidationError):
-        client.purchases.refund_many(["pur_1"], reason="sold_out", **options)
+        client.purchases.refund_many(**arguments)
 
 
 # -- reproduction 11: keys from content, not position ------------------------------------------
