@@ -523,3 +523,29 @@ def test_a_reordered_resume_never_refunds_a_transaction_for_two_amounts(
     refused = next(o for o in second if o.item.purchase_id == "pur_a")
     assert isinstance(refused.error, RefundValidationError)
     assert refused.attempts == 0
+
+
+@pytest.mark.parametrize(("name", "faults", "reported"), FRESH, ids=[n for n, _, _ in FRESH])
+def test_an_item_refused_earlier_is_reported_as_the_table_says(
+    tmp_path: Path, runner: Any, name: str, faults: list[Fault], reported: Reported
+) -> None:
+    """The ``nothing`` standing (an earlier run's request was refused: surely no refund),
+    resent with its recorded key in both drivers."""
+    fake = FakePreo(auto_purchases=True)
+    items = [RefundItem("pur_1", reason="compensation", amount="1.00")]
+    journal = tmp_path / "j"
+    fake.inject(Fault.http_status(404))
+    (first,), _ = runner(fake, items, journal=journal)
+    assert first.error is not None
+    assert not isinstance(first.error, RefundOutcomeUnknownError)
+    fake.inject(*faults)
+    (outcome,), _ = runner(fake, items, journal=journal)
+    assert outcome.idempotency_key == first.idempotency_key  # the recorded key
+    keys = {refund.idempotency_key for refund in fake.refunds}
+    if reported is Reported.REFUNDED:
+        assert outcome.ok
+    elif reported is Reported.UNKNOWN:
+        assert isinstance(outcome.error, RefundOutcomeUnknownError), (name, outcome.error)
+    else:
+        assert not isinstance(outcome.error, RefundOutcomeUnknownError), (name, outcome.error)
+        assert outcome.idempotency_key not in keys
