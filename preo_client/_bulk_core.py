@@ -467,7 +467,9 @@ class Core:
         if self.journal is not None:
             if job.claim and job.group is not None:
                 self.journal.claim(job.group.name, job.identity, job.key)
-            self.journal.start(job.identity, job.position, job.canonical, job.key)
+            self.journal.start(
+                job.identity, job.position, job.canonical, job.key, job.item.purchase_id
+            )
         job.standing = commit(job.standing)
 
     def record(

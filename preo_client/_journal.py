@@ -111,7 +111,8 @@ def _create_items(db: sqlite3.Connection) -> None:
     db.execute(
         "CREATE TABLE items (identity TEXT PRIMARY KEY, purchase_id TEXT NOT NULL, "
         "position INTEGER NOT NULL, request TEXT NOT NULL, idempotency_key TEXT NOT NULL, "
-        "state TEXT NOT NULL, refund_id TEXT, amount TEXT, error TEXT, request_id TEXT)"
+        "state TEXT NOT NULL, refund_id TEXT, amount TEXT, error TEXT, request_id TEXT) "
+        "WITHOUT ROWID"  # one B-tree keyed by identity, not a rowid table plus its index
     )
     db.execute("CREATE INDEX items_purchase ON items (purchase_id)")
 
@@ -503,9 +504,13 @@ class Journal:
         """Whether no item has been recorded yet (a fresh journal)."""
         return self._run(lambda db: db.execute("SELECT 1 FROM items LIMIT 1").fetchone()) is None
 
-    def start(self, identity: str, position: int, request: str, key: str) -> None:
-        """Record (and commit) the item ``identity`` before its request is sent."""
-        purchase_id = str(json.loads(request).get("purchase_id"))
+    def start(
+        self, identity: str, position: int, request: str, key: str, purchase_id: str | None = None
+    ) -> None:
+        """Record (and commit) the item ``identity`` before its request is sent
+        (``purchase_id``: the request's, when the caller has it at hand)."""
+        if purchase_id is None:
+            purchase_id = str(json.loads(request).get("purchase_id"))
         self._execute(
             "INSERT INTO items (identity, purchase_id, position, request, idempotency_key, "
             "state) VALUES (?, ?, ?, ?, ?, 'started') ON CONFLICT(identity) DO UPDATE SET "
