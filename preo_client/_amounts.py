@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
-from decimal import Context, Decimal, InvalidOperation
-from typing import TypeAlias
+from collections.abc import Iterable
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
+from typing import Final, TypeAlias
 
 __all__ = [
     "MAX_AMOUNT",
     "AmountError",
     "AmountInput",
     "amount_text",
+    "exact_add",
+    "exact_sum",
     "parse_amount",
     "suggest_decimal",
 ]
@@ -22,6 +25,24 @@ CENT = Decimal("0.01")
 # wire exactly (a double carries 15 decimal digits), so what is sent is what was asked for.
 MAX_AMOUNT = Decimal("9999999999999.99")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # ASCII digits only
+
+
+# A context in which adding finite Decimals is exact whatever their size (the default context
+# rounds to 28 digits): libmpdec only allocates the digits a result needs.
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def exact_add(a: Decimal, b: Decimal) -> Decimal:
+    """``a + b`` with no rounding, whatever the size of either."""
+    return _EXACT.add(a, b)
+
+
+def exact_sum(values: Iterable[Decimal]) -> Decimal:
+    """The exact sum of ``values`` (``Decimal(0)`` for none)."""
+    total = Decimal(0)
+    for value in values:
+        total = _EXACT.add(total, value)
+    return total
 
 
 class AmountError(ValueError):
@@ -89,7 +110,6 @@ def amount_text(amount: Decimal) -> str:
     places (``"51.50"``, ``"0.00"``; ``"12.345"`` when the server sent three), never rounded,
     never an exponent. ``to_dict(mode="json")`` and the CLI write it as a string, ``to_json()``
     as a JSON number with the same digits."""
-    exponent = amount.as_tuple().exponent
-    if amount.is_finite() and isinstance(exponent, int) and exponent > -2:
-        amount = amount.quantize(CENT, context=Context(prec=max(28, amount.adjusted() + 4)))
+    if amount.is_finite() and amount.as_tuple().exponent > -2:  # type: ignore[operator]
+        amount = _EXACT.quantize(amount, CENT)  # only adds zeros: exact, whatever the size
     return format(amount, "f")

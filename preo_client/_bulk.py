@@ -1,18 +1,14 @@
-"""Bulk refunds: a bounded task group, a run-wide pause, a journal, keys that survive restarts."""
+"""Bulk refunds: the two drivers (a task group, threads) that run items through the shared core."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
-import functools
-import hashlib
 import inspect
-import json
 import logging
 import queue
 import threading
-import uuid
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -23,38 +19,36 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import Future, ThreadPoolExecutor
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import httpx
 
-from ._call import AttemptRecord, CallState
-from ._exceptions import (
-    AuthenticationError,
-    BadRequestError,
-    InternalServerError,
-    PermissionDeniedError,
-    PreoError,
-    RateLimitError,
-    RefundOutcomeUnknownError,
-    RefundValidationError,
-    truncate,
+from ._bulk_core import BULK_MAX_RETRIES, Core, Job, Step
+from ._bulk_items import (
+    TRANSACTION_HINT,
+    CoveringRefundUnknownError,
+    InvalidItem,
+    ItemFailedError,
+    RefundItem,
+    bulk_idempotency_key,
+    canonical_request,
+    group_of_request,
 )
-from ._journal import Journal, JournalEntry, JournalError
-from ._models import Refund
+from ._bulk_summary import BulkSummary, RefundOutcome
+from ._exceptions import RefundValidationError, truncate
+from ._journal import JournalError
 from ._observe import bulk_trace
 from ._pacing import AdaptivePacer
-from ._policy import check_comment, check_pickup_point_id, check_purchase_id, plan_refund
-from ._retry import DEFAULT_MAX_PAUSE, RETRY_AFTER_CAP, SharedPause
+from ._retry import DEFAULT_MAX_PAUSE
 
 if TYPE_CHECKING:
-    from ._call import Call
     from ._client import AsyncPreoClient, PreoClient
 
 __all__ = [
+    "BULK_MAX_RETRIES",
     "DEFAULT_MAX_PAUSE",
+    "TRANSACTION_HINT",
     "AsyncBulkRun",
     "BulkRun",
     "BulkSummary",
@@ -64,677 +58,16 @@ __all__ = [
     "JournalError",
     "RefundItem",
     "RefundOutcome",
+    "Step",
     "bulk_idempotency_key",
     "canonical_request",
+    "group_of_request",
 ]
 
 log = logging.getLogger("preo_client")
 
 SHARD_SIZE: Final = 8
-# Attempts a bulk item may make when the server refuses (429/503) or the request is not sent:
-# a long run-wide pause must not turn every item into a failure.
-BULK_MAX_RETRIES: Final = 8
-_KEY_NAMESPACE: Final = uuid.UUID("0d7c5b8e-1f5a-4c43-9a0e-7b2f8c1e5a11")
-_TEXT_FIELDS: Final = ("comment", "pickup_point_id", "reference", "transaction_id")
-TRANSACTION_HINT: Final = (
-    "this purchase's transaction may already have been refunded by another row of this run "
-    "(transaction scopes refund every purchase of the transaction); give each row its "
-    "transaction_id so one request is sent per transaction and the others are reported as covered"
-)
-
-
-@attrs.frozen
-class RefundItem:
-    """One refund of a bulk run (frozen). Every field but ``purchase_id`` is optional:
-
-    - ``purchase_id``: the purchase to refund.
-    - ``reason`` / ``scope``: as for ``client.purchases.refund``; None falls back to the
-      run's common ``reason`` / ``scope`` (a scope left out is derived from the reason).
-    - ``amount``: for the custom scopes only: a ``Decimal``, ``int`` or decimal ``str``
-      (exact; at most two decimal places).
-    - ``comment``: free text sent with the refund; ``pickup_point_id``: the pickup point
-      where the refund is processed.
-    - ``reference``: a business id (e.g. an order line) that makes the idempotency key
-      reproducible from the item alone: the same reference and request send the same key in
-      any run, at any position.
-    - ``transaction_id``: the purchase's transaction. With a transaction scope, one request
-      is sent per transaction and the run's other items of it are reported as covered
-      (``RefundOutcome.covered_by``).
-    """
-
-    purchase_id: str
-    reason: str | None = None
-    scope: str | None = None
-    amount: Decimal | int | str | None = None
-    comment: str | None = None
-    pickup_point_id: str | None = None
-    reference: str | None = None
-    transaction_id: str | None = None
-
-
-@attrs.frozen
-class InvalidItem:
-    """An input row that could not become a :class:`RefundItem` (reported, never sent)."""
-
-    where: str
-    problem: str
-
-
-class ItemFailedError(PreoError):
-    """An unexpected error while handling one item (``.original``); the run goes on."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(f"{type(original).__name__}: {truncate(str(original), 300)}")
-        self.original = original
-
-
-class CoveringRefundUnknownError(RefundOutcomeUnknownError):
-    """The refund of this item's transaction (sent for another item) has an unknown outcome:
-    this purchase may be refunded by it. Nothing was sent for this item; a resume resends that
-    refund with its key."""
-
-    def __init__(self, leader: int) -> None:
-        super().__init__(
-            f"the refund of this purchase's transaction (sent for item {leader + 1}) has an "
-            "unknown outcome; nothing was sent for this item: resume with the same journal"
-        )
-        self.leader = leader
-
-
-@attrs.frozen
-class RefundOutcome:
-    """What became of one item: the refund or the error, attempts made, the key sent.
-
-    - ``item``: the :class:`RefundItem` (for an input row that could not be read, one whose
-      ``purchase_id`` says where the row was or what it held).
-    - ``refund``: the :class:`~preo_client.Refund` the server answered with (for a covered
-      item, its transaction's refund); None when the item failed or was skipped.
-    - ``error``: the :class:`~preo_client.PreoError` the item failed with, else None.
-    - ``attempts``: requests sent for this item (0 when nothing was sent).
-    - ``idempotency_key``: the key sent for it (for a skipped item, the one the journal
-      recorded; for a covered item, its transaction's); None when nothing was keyed.
-    - ``skipped``: a previous run (per the journal) already did it; nothing was sent.
-    - ``position``: the item's 0-based index in the input.
-    - ``replayed``: the server answered with a refund another item of this run already got
-      (counted once in the summary).
-    - ``covered_by``: the position of the item whose transaction refund covers this one
-      (nothing sent for it); None otherwise.
-    - ``note``: a hint explaining a failure, or None.
-    - ``ok``: nothing more to do for the item (refunded, skipped or covered).
-    """
-
-    item: RefundItem
-    refund: Refund | None
-    error: PreoError | None
-    attempts: int
-    idempotency_key: str | None
-    skipped: bool = False
-    position: int = -1
-    replayed: bool = False
-    covered_by: int | None = None
-    note: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the item needs nothing more: refunded, skipped (done by a previous run)
-        or covered by its transaction's refund."""
-        return self.error is None and (
-            self.refund is not None or self.skipped or self.covered_by is not None
-        )
-
-
-@attrs.define
-class BulkSummary:
-    """A bulk run so far (live while it runs; final once it ends), counting each outcome
-    handed out once:
-
-    - ``succeeded``: items answered with a refund this run had not counted yet.
-    - ``replayed``: items answered with a refund another item of this run already got.
-    - ``covered``: items covered by their transaction's refund (nothing sent for them).
-    - ``skipped``: items a previous run already did (per the journal).
-    - ``failed``: failed items by error class name (a ``collections.Counter``).
-    - ``failed_items``: the failed :class:`RefundOutcome` objects, in the order handed out.
-    - ``total_amount``: the exact total (``Decimal``) of the distinct refunds counted.
-    - ``stopped``: why the run stopped early (``"cancelled"``, the consumer stopped reading,
-      or the error that stopped it); None when it ran to the end.
-    - ``unfinished``: items read from the input but not handed out when the run stopped.
-    - ``total`` / ``failures``: all items counted / the failed ones.
-    """
-
-    succeeded: int = 0
-    replayed: int = 0
-    covered: int = 0
-    skipped: int = 0
-    failed: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    failed_items: list[RefundOutcome] = attrs.field(factory=list)
-    total_amount: Decimal = Decimal(0)
-    stopped: str | None = None
-    unfinished: int = 0
-    _refund_ids: set[str] = attrs.field(factory=set, repr=False, eq=False)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
-
-    @property
-    def total(self) -> int:
-        """Every item counted so far: succeeded, replayed, covered, skipped and failed."""
-        return self.succeeded + self.replayed + self.covered + self.skipped + self.failures
-
-    @property
-    def failures(self) -> int:
-        """The failed items (the sum of ``failed``)."""
-        return sum(self.failed.values())
-
-    def claim(self, refund: Refund, *, may_repeat: bool = True) -> bool:
-        """Count ``refund`` once; False if this run already counted it (a replay).
-
-        Only a refund whose idempotency key another item of the run may send again (an item
-        with a ``reference``: its key comes from its request and reference alone) is
-        remembered; every other key is unique to its position in the run, so its refund cannot
-        come back, and remembering it would only grow memory with the run.
-        """
-        with self._lock:
-            if refund.id in self._refund_ids:
-                return False
-            if may_repeat:
-                self._refund_ids.add(refund.id)
-            self.total_amount += refund.amount
-            return True
-
-    def add(self, outcome: RefundOutcome) -> None:
-        """Count ``outcome`` under exactly one heading (the run calls it; thread-safe)."""
-        with self._lock:
-            if outcome.skipped:
-                self.skipped += 1
-            elif outcome.covered_by is not None:
-                self.covered += 1
-            elif outcome.error is not None:
-                self.failed[type(outcome.error).__name__] += 1
-                self.failed_items.append(outcome)
-            elif outcome.replayed:
-                self.replayed += 1
-            else:
-                self.succeeded += 1
-
-
-def canonical_request(item: RefundItem) -> str:
-    """The item's identity as exact text: the request it sends (scope derived, amount to the
-    cent), its reference and, when set, its ``transaction_id`` (which decides what its
-    transaction-scope request covers, so a resume may not change it). Raises
-    :class:`RefundValidationError` for an invalid item."""
-    check_purchase_id(item.purchase_id)
-    check_comment(item.comment)
-    check_pickup_point_id(item.pickup_point_id)
-    for name in _TEXT_FIELDS:
-        if not isinstance(getattr(item, name), str | None):
-            raise RefundValidationError(name, "must be a string")
-    if item.reason is None:
-        raise RefundValidationError("reason", "is required (per item or for the run)")
-    plan = plan_refund(item.reason, item.scope, item.amount)
-    amount = None if plan.amount is None else f"{plan.amount.quantize(Decimal('0.01')):f}"
-    request = {
-        "purchase_id": item.purchase_id,
-        "reason": str(plan.reason),
-        "scope": str(plan.scope),
-        "amount": amount,
-        "comment": item.comment,
-        "pickup_point_id": item.pickup_point_id,
-        "reference": item.reference,
-    }
-    if item.transaction_id is not None:  # absent when unset: identities without one unchanged
-        request["transaction_id"] = item.transaction_id
-    return json.dumps(request, sort_keys=True, separators=(",", ":"))  # ASCII: \ud83d escaped
-
-
-def _sent_part(canonical: str) -> str:
-    """The part of a canonical identity that is sent (``transaction_id`` never is)."""
-    if '"transaction_id":' not in canonical:
-        return canonical
-    request = json.loads(canonical)
-    request.pop("transaction_id", None)
-    return json.dumps(request, sort_keys=True, separators=(",", ":"))
-
-
-def bulk_idempotency_key(run_id: str, position: int, canonical: str, reference: str | None) -> str:
-    """The key of a bulk item: from its ``reference`` and request alone when it has one (any
-    run, any position sends the same key), else from the run id, its position and request.
-    The request is what is sent: a ``transaction_id`` in ``canonical`` does not change it."""
-    sent = _sent_part(canonical)
-    name = f"ref\0{sent}" if reference else f"run\0{run_id}\0{position}\0{sent}"
-    return f"preo-{uuid.uuid5(_KEY_NAMESPACE, name)}"
-
-
-def _group_name(item: RefundItem, canonical: str) -> str | None:
-    """The transaction group of a transaction-scope item with a ``transaction_id``: its
-    transaction and request but the purchase (one request refunds them all), as a digest."""
-    if item.transaction_id is None or '"scope":"transaction_' not in canonical:
-        return None
-    request = json.loads(canonical)
-    del request["purchase_id"]
-    text = json.dumps(request, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def _may_have_landed(error: BaseException) -> bool:
-    """Whether a failed item's request may have made its refund (else: surely nothing)."""
-    return isinstance(error, RefundOutcomeUnknownError | ItemFailedError) or not isinstance(
-        error, PreoError
-    )
-
-
-@functools.cache
-def _refused_names() -> frozenset[str]:
-    """Class names of errors after which no refund exists (what a journal's ``failed`` row
-    records): every PreoError but the outcome-unknown ones and ItemFailedError."""
-    names: set[str] = set()
-    pending: list[type[BaseException]] = [PreoError]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if cls is not PreoError and not issubclass(
-            cls, RefundOutcomeUnknownError | ItemFailedError
-        ):
-            names.add(cls.__name__)
-    return frozenset(names)
-
-
-def _standing(entry: JournalEntry | None) -> str | None:
-    """What an earlier run left for a row: ``done``, ``covered``, ``sent`` (its own request
-    may have made a refund: in flight or unknown) or ``refused`` (it surely made nothing);
-    None: nothing was recorded (nothing was sent)."""
-    if entry is None:
-        return None
-    if entry.state in ("done", "covered"):
-        return entry.state
-    if entry.state == "failed" and entry.error in _refused_names():
-        return "refused"
-    return "sent"  # started, an unknown outcome, or a state this version does not know
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return truncate(repr(value), 200)
-    except Exception:
-        return f"<{type(value).__name__}>"
-
-
-def _differences(recorded: str, now: str) -> str:
-    before, after = json.loads(recorded), json.loads(now)
-    fields = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    return ", ".join(f"{k} was {before.get(k)!r}, now {after.get(k)!r}" for k in fields)
-
-
-class _RunPause(SharedPause):
-    """The run-wide pause; a wait longer than the single-call cap is logged at WARNING. A
-    stopped run halts it: a worker's next attempt then waits (and a stopping wait raises)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._halted = False
-
-    def extend(self, seconds: float) -> None:
-        with self._lock:
-            before = self.remaining()
-            super().extend(seconds)
-        if seconds > RETRY_AFTER_CAP and seconds > before + 1:
-            log.warning(
-                "server asked to wait %.0fs: pausing the whole bulk run",
-                seconds,
-                extra={"preo.pause_s": round(seconds, 3)},
-            )
-
-    def halt(self) -> None:
-        """The run stopped: no worker may start another attempt."""
-        self._halted = True
-
-    def remaining(self) -> float:
-        return _HALTED if self._halted else super().remaining()
-
-
-_HALTED: Final = 3600.0
-
-
-@attrs.define
-class _Job:
-    """An item ready to send: checked, keyed, its request built."""
-
-    item: RefundItem
-    call: Call
-    position: int
-    canonical: str
-    group: _Group | None = None
-    claim: bool = False  # journal it as its group's carrier before sending
-
-
-@attrs.define
-class _Group:
-    """The items of one transaction that one transaction-scope refund covers.
-
-    ``carrier`` is the row whose request (and key) carries the group's refund: sent, to be
-    sent, or (on a resume) recorded by the journal and to be resent when its row is read.
-    ``state``: ``open`` (no refund and no carrier: the next row takes over), ``pending`` (the
-    carrier's answer is awaited; other rows wait in ``waiting``), ``ok`` (the refund exists) or
-    ``unknown`` (the carrier's outcome is unknown: nothing more may be sent for the group).
-    """
-
-    name: str
-    carrier: int | None = None
-    key: str | None = None
-    state: str = "open"
-    outcome: RefundOutcome | None = None
-    refund_id: str | None = None
-    waiting: collections.deque[_Job] = attrs.field(factory=collections.deque)
-
-
-Step = RefundOutcome | _Job  # what the core hands a driver: an outcome to yield, a job to send
-
-
-class _Core:
-    """What the sync and async drivers share: item checks, keys, journal, groups, summary.
-
-    Group bookkeeping (``begin``, ``settle``, ``stranded``) runs in the driver only; workers
-    call ``start`` and ``record`` (journal writes, thread-safe)."""
-
-    def __init__(
-        self,
-        client: PreoClient | AsyncPreoClient,
-        *,
-        reason: str | None,
-        scope: str | None,
-        journal: str | Path | None,
-        batch_id: str | None,
-        max_pause: float,
-        max_rate: float | None = None,
-        pacing: str = "adaptive",
-    ) -> None:
-        self.pacer = AdaptivePacer(max_rate=max_rate, pacing=pacing)  # type: ignore[arg-type]
-        if batch_id is not None and (not isinstance(batch_id, str) or not batch_id):
-            raise RefundValidationError("batch_id", "must be a non-empty string")
-        if not max_pause >= 0:
-            raise RefundValidationError("max_pause", f"must be >= 0 seconds, got {max_pause}")
-        self.client = client
-        self.reason = reason
-        self.scope = scope
-        self.max_pause = float(max_pause)
-        self.journal = Journal(journal, batch_id=batch_id) if journal is not None else None
-        self.resuming = self.journal is not None and not self.journal.is_empty()
-        self.run_id = self.journal.run_id if self.journal else (batch_id or str(uuid.uuid4()))
-        self.summary = BulkSummary()
-        self.pause = _RunPause()
-        self.max_retries = max(int(getattr(client, "max_retries", 2)), BULK_MAX_RETRIES)
-        self.groups: dict[str, _Group] = {}
-
-    def state(self) -> CallState:
-        return CallState(
-            pause=self.pause,
-            pacer=self.pacer,
-            retry_after_cap=self.max_pause,
-            max_retries=self.max_retries,
-        )
-
-    def item(self, raw: object) -> RefundItem:
-        if isinstance(raw, str):
-            return RefundItem(raw, reason=self.reason, scope=self.scope)
-        if isinstance(raw, InvalidItem):
-            raise RefundValidationError("item", f"{raw.where}: {raw.problem}")
-        if isinstance(raw, RefundItem):
-            if raw.reason is None or (raw.scope is None and self.scope is not None):
-                return attrs.evolve(
-                    raw, reason=raw.reason or self.reason, scope=raw.scope or self.scope
-                )
-            return raw
-        raise RefundValidationError(
-            "items", f"each item must be a purchase id or a RefundItem, not {type(raw).__name__}"
-        )
-
-    def check_journal(self, position: int, canonical: str) -> JournalEntry | None:
-        """What the journal recorded at ``position``; refuses an input item that differs."""
-        entry = self.journal.recorded(position) if self.resuming and self.journal else None
-        if entry is not None and entry.request != canonical:
-            raise JournalError(
-                f"input item {position + 1} differs from journal {self.journal_path()}: "
-                f"{_differences(entry.request, canonical)}; resume with the input of that run, "
-                "or start a new journal",
-                position=position,
-            )
-        return entry
-
-    def journal_path(self) -> Path | None:
-        return self.journal.path if self.journal is not None else None
-
-    def precheck(self, items: Sequence[object]) -> None:
-        """Compare a whole in-memory input with the journal before anything is sent."""
-        if not self.resuming:
-            return
-        for position, raw in enumerate(items):
-            try:
-                canonical = canonical_request(self.item(raw))
-            except Exception:  # noqa: S112  # nosec B112  # an invalid item is never sent
-                continue
-            self.check_journal(position, canonical)
-
-    def begin(self, raw: object, position: int) -> list[Step]:
-        """Check an item and key it: outcomes to hand out now and jobs to send (none when
-        the item waits for its transaction's refund). Raises :class:`JournalError`
-        (systemic) when the input differs from the journal."""
-        try:
-            item = self.item(raw)
-        except Exception as exc:
-            error = exc if isinstance(exc, PreoError) else ItemFailedError(exc)
-            where = raw.where if isinstance(raw, InvalidItem) else _safe_repr(raw)
-            return [RefundOutcome(RefundItem(where), None, error, 0, None, False, position)]
-        try:
-            canonical = canonical_request(item)
-        except PreoError as exc:
-            return [RefundOutcome(item, None, exc, 0, None, False, position)]
-        except Exception as exc:
-            return [RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)]
-        entry = self.check_journal(position, canonical)
-        standing = _standing(entry)
-        name = _group_name(item, canonical)
-        group = self._group(name) if name is not None else None
-        if entry is not None and standing in ("done", "covered"):
-            skipped = RefundOutcome(item, None, None, 0, entry.idempotency_key, True, position)
-            if group is not None and standing == "done" and group.state != "ok":
-                # this row's own request made the group's refund
-                group.carrier, group.key = position, entry.idempotency_key
-                group.refund_id = entry.refund_id
-                return [skipped, *self._resolved(group, None)]
-            return [skipped]
-        key = (
-            entry.idempotency_key
-            if entry is not None  # resend what may have landed, with the key it was sent with
-            else bulk_idempotency_key(self.run_id, position, canonical, item.reference)
-        )
-        try:
-            call = self.client._prepare(
-                item.purchase_id,
-                reason=item.reason or "",
-                scope=item.scope,
-                amount=item.amount,
-                comment=item.comment,
-                pickup_point_id=item.pickup_point_id,
-                idempotency_key=key,
-                timeout=self.client.timeout,
-            )
-        except PreoError as exc:
-            return [RefundOutcome(item, None, exc, 0, key, False, position)]
-        except Exception as exc:
-            return [RefundOutcome(item, None, ItemFailedError(exc), 0, key, False, position)]
-        job = _Job(item, call, position, canonical, group)
-        if group is None:
-            return [job]
-        if standing == "sent":
-            # its own request may have made a refund: it keeps its key and role (resent with
-            # it), never covered by another row's later request
-            if group.state == "open" or group.carrier == position:
-                group.carrier, group.key, group.state = position, key, "pending"
-            return [job]
-        return self._join(group, job)
-
-    def _group(self, name: str) -> _Group:
-        """The group ``name``, as this run left it or (resuming) as the journal recorded it."""
-        group = self.groups.get(name)
-        if group is not None:
-            return group
-        group = self.groups[name] = _Group(name)
-        recorded = self.journal.carrier(name) if self.resuming and self.journal else None
-        if recorded is not None and self.journal is not None:
-            group.carrier, group.key = recorded
-            entry = self.journal.recorded(group.carrier)
-            standing = _standing(entry)
-            if standing == "done" and entry is not None:
-                group.state, group.refund_id = "ok", entry.refund_id
-            elif standing in ("sent", "covered"):
-                group.state = "pending"  # resent when its row is read; others wait for it
-            else:  # refused, or claimed but never sent: nothing exists, another may take over
-                group.carrier = group.key = None
-        return group
-
-    def _join(self, group: _Group, job: _Job) -> list[Step]:
-        """A row with nothing of its own sent joins its group: covered, told the refund is
-        unknown, waiting for the carrier, or (no carrier) taking over as the carrier."""
-        if group.state == "ok":
-            return [self._covered(group, job)]
-        if group.state == "unknown":
-            return [self._uncertain(group, job)]
-        if group.state == "pending":
-            group.waiting.append(job)
-            return []
-        group.carrier, group.key, group.state = job.position, job.call.idempotency_key, "pending"
-        job.claim = True
-        return [job]
-
-    def _covered(self, group: _Group, job: _Job) -> RefundOutcome:
-        leader = group.outcome
-        refund = leader.refund if leader is not None else None
-        outcome = RefundOutcome(
-            job.item, refund, None, 0, group.key, False, job.position, covered_by=group.carrier
-        )
-        if self.journal is not None:
-            refund_id = refund.id if refund is not None else group.refund_id
-            self.journal.cover(job.position, job.canonical, group.key or "", refund_id)
-        return outcome
-
-    def _uncertain(self, group: _Group, job: _Job) -> RefundOutcome:
-        # the transaction may be refunded: a second request could refund it twice
-        error = CoveringRefundUnknownError(group.carrier if group.carrier is not None else -1)
-        return RefundOutcome(job.item, None, error, 0, None, False, job.position)
-
-    def _resolved(self, group: _Group, outcome: RefundOutcome | None) -> list[Step]:
-        group.state, group.outcome = "ok", outcome
-        waiting, group.waiting = group.waiting, collections.deque()
-        return [self._covered(group, job) for job in waiting]
-
-    def start(self, job: _Job) -> None:
-        """Commit the item's key (and, for a new carrier, its group's) to the journal: after
-        this it may be sent."""
-        if self.journal is not None:
-            if job.claim and job.group is not None:
-                self.journal.claim(job.group.name, job.position, job.call.idempotency_key)
-            self.journal.start(job.position, job.canonical, job.call.idempotency_key)
-
-    def attempt_journal(self, job: _Job) -> Callable[[AttemptRecord], None] | None:
-        """What the retry loop calls after each attempt of ``job`` (``CallState.on_attempt``):
-        the journal's audit trail of that attempt; None without a journal."""
-        if self.journal is None:
-            return None
-        return functools.partial(self.journal.record_attempt, job.call.idempotency_key)
-
-    def record(
-        self,
-        job: _Job,
-        attempts: int,
-        *,
-        refund: Refund | None = None,
-        error: BaseException | None = None,
-    ) -> RefundOutcome:
-        """Record a sent item's refund or error in the journal (a worker calls it)."""
-        key = job.call.idempotency_key
-        if refund is not None:
-            outcome = RefundOutcome(job.item, refund, None, attempts, key, False, job.position)
-            if self.journal is not None:
-                self.journal.finish(
-                    job.position, "done", refund_id=refund.id, amount=str(refund.amount)
-                )
-            return outcome
-        failure = (
-            error
-            if isinstance(error, PreoError)
-            else ItemFailedError(error if error is not None else RuntimeError("no refund"))
-        )
-        note = None
-        if isinstance(failure, BadRequestError) and job.call.plan.scope.startswith("transaction_"):
-            note = TRANSACTION_HINT if job.item.transaction_id is None else None
-        outcome = RefundOutcome(
-            job.item, None, failure, attempts, key, False, job.position, note=note
-        )
-        if self.journal is not None:
-            self.journal.finish(job.position, "failed", error=type(failure).__name__)
-        return outcome
-
-    def settle(self, job: _Job, outcome: RefundOutcome) -> list[Step]:
-        """A sent item's outcome and what it releases: its group's waiting rows covered (or
-        told the refund is unknown), or, when the carrier surely made nothing, the next
-        waiting row as the group's new carrier (journaled before it is sent)."""
-        group = job.group
-        if group is None:
-            return [outcome]
-        if group.carrier != job.position:  # an earlier run's extra sender, resent with its key
-            if outcome.refund is not None and group.state != "ok":
-                group.carrier, group.key = job.position, job.call.idempotency_key
-                return [outcome, *self._resolved(group, outcome)]
-            return [outcome]
-        if outcome.refund is not None:
-            return [outcome, *self._resolved(group, outcome)]
-        if outcome.error is not None and _may_have_landed(outcome.error):
-            group.state, group.outcome = "unknown", outcome
-            waiting, group.waiting = group.waiting, collections.deque()
-            return [outcome, *(self._uncertain(group, waiting_job) for waiting_job in waiting)]
-        group.state, group.carrier, group.key = "open", None, None  # nothing made: take over
-        if not group.waiting:
-            return [outcome]
-        return [outcome, *self._join(group, group.waiting.popleft())]
-
-    def stranded(self) -> list[RefundOutcome]:
-        """At the end of the input: rows still waiting for a carrier that never came (an
-        earlier run's row, not in this input): their transaction's refund is unknown."""
-        outcomes: list[RefundOutcome] = []
-        for group in self.groups.values():
-            while group.waiting:
-                outcomes.append(self._uncertain(group, group.waiting.popleft()))
-        return outcomes
-
-    def count(self, outcome: RefundOutcome) -> RefundOutcome:
-        """Count an outcome as it is handed out (so the summary is exactly what was yielded);
-        a refund this run already counted is marked replayed."""
-        fresh = outcome.refund is not None and outcome.covered_by is None
-        may_repeat = outcome.item.reference is not None
-        if (
-            fresh
-            and outcome.refund is not None
-            and not self.summary.claim(outcome.refund, may_repeat=may_repeat)
-        ):
-            outcome = attrs.evolve(outcome, replayed=True)
-        self.summary.add(outcome)
-        return outcome
-
-    def systemic(self, outcome: RefundOutcome) -> PreoError | None:
-        """The error that must stop the whole run, if this outcome carries one."""
-        error = outcome.error
-        if isinstance(error, AuthenticationError | PermissionDeniedError):
-            return error
-        wait_for = getattr(error, "retry_after", None)
-        if (
-            isinstance(error, RateLimitError | InternalServerError)
-            and wait_for is not None
-            and wait_for > self.max_pause
-        ):
-            return error
-        return None
-
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
+_WAIT_SLICE: Final = 3600.0  # a sync wait is made of slices (threading's limit is ~292 years)
 
 
 ItemInput = RefundItem | InvalidItem | str
@@ -750,12 +83,25 @@ def _stop_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {truncate(str(exc), 300)}"
 
 
+def _source_error(read: Read) -> BaseException | None:
+    """The input's failure, if ``read`` is one; one that is not an ``Exception`` (``SystemExit``,
+    ``KeyboardInterrupt`` from a reader) stops the run at once: raised here."""
+    if read[0] != "error":
+        return None
+    error = read[1]
+    if not isinstance(error, BaseException):  # pragma: no cover - _read_one hands exceptions
+        return None
+    if not isinstance(error, Exception):
+        raise error
+    return error
+
+
 def _read_one(iterator: Iterator[object]) -> Read:
     try:
         return ("item", next(iterator))
     except StopIteration:
         return ("end", None)
-    except Exception as exc:  # the input failed: the run finishes what is in flight, raises it
+    except BaseException as exc:
         return ("error", exc)
 
 
@@ -784,7 +130,7 @@ class _ThreadReader:
     def _read(self) -> None:
         try:
             iterator = iter(self._items)
-        except Exception as exc:
+        except BaseException as exc:
             failed: Read | None = ("error", exc)
         else:
             failed = None
@@ -796,6 +142,21 @@ class _ThreadReader:
                 return
             if read[0] != "item":
                 return
+
+
+def _check_inputs(items: object, on_result: object) -> None:
+    """Refuse an input that is not iterable, or an ``on_result`` that cannot be called, before
+    anything is opened or sent."""
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable | AsyncIterable):
+        raise RefundValidationError(
+            "items",
+            "must be an iterable (or async iterable) of purchase ids or RefundItems, not "
+            f"{type(items).__name__}",
+        )
+    if on_result is not None and not callable(on_result):
+        raise RefundValidationError(
+            "on_result", f"must be a callable or None, not {type(on_result).__name__}"
+        )
 
 
 def _inline(items: object) -> bool:
@@ -823,7 +184,7 @@ class _Run:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise RefundValidationError("concurrency", f"must be at least 1, got {concurrency}")
         self._concurrency = concurrency
-        self._core = _Core(
+        self._core = Core(
             client, reason=reason, scope=scope, journal=journal, batch_id=batch_id,
             max_pause=max_pause, max_rate=max_rate, pacing=pacing,
         )  # fmt: skip
@@ -831,12 +192,22 @@ class _Run:
         self.pacer: AdaptivePacer = self._core.pacer
         self.run_id: str = self._core.run_id
         self._yielded = 0
+        self._source = items
         try:
             if _inline(items):
                 self._core.precheck(items)  # type: ignore[arg-type]
         except BaseException:
             self._core.close()
             raise
+
+    def _finish(self, read: int, whole: bool) -> None:
+        """The summary's last counts when the run ends: ``read`` rows were read (``whole``:
+        the input was read to its end)."""
+        summary = self.summary
+        summary.unfinished = read - self._yielded
+        if _inline(self._source):
+            summary.unread = len(self._source) - read  # type: ignore[arg-type]
+        self._core.finish(whole=whole)
 
     def close(self) -> None:
         """Release the journal of a run that will not be iterated (idempotent)."""
@@ -880,9 +251,11 @@ class AsyncBulkRun(_Run):
         pacing: str = "adaptive",
     ) -> None:
         """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
-        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        :class:`~preo_client.RefundValidationError` for a bad ``items``, ``on_result``,
+        ``concurrency``, ``batch_id``, ``journal``, ``max_rate``, ``pacing`` or
         ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
         journal, before anything is sent."""
+        _check_inputs(items, on_result)
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, max_rate=max_rate,
@@ -893,7 +266,7 @@ class AsyncBulkRun(_Run):
         self._on_result = on_result
         self._thread_reader: _ThreadReader | None = None
 
-    async def _process(self, job: _Job, sender: AsyncPreoClient) -> RefundOutcome:
+    async def _process(self, job: Job, sender: AsyncPreoClient) -> RefundOutcome:
         core = self._core
         core.start(job)
         state = core.state()
@@ -926,7 +299,9 @@ class AsyncBulkRun(_Run):
                     return ("item", await source.__anext__())
                 except StopAsyncIteration:
                     return ("end", None)
-                except Exception as exc:
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
                     return ("error", exc)
 
             return next_async
@@ -953,13 +328,13 @@ class AsyncBulkRun(_Run):
         senders, shards = self._senders()
         self._thread_reader = None
         read = self._reader()
-        tasks: dict[asyncio.Task[RefundOutcome], _Job] = {}
+        tasks: dict[asyncio.Task[RefundOutcome], Job] = {}
         reading: asyncio.Task[Read] | None = None
         position = 0
         exhausted = False
-        source_error: Exception | None = None
+        source_error: BaseException | None = None
 
-        def schedule(job: _Job) -> None:
+        def schedule(job: Job) -> None:
             sender = senders[job.position % len(senders)]
             tasks[asyncio.ensure_future(self._process(job, sender))] = job
 
@@ -974,12 +349,12 @@ class AsyncBulkRun(_Run):
                     got = _read_one(read)
                     if got[0] != "item":
                         exhausted = True
-                        source_error = got[1] if got[0] == "error" else None  # type: ignore[assignment]
+                        source_error = _source_error(got)
                         break
                     steps = core.begin(got[1], position)
                     position += 1
                     for step in steps:
-                        if isinstance(step, _Job):
+                        if isinstance(step, Job):
                             schedule(step)
                         else:
                             yield await self._emit(step)
@@ -1015,12 +390,12 @@ class AsyncBulkRun(_Run):
                         position += 1
                     else:
                         exhausted = True
-                        source_error = raw if kind == "error" else None  # type: ignore[assignment]
+                        source_error = _source_error((kind, raw))
                 if stop is not None:  # nothing more is sent: cancel before handing out
                     for task in tasks:
                         task.cancel()
                 for step in steps:
-                    if isinstance(step, _Job):
+                    if isinstance(step, Job):
                         if stop is None:
                             schedule(step)
                     else:
@@ -1031,7 +406,7 @@ class AsyncBulkRun(_Run):
             self.summary.stopped = _stop_reason(exc)
             raise
         finally:
-            self.summary.unfinished = position - self._yielded
+            self._finish(position, exhausted and source_error is None)
             for task in tasks:
                 task.cancel()
             if reading is not None:
@@ -1122,9 +497,11 @@ class BulkRun(_Run):
         pacing: str = "adaptive",
     ) -> None:
         """Made by ``client.purchases.refund_many(...)`` (see there for the arguments). Raises
-        :class:`~preo_client.RefundValidationError` for a bad ``concurrency``, ``batch_id`` or
+        :class:`~preo_client.RefundValidationError` for a bad ``items``, ``on_result``,
+        ``concurrency``, ``batch_id``, ``journal``, ``max_rate``, ``pacing`` or
         ``max_pause`` and :class:`JournalError` when an in-memory input differs from the
         journal, before anything is sent."""
+        _check_inputs(items, on_result)
         super().__init__(
             client, items, reason=reason, scope=scope, concurrency=concurrency, journal=journal,
             batch_id=batch_id, max_pause=max_pause, max_rate=max_rate,
@@ -1142,17 +519,18 @@ class BulkRun(_Run):
         def sleep(seconds: float) -> None:
             if virtual is not None:
                 virtual(seconds)
-            elif stop.wait(seconds):
-                raise _Stopped
+            else:  # in slices: any wait up to infinity, interrupted by a stop
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    if stop.wait(min(left, _WAIT_SLICE)):
+                        raise _Stopped
             if stop.is_set():
                 raise _Stopped
 
         sender._sleep = sleep
         return sender
 
-    def _process(
-        self, job: _Job, sender: PreoClient, stop: threading.Event
-    ) -> RefundOutcome | None:
+    def _process(self, job: Job, sender: PreoClient, stop: threading.Event) -> RefundOutcome | None:
         core = self._core
         if stop.is_set():
             return None
@@ -1176,14 +554,14 @@ class BulkRun(_Run):
         stop = threading.Event()
         sender = self._sender(stop)
         events: queue.SimpleQueue[Future[RefundOutcome | None] | Read] = queue.SimpleQueue()
-        pending: dict[Future[RefundOutcome | None], _Job] = {}
+        pending: dict[Future[RefundOutcome | None], Job] = {}
         pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="preo-refund")
         reader = None if _inline(self._items) else _ThreadReader(self._items)
         position = 0
         reading = exhausted = False
-        source_error: Exception | None = None
+        source_error: BaseException | None = None
 
-        def schedule(job: _Job) -> None:
+        def schedule(job: Job) -> None:
             future = pool.submit(self._process, job, sender, stop)
             pending[future] = job
             future.add_done_callback(events.put)
@@ -1201,12 +579,12 @@ class BulkRun(_Run):
                     got = _read_one(source)  # type: ignore[arg-type]
                     if got[0] != "item":
                         exhausted = True
-                        source_error = got[1] if got[0] == "error" else None  # type: ignore[assignment]
+                        source_error = _source_error(got)
                         break
                     steps = core.begin(got[1], position)
                     position += 1
                     for step in steps:
-                        if isinstance(step, _Job):
+                        if isinstance(step, Job):
                             schedule(step)
                         else:
                             yield self._emit(step)
@@ -1227,7 +605,7 @@ class BulkRun(_Run):
                         position += 1
                     else:
                         exhausted = True
-                        source_error = raw if kind == "error" else None  # type: ignore[assignment]
+                        source_error = _source_error((kind, raw))
                 else:
                     job = pending.pop(event)
                     try:
@@ -1242,7 +620,7 @@ class BulkRun(_Run):
                     stop.set()
                     core.pause.halt()
                 for step in steps:
-                    if isinstance(step, _Job):
+                    if isinstance(step, Job):
                         if failure is None:
                             schedule(step)
                     else:
@@ -1255,7 +633,7 @@ class BulkRun(_Run):
         finally:
             stop.set()
             core.pause.halt()
-            self.summary.unfinished = position - self._yielded
+            self._finish(position, exhausted and source_error is None)
             if reader is not None:
                 reader.close()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -43,7 +43,9 @@ from ._bulk import (
     RefundItem,
     RefundOutcome,
     canonical_request,
+    group_of_request,
 )
+from ._bulk_core import check_transaction
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url
@@ -155,7 +157,7 @@ def _check_connection(
 
 
 def _money(value: Decimal) -> str:
-    return amount_text(value)
+    return amount_text(value)  # exact at any size: never rounded, never InvalidOperation
 
 
 def refund_to_dict(refund: Refund) -> dict[str, Any]:
@@ -387,6 +389,14 @@ def _validate(rows: Sequence[Row], reason: str | None, scope: str | None) -> Non
     """The first pass over a file: every row checked before anything is sent."""
     _missing_reason(rows, reason)
     problems = [p for row in rows if (p := _problem(row, reason, scope)) is not None]
+    transactions: dict[str, tuple[str, str | None]] = {}
+    for row in rows if not problems else ():  # rows of one transaction asking other amounts
+        assert isinstance(row.item, RefundItem)  # nosec B101  # checked above
+        try:
+            canonical = canonical_request(_with_defaults(row.item, reason, scope))
+            check_transaction(transactions, canonical, f"line {row.line}")
+        except RefundValidationError as exc:
+            problems.append(f"line {row.line}: {exc}")
     if problems:
         more = len(problems) - SHOWN_ERRORS
         listing = "\n  ".join(problems[:SHOWN_ERRORS]) + (
@@ -475,8 +485,8 @@ class _Plan:
 
 def _plan(items: Sequence[RefundItem], reason: str | None, scope: str | None) -> _Plan:
     """The plan of a run, as the run groups it: an item with a transaction_id and a
-    transaction scope sends one request per transaction and identical request; the other
-    rows of the group are covered by it (and add no amount)."""
+    transaction scope sends one request per transaction and transaction request (reason,
+    scope, amount); the other rows of the group are covered by it (and add no amount)."""
     rows: collections.Counter[tuple[str, str]] = collections.Counter()
     groups: set[str] = set()
     requests = covered = 0
@@ -485,10 +495,8 @@ def _plan(items: Sequence[RefundItem], reason: str | None, scope: str | None) ->
         full = _with_defaults(item, reason, scope)
         plan = plan_refund(full.reason or "", full.scope, full.amount)
         rows[(str(plan.reason), str(plan.scope))] += 1
-        if item.transaction_id is not None and str(plan.scope).startswith("transaction_"):
-            request = json.loads(canonical_request(full))
-            del request["purchase_id"]
-            group = f"{item.transaction_id}\0{json.dumps(request, sort_keys=True)}"
+        group = group_of_request(canonical_request(full))
+        if group is not None:
             if group in groups:
                 covered += 1
                 continue
@@ -514,6 +522,7 @@ def _plan_table(plan: _Plan) -> Table:
 
 def _result_line(outcome: RefundOutcome, line_of: Sequence[int]) -> dict[str, Any]:
     refund = outcome.refund
+    earlier = outcome.earlier  # a row an earlier run finished: what the journal recorded
     covered_by = outcome.covered_by
     return {
         "line": _line(outcome.position, line_of),
@@ -523,8 +532,10 @@ def _result_line(outcome: RefundOutcome, line_of: Sequence[int]) -> dict[str, An
         "skipped": outcome.skipped,
         "replayed": outcome.replayed,
         "covered_by_line": None if covered_by is None else _line(covered_by, line_of),
-        "refund_id": refund.id if refund else None,
-        "amount": _money(refund.amount) if refund else None,
+        "refund_id": refund.id if refund else (earlier.refund_id if earlier else None),
+        "amount": _money(refund.amount) if refund else (earlier.amount if earlier else None),
+        "request_id": refund.request_id if refund else (earlier.request_id if earlier else None),
+        "amount_differs": outcome.amount_differs,
         "scope": getattr(refund.scope, "value", refund.scope) if refund else None,
         "status": getattr(refund.status, "value", refund.status) if refund else None,
         "error": type(outcome.error).__name__ if outcome.error else None,
@@ -628,7 +639,15 @@ def _summary_table(summary: BulkSummary, elapsed: float) -> Table:
     table.add_row("total", str(summary.total))
     if summary.unfinished:
         table.add_row("in flight at stop (resume to finish)", str(summary.unfinished))
-    table.add_row("amount refunded", _money(summary.total_amount))
+    if summary.unread:
+        table.add_row("never read (the run stopped)", str(summary.unread))
+    if summary.amount_differs:
+        table.add_row("refunded another amount than asked", str(summary.amount_differs))
+    if summary.missing:
+        table.add_row("in the journal, not in this input", ", ".join(summary.missing[:5]))
+    table.add_row("amount refunded (this run)", _money(summary.total_amount))
+    if summary.journal_total is not None:
+        table.add_row("amount refunded (whole journal)", _money(summary.journal_total))
     table.add_row("elapsed", f"{elapsed:.1f}s")
     return table
 
@@ -669,7 +688,13 @@ def _report(
             "failed": dict(summary.failed),
             "total": summary.total,
             "unfinished": summary.unfinished,
+            "unread": summary.unread,
+            "amount_differs": summary.amount_differs,
+            "missing": summary.missing,
             "amount_refunded": _money(summary.total_amount),
+            "journal_amount_refunded": (
+                None if summary.journal_total is None else _money(summary.journal_total)
+            ),
             "elapsed_s": round(elapsed, 3),
             "stopped": summary.stopped,
             "failed_rows": failed,

@@ -1,10 +1,13 @@
 """The bulk-run journal: an SQLite file, held by one run, with each item's key before it is sent.
 
-Layout (schema ``preo-bulk-journal/1``): ``meta`` (``schema``, ``run_id``, ``clean``) and
-``items``, one row per input position with the item's canonical request, its idempotency key,
-its state (``started`` / ``done`` / ``covered`` / ``failed``) and, when done, the refund id and
-amount; ``groups`` (made on first use) names, per transaction group, the row whose key carries
-the group's refund, committed before that row's request is sent.
+Layout (schema ``preo-bulk-journal/2``): ``meta`` (``schema``, ``run_id``, ``clean``) and
+``items``, one row per item *identity* (its canonical request and its ordinal among identical
+requests of the input: never its position) with the item's purchase id, the position it was last
+read at, its canonical request, its idempotency key, its state (``started`` / ``done`` /
+``covered`` / ``failed``) and, when done, the refund id, amount and request id; ``groups`` (made
+on first use) names, per transaction group, the item whose key carries the group's refund,
+committed before that item's request is sent. A journal of schema ``preo-bulk-journal/1`` (items
+keyed by position) is migrated in place when opened, keeping every recorded key.
 
 Durability: WAL with ``synchronous=NORMAL``. Every commit is in the OS page cache (the WAL file)
 when ``commit()`` returns, so it survives the death of the process (``kill -9``, a crash),
@@ -24,8 +27,9 @@ second name for the same file (a symlink, a renamed path) finds it held. A journ
 than one hard link is refused (its ``-wal`` would not follow the other name). Both locks are
 released by the OS when the process dies, so a killed run never leaves a stale lock.
 
-Damage: the file is checked (``PRAGMA quick_check``) when opened, and every ``sqlite3`` error
-anywhere (open, query, fetch, commit, close) is a :class:`JournalError`, never a raw one.
+Damage: the file is checked (``PRAGMA integrity_check``: tables and their indexes) when opened,
+and every ``sqlite3`` error anywhere (open, query, fetch, commit, close) is a
+:class:`JournalError`, never a raw one.
 
 The audit trail (tables added in place to any journal of this schema, older ones included, by
 :func:`migrate_audit`; the ``items`` table is not touched): ``runs`` (one row per run that held
@@ -39,13 +43,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import sqlite3
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
@@ -54,12 +60,13 @@ from ._exceptions import PreoError
 if TYPE_CHECKING:
     from ._call import AttemptRecord
 
-__all__ = ["SCHEMA", "Journal", "JournalEntry", "JournalError", "migrate_audit"]
+__all__ = ["SCHEMA", "Journal", "JournalEntry", "JournalError", "item_identity", "migrate_audit"]
 
-SCHEMA: Final = "preo-bulk-journal/1"
+SCHEMA: Final = "preo-bulk-journal/2"
+LEGACY_SCHEMA: Final = "preo-bulk-journal/1"  # items keyed by position: migrated when opened
 STATES: Final = frozenset({"started", "done", "covered", "failed"})
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
-_COLUMNS: Final = (
+_LEGACY_COLUMNS: Final = (
     "position",
     "request",
     "idempotency_key",
@@ -68,11 +75,12 @@ _COLUMNS: Final = (
     "amount",
     "error",
 )
-_CREATE: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS items (position INTEGER PRIMARY KEY, request TEXT NOT NULL, "
-    "idempotency_key TEXT NOT NULL, state TEXT NOT NULL, refund_id TEXT, amount TEXT, "
-    "error TEXT)",
+# the items columns this version reads (a journal may hold more: added by later migrations)
+_COLUMNS: Final = ("identity", "purchase_id", *_LEGACY_COLUMNS, "request_id")
+_CREATE: Final = ("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",)
+_ENTRY_SELECT: Final = (
+    "SELECT identity, position, request, idempotency_key, state, refund_id, amount, error, "
+    "request_id FROM items"
 )
 # The audit trail: additive tables, created when missing (see migrate_audit).
 _AUDIT: Final = (
@@ -111,7 +119,7 @@ class JournalError(PreoError, ValueError):
 
 
 class JournalEntry(NamedTuple):
-    """What an earlier run recorded for one input position."""
+    """What an earlier run recorded for one item identity."""
 
     request: str
     idempotency_key: str
@@ -119,6 +127,84 @@ class JournalEntry(NamedTuple):
     refund_id: str | None
     amount: str | None
     error: str | None = None  # the error class name of a failed item
+    identity: str = ""
+    position: int = -1  # where the item was when last recorded (0-based)
+    request_id: str | None = None  # the X-Request-Id of a done item's answer
+
+
+def item_identity(request: str, ordinal: int) -> str:
+    """An item's journal identity: its canonical request and its ordinal among identical
+    requests of the input (0 for the first), never its position."""
+    digest = hashlib.sha256(request.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{digest}:{ordinal}"
+
+
+def _create_items(db: sqlite3.Connection) -> None:
+    """The items table of schema ``preo-bulk-journal/2`` (keyed by identity)."""
+    db.execute(
+        "CREATE TABLE items (identity TEXT PRIMARY KEY, purchase_id TEXT NOT NULL, "
+        "position INTEGER NOT NULL, request TEXT NOT NULL, idempotency_key TEXT NOT NULL, "
+        "state TEXT NOT NULL, refund_id TEXT, amount TEXT, error TEXT, request_id TEXT) "
+        "WITHOUT ROWID"  # one B-tree keyed by identity, not a rowid table plus its index
+    )
+    db.execute("CREATE INDEX items_purchase ON items (purchase_id)")
+
+
+def _migrate_items_v1(db: sqlite3.Connection, group_of: Callable[[str], str | None]) -> None:
+    """Rewrite a ``preo-bulk-journal/1`` items table (keyed by position) as schema 2, in the
+    caller's transaction: each row's identity is its request and its ordinal among identical
+    requests by position (identical requests are interchangeable: any order gives each its
+    recorded key once), and every recorded key, state and refund is kept. Group carriers are
+    renamed to the groups of this version (``group_of`` a request; a transaction's carrier that
+    made its refund is preferred)."""
+    db.execute("ALTER TABLE items RENAME TO items_v1")
+    _create_items(db)
+    ordinals: dict[str, int] = {}
+    identity_at: dict[int, tuple[str, str, str]] = {}  # position -> identity, request, state
+    rows = db.execute(
+        "SELECT position, request, idempotency_key, state, refund_id, amount, error "
+        "FROM items_v1 ORDER BY position"
+    ).fetchall()
+    for position, request, key, state, refund_id, amount, error in rows:
+        if not isinstance(request, str) or not _is_json_object(request):
+            raise JournalError("journal entry of a legacy journal is damaged")
+        ordinal = ordinals[request] = ordinals.get(request, -1) + 1
+        identity = item_identity(request, ordinal)
+        identity_at[position] = (identity, request, str(state))
+        purchase_id = json.loads(request).get("purchase_id")
+        db.execute(
+            "INSERT INTO items (identity, purchase_id, position, request, idempotency_key, "
+            "state, refund_id, amount, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (identity, str(purchase_id), position, request, key, state, refund_id, amount, error),
+        )
+    db.execute("DROP TABLE items_v1")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    if "groups" not in tables:
+        return
+    carriers = db.execute("SELECT position, idempotency_key FROM groups").fetchall()
+    db.execute("DROP TABLE groups")
+    _create_groups(db)
+    for position, key in carriers:
+        found = identity_at.get(position)
+        if found is None:
+            continue
+        identity, request, state = found
+        name = group_of(request)
+        if name is None:
+            continue
+        replace = "OR REPLACE" if state == "done" else "OR IGNORE"
+        db.execute(
+            f"INSERT {replace} INTO groups (name, identity, idempotency_key) "  # noqa: S608  # nosec B608
+            "VALUES (?, ?, ?)",  # (a fixed word above)
+            (name, identity, key),
+        )
+
+
+def _create_groups(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, identity TEXT NOT NULL, "
+        "idempotency_key TEXT NOT NULL)"
+    )
 
 
 class _Lock:
@@ -273,7 +359,7 @@ class Journal:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            check = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+            check = [str(row[0]) for row in db.execute("PRAGMA integrity_check(3)")]
             if check != ["ok"]:
                 found = " ".join("; ".join(check).split())  # one line
                 raise JournalError(
@@ -289,15 +375,17 @@ class Journal:
                 for statement in _CREATE:
                     db.execute(statement)
                 meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-                columns = tuple(row[1] for row in db.execute("PRAGMA table_info(items)"))
                 if not meta:
                     meta = {"schema": SCHEMA, "run_id": batch_id or str(uuid.uuid4())}
                     db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                    _create_items(db)
+                columns = tuple(row[1] for row in db.execute("PRAGMA table_info(items)"))
                 self._refuse_unusable(meta, columns, batch_id, wal_beside=wal_beside)
-                for row in db.execute(
-                    "SELECT position, request, idempotency_key, state, refund_id, amount FROM items"
-                ):
-                    self._entry(row[0], row[1:])  # every entry readable, before any use
+                if meta.get("schema") == LEGACY_SCHEMA:
+                    self._migrate(db)
+                    meta["schema"] = SCHEMA
+                for row in db.execute(_ENTRY_SELECT):
+                    self._entry(row)  # every entry readable, before any use
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
                 migrate_audit(db)
                 self._check_audit(db)
@@ -367,7 +455,10 @@ class Journal:
     ) -> None:
         """Refuse (before writing anything) another schema, another batch, or a journal
         whose latest entries were left behind in a ``-wal`` file that did not travel with it."""
-        if meta.get("schema") != SCHEMA or columns != _COLUMNS or "run_id" not in meta:
+        usable = (meta.get("schema") == SCHEMA and set(_COLUMNS) <= set(columns)) or (
+            meta.get("schema") == LEGACY_SCHEMA and columns == _LEGACY_COLUMNS
+        )
+        if not usable or "run_id" not in meta:
             raise JournalError(
                 f"{self.path} is not a preo journal of schema {SCHEMA} "
                 f"(found {meta.get('schema')!r})"
@@ -384,6 +475,13 @@ class Journal:
                 "copied together; put the -wal (and -shm) file back beside it"
             )
 
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Rewrite a schema-1 journal as schema 2 (in the open transaction), keys kept."""
+        from ._bulk_items import group_of_request  # the groups of this version
+
+        _migrate_items_v1(db, group_of_request)
+        db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (SCHEMA,))
+
     def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """``work`` on the database under the mutex; any sqlite3 error is a JournalError."""
         with self._mutex:
@@ -395,23 +493,58 @@ class Journal:
     def _execute(self, sql: str, parameters: tuple[object, ...] = ()) -> None:
         self._run(lambda db: db.execute(sql, parameters))
 
-    def recorded(self, position: int) -> JournalEntry | None:
-        """What an earlier run recorded at input ``position``, if anything."""
+    def recorded(self, identity: str) -> JournalEntry | None:
+        """What an earlier run recorded for the item ``identity``, if anything."""
         row = self._run(
-            lambda db: db.execute(
-                "SELECT request, idempotency_key, state, refund_id, amount, error FROM items "
-                "WHERE position = ?",
-                (position,),
-            ).fetchone()
+            lambda db: db.execute(f"{_ENTRY_SELECT} WHERE identity = ?", (identity,)).fetchone()
         )
-        return None if row is None else self._entry(position, row)
+        return None if row is None else self._entry(row)
 
-    def _entry(self, position: object, row: tuple[object, ...]) -> JournalEntry:
+    def for_purchase(self, purchase_id: str) -> list[JournalEntry]:
+        """Every entry recorded for ``purchase_id``."""
+        rows = self._run(
+            lambda db: db.execute(
+                f"{_ENTRY_SELECT} WHERE purchase_id = ? ORDER BY position", (purchase_id,)
+            ).fetchall()
+        )
+        return [self._entry(row) for row in rows]
+
+    def entries(self) -> Iterator[JournalEntry]:
+        """Every entry, by the position it was last read at (read in pages: memory stays flat)."""
+        after: tuple[int, str] = (-2, "")
+        while True:
+            page = self._run(
+                lambda db, after=after: db.execute(  # type: ignore[misc]
+                    f"{_ENTRY_SELECT} WHERE (position, identity) > (?, ?) "
+                    "ORDER BY position, identity LIMIT 500",
+                    after,
+                ).fetchall()
+            )
+            if not page:
+                return
+            for row in page:
+                yield self._entry(row)
+            after = (page[-1][1], page[-1][0])
+
+    def refunded(self) -> tuple[int, Decimal]:
+        """The distinct refunds the journal holds as made by an item's own request: how many
+        and their exact total."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT DISTINCT refund_id, amount FROM items WHERE state = 'done' "
+                "AND refund_id IS NOT NULL AND amount IS NOT NULL"
+            ).fetchall()
+        )
+        from ._amounts import exact_sum
+
+        return len(rows), exact_sum(Decimal(amount) for _, amount in rows)
+
+    def _entry(self, row: tuple[object, ...]) -> JournalEntry:
         """A row as an entry, or :class:`JournalError` if it is not one this module writes."""
-        request, key, state, refund_id, amount, *rest = row
-        error = rest[0] if rest else None
+        identity, position, request, key, state, refund_id, amount, error, request_id = row
         if (
-            isinstance(position, int)
+            isinstance(identity, str)
+            and isinstance(position, int)
             and isinstance(request, str)
             and _is_json_object(request)
             and isinstance(key, str)
@@ -419,8 +552,12 @@ class Journal:
             and isinstance(refund_id, str | None)
             and isinstance(amount, str | None)
             and isinstance(error, str | None)
+            and isinstance(request_id, str | None)
+            and _identity_holds(identity, request)
         ):
-            return JournalEntry(request, key, str(state), refund_id, amount, error)
+            return JournalEntry(
+                request, key, str(state), refund_id, amount, error, identity, position, request_id
+            )
         where = f"input item {position + 1}" if isinstance(position, int) else "an item"
         raise JournalError(
             f"journal {self.path} is damaged: the entry of {where} is not one this library "
@@ -432,73 +569,81 @@ class Journal:
         """Whether no item has been recorded yet (a fresh journal)."""
         return self._run(lambda db: db.execute("SELECT 1 FROM items LIMIT 1").fetchone()) is None
 
-    def start(self, position: int, request: str, key: str) -> None:
-        """Record (and commit) the item at ``position`` before its request is sent."""
+    def start(
+        self, identity: str, position: int, request: str, key: str, purchase_id: str | None = None
+    ) -> None:
+        """Record (and commit) the item ``identity`` before its request is sent
+        (``purchase_id``: the request's, when the caller has it at hand)."""
+        if purchase_id is None:
+            purchase_id = str(json.loads(request).get("purchase_id"))
         self._execute(
-            "INSERT INTO items (position, request, idempotency_key, state) "
-            "VALUES (?, ?, ?, 'started') ON CONFLICT(position) DO UPDATE SET "
-            "state = 'started', error = NULL",
-            (position, request, key),
+            "INSERT INTO items (identity, purchase_id, position, request, idempotency_key, "
+            "state) VALUES (?, ?, ?, ?, ?, 'started') ON CONFLICT(identity) DO UPDATE SET "
+            "state = 'started', error = NULL, position = excluded.position",
+            (identity, purchase_id, position, request, key),
         )
 
     def finish(
         self,
-        position: int,
+        identity: str,
         state: str,
         *,
         refund_id: str | None = None,
         amount: str | None = None,
         error: str | None = None,
+        request_id: str | None = None,
     ) -> None:
-        """Record the outcome of the item at ``position`` (``done``, ``covered`` or ``failed``)."""
+        """Record the outcome of the item ``identity`` (``done``, ``covered`` or ``failed``)."""
         self._execute(
-            "UPDATE items SET state = ?, refund_id = ?, amount = ?, error = ? WHERE position = ?",
-            (state, refund_id, amount, error, position),
+            "UPDATE items SET state = ?, refund_id = ?, amount = ?, error = ?, request_id = ? "
+            "WHERE identity = ?",
+            (state, refund_id, amount, error, request_id, identity),
         )
 
-    def cover(self, position: int, request: str, key: str, refund_id: str | None) -> None:
-        """Record (one commit) the item at ``position`` as covered by the refund sent with
-        ``key`` (its transaction's), never as started: nothing of its own is ever sent. A row
-        that already had a key of its own (a refused earlier attempt) keeps it."""
+    def cover(
+        self, identity: str, position: int, request: str, key: str, refund_id: str | None
+    ) -> None:
+        """Record (one commit) the item ``identity`` as covered by the refund sent with ``key``
+        (its transaction's), never as started: nothing of its own is ever sent. A row that
+        already had a key of its own (a refused earlier attempt) keeps it."""
+        purchase_id = str(json.loads(request).get("purchase_id"))
         self._execute(
-            "INSERT INTO items (position, request, idempotency_key, state, refund_id) "
-            "VALUES (?, ?, ?, 'covered', ?) ON CONFLICT(position) DO UPDATE SET "
-            "state = 'covered', refund_id = excluded.refund_id, amount = NULL, error = NULL",
-            (position, request, key, refund_id),
+            "INSERT INTO items (identity, purchase_id, position, request, idempotency_key, "
+            "state, refund_id) VALUES (?, ?, ?, ?, ?, 'covered', ?) ON CONFLICT(identity) DO "
+            "UPDATE SET state = 'covered', refund_id = excluded.refund_id, amount = NULL, "
+            "error = NULL, position = excluded.position",
+            (identity, purchase_id, position, request, key, refund_id),
         )
 
     def _groups(self) -> None:
         if not self._groups_ready:
-            self._execute(
-                "CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, "
-                "position INTEGER NOT NULL, idempotency_key TEXT NOT NULL)"
-            )
+            self._run(_create_groups)
             self._groups_ready = True
 
-    def carrier(self, group: str) -> tuple[int, str] | None:
-        """The row (position, key) recorded as carrying transaction group ``group``'s refund."""
+    def carrier(self, group: str) -> tuple[str, str] | None:
+        """The item (identity, key) recorded as carrying transaction group ``group``'s refund."""
         self._groups()
         row = self._run(
             lambda db: db.execute(
-                "SELECT position, idempotency_key FROM groups WHERE name = ?", (group,)
+                "SELECT identity, idempotency_key FROM groups WHERE name = ?", (group,)
             ).fetchone()
         )
         if row is None:
             return None
-        position, key = row
-        if not isinstance(position, int) or not isinstance(key, str):
+        identity, key = row
+        if not isinstance(identity, str) or not isinstance(key, str):
             raise JournalError(f"journal {self.path} is damaged: a transaction group entry")
-        return position, key
+        return identity, key
 
-    def claim(self, group: str, position: int, key: str) -> None:
-        """Record (and commit), before it is sent, that the row at ``position`` and its ``key``
-        carry transaction group ``group``'s refund (a takeover replaces the previous row)."""
+    def claim(self, group: str, identity: str, key: str) -> None:
+        """Record (and commit), before it is sent, that the item ``identity`` and its ``key``
+        carry transaction group ``group``'s refund (a takeover replaces the previous item)."""
         self._groups()
         self._execute(
-            "INSERT INTO groups (name, position, idempotency_key) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET position = excluded.position, "
+            "INSERT INTO groups (name, identity, idempotency_key) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET identity = excluded.identity, "
             "idempotency_key = excluded.idempotency_key",
-            (group, position, key),
+            (group, identity, key),
         )
 
     # -- the audit trail (additive: see migrate_audit) -----------------------------------
@@ -556,6 +701,14 @@ class Journal:
             self._end_run()
         with self._mutex:
             self._finalizer()
+
+
+def _identity_holds(identity: str, request: str) -> bool:
+    """Whether ``identity`` is the one ``request`` has (a damaged byte in either breaks it)."""
+    _, _, ordinal = identity.partition(":")
+    if not (ordinal.isdigit() and ordinal.isascii()):
+        return False
+    return identity == item_identity(request, int(ordinal))
 
 
 def _is_json_object(text: str) -> bool:

@@ -21,8 +21,8 @@ from typing import Any, Final, Literal
 import attrs
 
 from . import _exceptions
-from ._amounts import amount_text
-from ._journal import SCHEMA, JournalError, _refuse_foreign
+from ._amounts import amount_text, exact_sum
+from ._journal import LEGACY_SCHEMA, SCHEMA, JournalError, _refuse_foreign
 
 __all__ = [
     "EXPORT_FIELDS",
@@ -235,13 +235,14 @@ def _read(shown: Path, real: Path) -> JournalReport:
         if not {"meta", "items"} <= tables:
             raise JournalError(f"{shown} is not a preo journal (no meta and items tables)")
         meta = {str(k): str(v) for k, v in db.execute("SELECT name, value FROM meta")}
-        if meta.get("schema") != SCHEMA or "run_id" not in meta:
+        # a journal no run has opened since the identity schema came is read as it is
+        if meta.get("schema") not in (SCHEMA, LEGACY_SCHEMA) or "run_id" not in meta:
             raise JournalError(
                 f"{shown} is not a preo journal of schema {SCHEMA} (found {meta.get('schema')!r})"
             )
         items = db.execute(
             "SELECT position, request, idempotency_key, state, refund_id, amount, error "
-            "FROM items ORDER BY position"
+            "FROM items ORDER BY position, idempotency_key"
         ).fetchall()
         inputs = dict(db.execute("SELECT position, line FROM inputs")) if "inputs" in tables else {}
         attempts = (
@@ -316,19 +317,23 @@ def _report(
     runs: list[tuple[Any, ...]],
 ) -> JournalReport:
     trails = _trails(attempts)
-    by_position = {int(row[0]): row for row in items}
+    # Items are keyed by identity (content and ordinal): after a resume with an edited input
+    # two items may carry one position (an earlier run's row and this run's), and both are kept.
+    by_position: dict[int, list[tuple[Any, ...]]] = {}
+    for row in items:
+        by_position.setdefault(int(row[0]), []).append(row)
     carriers: dict[str, int] = {}
     for position, _, key, state, *_ in items:
         if state != "covered":
             carriers.setdefault(str(key), int(position))
     records: list[JournalRecord] = []
     for position in sorted({*by_position, *inputs}):
-        row = by_position.get(position)
         line = inputs.get(position)
-        if row is None:
+        rows = by_position.get(position)
+        if not rows:
             records.append(_not_sent(position, line))
             continue
-        records.append(_record(shown, row, line, inputs, carriers, trails))
+        records.extend(_record(shown, row, line, inputs, carriers, trails) for row in rows)
     counts: dict[str, int] = dict.fromkeys(STANDINGS, 0)
     refunds: dict[str, Decimal] = {}
     for record in records:
@@ -340,7 +345,7 @@ def _report(
         batch_id=meta["run_id"],
         closed_cleanly=meta.get("clean") != "0",
         counts=counts,
-        refunded_total=sum(refunds.values(), Decimal(0)),
+        refunded_total=exact_sum(refunds.values()),
         runs=tuple(_runs(runs, attempts, meta["run_id"])),
         records=tuple(records),
     )

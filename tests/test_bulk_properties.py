@@ -10,13 +10,22 @@ and whatever the server does (faults, a 401 mid-run, 429s with long Retry-After,
 - a transaction group (items of one transaction sending one transaction-scope request, each
   with its ``transaction_id``) is refunded at most once in the ledger whatever the faults
   (429s that exhaust a leader's retries, lost answers, a stop) and resumes, and exactly once
-  once any of its items is reported done.
+  once any of its items is reported done;
+- (issue 16 S8) whatever the server does, drawn from ``CATALOGUE`` below (rate limit checked
+  before idempotency, replays with and without ``Idempotent-Replayed``, ``400 Already
+  refunded`` on a resend, ``409`` in flight, ``422`` key reused, an answer for another amount,
+  ``503`` with ``Retry-After: 0``, answers lost after the commit), with the run stopped after
+  any number of outcomes (a kill: what is in flight stays journaled) and resumed with an input
+  whose rows were inserted, removed or reordered, the sandbox's ledger holds at most one
+  refund per item and per transaction, one for each item reported refunded, and none under
+  the key of an item reported "no refund".
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import tempfile
 import threading
 from pathlib import Path
@@ -25,8 +34,23 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from preo_client import AuthenticationError, Backoff, RateLimitError, RefundItem, RefundOutcome
-from preo_client._bulk import AsyncBulkRun, BulkRun, BulkSummary, _group_name, canonical_request
+from preo_client import (
+    AuthenticationError,
+    Backoff,
+    ItemFailedError,
+    JournalError,
+    RateLimitError,
+    RefundItem,
+    RefundOutcome,
+    RefundOutcomeUnknownError,
+)
+from preo_client._bulk import (
+    AsyncBulkRun,
+    BulkRun,
+    BulkSummary,
+    canonical_request,
+    group_of_request,
+)
 from preo_client.testing import FakePreo, Fault
 
 NO_WAIT = Backoff(base=0, cap=0)
@@ -143,9 +167,10 @@ def _run_sync(fake: FakePreo, inputs: list[Any], journal: Path, concurrency: int
     def go() -> None:
         with fake.client(backoff=NO_WAIT) as client:
             client._sleep = lambda seconds: None
-            run = BulkRun(client, inputs, reason="sold_out", scope=None, concurrency=concurrency,
-                          journal=journal, on_result=None)  # fmt: skip
             try:
+                run = BulkRun(client, inputs, reason="sold_out", scope=None,
+                              concurrency=concurrency, journal=journal,
+                              on_result=None)  # fmt: skip
                 outcomes.extend(run)
             except (AuthenticationError, RateLimitError):
                 result.append((run.summary, True))
@@ -202,7 +227,7 @@ def _groups(inputs: list[Any]) -> dict[int, str]:
                 canonical = canonical_request(raw)
             except Exception:  # noqa: S112  # nosec B112  # an invalid item has no group
                 continue
-            name = _group_name(raw, canonical)
+            name = group_of_request(canonical)
             if name is not None:
                 groups[position] = name
     return groups
@@ -273,3 +298,174 @@ def test_transaction_groups_are_refunded_at_most_once(
     fake = _fake()
     fake.inject(*server)
     _check(fake, inputs, _run_sync if sync else _run_async, concurrency)
+
+
+# -- issue 16 S8: the server-behaviour catalogue, a kill and a resume with an edited input ------
+
+CATALOGUE: dict[str, tuple[Fault, ...]] = {
+    # the server rate-limits before it looks at keys: a resend of a landed key gets 429s
+    "rate limit before idempotency": EXHAUST,
+    "one 429 then fine": (Fault.http_status(429, retry_after="0"),),
+    "400 Already refunded": (
+        Fault.http_status(400, body=b'{"non_field_errors": ["Already refunded: p0."]}'),
+    ),
+    "409 in flight": (Fault.http_status(409),),
+    "422 key reused with another body": (Fault.http_status(422),),
+    "answer for another amount": (Fault.edit_json(amount="0.37"),),
+    "503 Retry-After: 0": (Fault.http_status(503, retry_after="0"),),
+    "answer lost after the commit (timeout)": (Fault.read_timeout(),),
+    "answer lost after the commit (reset)": (Fault.connection_reset(),),
+    "answer lost, nothing committed": (Fault.read_timeout(after_commit=False),),
+    "unreadable 2xx after the commit": (Fault.malformed_json(),),
+    "never connected": (Fault.connect_error(),),
+}
+# Replays with Idempotent-Replayed come from the sandbox itself on every resend of a stored key;
+# replays without the header from a second item answered with an already counted refund id.
+catalogue = st.lists(st.sampled_from(sorted(CATALOGUE)), max_size=8).map(
+    lambda names: [fault for name in names for fault in CATALOGUE[name]]
+)
+edits = st.sampled_from(["same", "insert", "remove done", "reorder"])
+
+
+def _edited(inputs: list[Any], first: list[RefundOutcome], edit: str) -> list[Any]:
+    if edit == "insert":
+        return [RefundItem("p5", reason="overcharge", amount="0.50"), *inputs]
+    if edit == "reorder":
+        return inputs[::-1]
+    if edit == "remove done":
+        done = {o.position for o in first if o.ok and not o.skipped}
+        return [raw for position, raw in enumerate(inputs) if position not in done]
+    return inputs
+
+
+def _ledger_oracle(
+    fake: FakePreo, versions: list[list[Any]], outcomes: list[RefundOutcome]
+) -> None:
+    """At most one refund per item (of the input versions run, the largest count of each
+    request) and per transaction; every item reported refunded has its refund; none
+    reported "no refund" has one under its key."""
+    wanted: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for inputs in versions:
+        counts = collections.Counter(
+            (raw.purchase_id, str(raw.reason), str(raw.amount))
+            for raw in inputs
+            if isinstance(raw, RefundItem) and raw.transaction_id is None
+        )
+        wanted |= counts  # the larger count of each
+    made: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    per_transaction: collections.Counter[str] = collections.Counter()
+    for refund in fake.refunds:
+        if refund.scope.startswith("transaction_"):
+            per_transaction[TRANSACTIONS[refund.purchase_id]] += 1
+        else:
+            made[(refund.purchase_id, refund.reason, f"{refund.amount:.2f}")] += 1
+    assert all(count <= 1 for count in per_transaction.values()), per_transaction
+    for request, count in made.items():
+        assert count <= wanted[request], f"{request} refunded {count} times"
+    ids = {refund.id for refund in fake.refunds}
+    keys = {refund.idempotency_key for refund in fake.refunds}
+    # identical rows with one reference share a key (the second is a replay of the first):
+    # a refund under a shared key may be another row's, made after this one was refused
+    shared = collections.Counter(o.idempotency_key for o in outcomes if o.idempotency_key)
+    keys -= {key for key, count in shared.items() if count > 1}
+    for outcome in outcomes:
+        if outcome.refund is not None:
+            assert outcome.refund.id in ids, "reported refunded without a refund"
+        if (
+            outcome.error is not None
+            and not isinstance(outcome.error, RefundOutcomeUnknownError | ItemFailedError)
+            and outcome.attempts > 0
+        ):
+            assert outcome.idempotency_key not in keys, "reported 'no refund' but it has one"
+
+
+plain_items = st.lists(
+    st.one_of(
+        transaction_items(),
+        st.builds(
+            RefundItem,
+            st.sampled_from(PURCHASES),
+            reason=st.just("compensation"),
+            amount=st.sampled_from(["1.00", "2.50"]),
+        ),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inputs=plain_items,
+    server=catalogue,
+    kill_after=st.integers(min_value=0, max_value=10),
+    edit=edits,
+    sync=st.booleans(),
+)
+def test_the_catalogue_never_pays_twice(
+    inputs: list[Any], server: list[Fault], kill_after: int, edit: str, sync: bool
+) -> None:
+    """Run 1 against catalogue behaviour, killed (stopped) after some outcomes; run 2 on the
+    same journal with an edited input (refused before sending when it lacks or changes an
+    item that may have been refunded: then run 2 uses the original input); run 3 healthy.
+    The sandbox's ledger is the oracle after every run."""
+    fake = _fake()
+    fake.inject(*server)
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Path(tmp) / "run.journal"
+        first = _killed(fake, inputs, journal, kill_after, sync)
+        _ledger_oracle(fake, [inputs], first)
+        edited = _edited(inputs, first, edit)
+        runner = _run_sync if sync else _run_async
+        try:
+            second, _, _ = runner(fake, edited, journal, 2)
+        except JournalError:
+            edited = inputs
+            second, _, _ = runner(fake, edited, journal, 2)
+        _ledger_oracle(fake, [inputs, edited], second)
+        with fake._lock:
+            fake._faults.clear()
+        third, _, stopped = runner(fake, edited, journal, 2)
+        assert not stopped
+        _ledger_oracle(fake, [inputs, edited], third)
+
+
+def _killed(
+    fake: FakePreo, inputs: list[Any], journal: Path, kill_after: int, sync: bool
+) -> list[RefundOutcome]:
+    """A run stopped after ``kill_after`` outcomes (what is in flight stays journaled as
+    started, as after a kill -9)."""
+    outcomes: list[RefundOutcome] = []
+    if sync:
+
+        def go() -> None:
+            with fake.client(backoff=NO_WAIT) as client:
+                client._sleep = lambda seconds: None
+                run = BulkRun(client, inputs, reason="sold_out", scope=None, concurrency=2,
+                              journal=journal, on_result=None)  # fmt: skip
+                with contextlib.suppress(AuthenticationError, RateLimitError):
+                    for outcome in run:
+                        outcomes.append(outcome)
+                        if len(outcomes) >= kill_after:
+                            break
+
+        worker = threading.Thread(target=go, daemon=True)
+        worker.start()
+        worker.join(WATCHDOG)
+        assert not worker.is_alive(), "the sync run hung"
+        return outcomes
+
+    async def main() -> None:
+        async with fake.async_client(backoff=NO_WAIT) as client:
+            client._sleep = _virtual_sleep
+            run = AsyncBulkRun(client, inputs, reason="sold_out", scope=None, concurrency=2,
+                               journal=journal, on_result=None)  # fmt: skip
+            with contextlib.suppress(AuthenticationError, RateLimitError):
+                async with contextlib.aclosing(run.__aiter__()) as stream:  # type: ignore[type-var]
+                    async for outcome in stream:
+                        outcomes.append(outcome)
+                        if len(outcomes) >= kill_after:
+                            break
+
+    asyncio.run(asyncio.wait_for(main(), WATCHDOG))
+    return outcomes

@@ -931,3 +931,75 @@ def test_the_plan_is_what_the_run_does(rows: list[tuple[str, int]]) -> None:
     assert plan.covered == summary.covered
     assert plan.custom_amount == summary.total_amount
     assert sum(plan.rows.values()) == len(items)
+
+
+def test_rows_done_earlier_carry_their_refund_in_the_results(
+    invoke: CliRunner, tmp_path: Path
+) -> None:
+    """Issue 18 (via 16): a resumed run's results give rows finished earlier their refund id,
+    amount and request id from the journal; the summary has this run's and the journal's
+    totals; each row appears once per run."""
+    fake = FakePreo.demo()
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id,amount\npur_demo_beer,1.00\npur_demo_locker,2.00\n")
+    results = tmp_path / "out.jsonl"
+    args = ["refund-bulk", str(source), "--reason", "compensation", "--journal",
+            str(tmp_path / "j"), "--results", str(results), "--json"]  # fmt: skip
+    with serve(fake) as server:
+        fake.inject(Fault.read_timeout())  # the first row's answer is lost after the commit
+        first = in_process(invoke, args, server.url)
+        assert first.exit_code == 1
+        second = in_process(invoke, args, server.url)
+    assert second.exit_code == 0, second.output
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(lines) == 4  # two rows, two runs
+    resumed = lines[2:]
+    done_before = next(line for line in resumed if line["skipped"])
+    made = {r.id: r for r in fake.refunds}
+    assert done_before["refund_id"] in made
+    assert done_before["amount"] == f"{made[done_before['refund_id']].amount:.2f}"
+    assert done_before["request_id"]
+    summary = json.loads(second.output.strip().splitlines()[-1])
+    assert summary["journal_amount_refunded"] == "3.00"
+    assert summary["amount_refunded"] != summary["journal_amount_refunded"]
+
+
+def test_a_huge_refund_amount_is_printed_exactly(invoke: CliRunner, tmp_path: Path) -> None:
+    """Repro cli_huge_amount_traceback.py: a 201 for 1e26 is printed exactly, no traceback."""
+    fake = FakePreo.demo()
+    source = tmp_path / "in.csv"
+    source.write_text("purchase_id\npur_demo_beer\n")
+    with serve(fake) as server:
+        fake.inject(Fault.edit_json(amount=10**26))
+        bulk = in_process(
+            invoke, ["refund-bulk", str(source), "--reason", "sold_out", "--json"], server.url
+        )
+        fake.inject(Fault.edit_json(amount=10**26))
+        single = in_process(
+            invoke, ["refund", "pur_demo_locker", "--reason", "sold_out", "--json"], server.url
+        )
+    assert bulk.exception is None or isinstance(bulk.exception, SystemExit), bulk.output
+    summary = json.loads(bulk.output.strip().splitlines()[-1])
+    assert summary["amount_refunded"] == "100000000000000000000000000.00"
+    assert single.exception is None or isinstance(single.exception, SystemExit), single.output
+    assert "100000000000000000000000000.00" in single.output
+
+
+def test_rows_asking_one_transaction_for_different_amounts_are_refused(
+    invoke: CliRunner, tmp_path: Path
+) -> None:
+    fake = FakePreo.demo()
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "purchase_id,scope,amount,transaction_id\n"
+        "pur_demo_beer,transaction_custom,1.00,tx_9\n"
+        "pur_demo_locker,transaction_custom,2.00,tx_9\n"
+    )
+    with serve(fake) as server:
+        result = in_process(
+            invoke, ["refund-bulk", str(source), "--reason", "compensation"], server.url
+        )
+    assert result.exit_code == 2
+    assert "line 3" in result.output
+    assert "by line 2" in result.output
+    assert fake.requests == []

@@ -29,8 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preo_client import RefundItem
-from preo_client._journal import Journal, JournalError
+from preo_client._journal import Journal, JournalError, item_identity
 from preo_client.testing import FakePreo
+
+EMPTY = item_identity("{}", 0)
 
 WATCHDOG = 60.0
 _T = TypeVar("_T")
@@ -68,11 +70,12 @@ def main_file_meta(path: Path, name: str = "run_id") -> str | None:
 
 KILLED_RUN = """
 import os, signal, sys
-from preo_client._journal import Journal
+from preo_client._journal import Journal, item_identity
 journal = Journal(sys.argv[1])
 for position in range(50):
-    journal.start(position, '{"p": %d}' % position, "key-%d" % position)
-    journal.finish(position, "done", refund_id="rr_%d" % position, amount="1.00")
+    identity = item_identity('{"p": %d}' % position, 0)
+    journal.start(identity, position, '{"p": %d}' % position, "key-%d" % position)
+    journal.finish(identity, "done", refund_id="rr_%d" % position, amount="1.00")
 print(journal.run_id, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -132,7 +135,7 @@ def test_a_journal_moved_without_its_wal_after_kill_9_is_refused(tmp_path: Path)
     journal = Journal(moved)
     try:
         assert journal.run_id == run_id
-        entries = [journal.recorded(position) for position in range(50)]
+        entries = [journal.recorded(item_identity(f'{{"p": {p}}}', 0)) for p in range(50)]
         assert all(e is not None and e.state == "done" for e in entries)
     finally:
         journal.close()
@@ -141,8 +144,8 @@ def test_a_journal_moved_without_its_wal_after_kill_9_is_refused(tmp_path: Path)
 def test_a_cleanly_closed_journal_is_one_file(tmp_path: Path) -> None:
     path = tmp_path / "j"
     journal = Journal(path)
-    journal.start(0, "{}", "k0")
-    journal.finish(0, "done", refund_id="rr_0", amount="1.00")
+    journal.start(EMPTY, 0, "{}", "k0")
+    journal.finish(EMPTY, "done", refund_id="rr_0", amount="1.00")
     run_id = journal.run_id
     journal.close()
     assert not Path(f"{path}-wal").exists()
@@ -151,7 +154,7 @@ def test_a_cleanly_closed_journal_is_one_file(tmp_path: Path) -> None:
     again = Journal(moved)
     try:
         assert again.run_id == run_id
-        entry = again.recorded(0)
+        entry = again.recorded(EMPTY)
         assert entry is not None
         assert entry.refund_id == "rr_0"
     finally:
@@ -259,12 +262,12 @@ def test_every_sqlite_error_is_a_journal_error(tmp_path: Path) -> None:
     """A failure while fetching (not only executing) is a JournalError."""
     journal = Journal(tmp_path / "j")
     try:
-        journal.start(0, "{}", "k")
+        journal.start(EMPTY, 0, "{}", "k")
         journal._db.execute("UPDATE items SET request = CAST(x'ff' AS TEXT)")
         with pytest.raises(JournalError, match="decode"):
-            journal.recorded(0)
+            journal.recorded(EMPTY)
         journal._db.execute("UPDATE items SET request = '{}', state = 'weird'")
         with pytest.raises(JournalError, match="damaged"):
-            journal.recorded(0)
+            journal.recorded(EMPTY)
     finally:
         journal.close()
