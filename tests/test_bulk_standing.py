@@ -40,7 +40,7 @@ from preo_client import (
     RefundOutcomeUnknownError,
     RefundValidationError,
 )
-from preo_client._amounts import exact_sum, amount_text
+from preo_client._amounts import amount_text, exact_sum
 from preo_client._bulk import BulkRun, JournalError, _Stopped
 from preo_client._bulk_standing import TABLE, Answer, Reported, Standing, commit, verdict
 from preo_client.testing import FakePreo, Fault
