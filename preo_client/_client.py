@@ -52,6 +52,7 @@ from ._deadline import ATTEMPT_DEADLINE, bound_attempts
 from ._exceptions import RefundValidationError, mark_outcome_unknown
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
+from ._stray import guard_pools
 
 if TYPE_CHECKING:
     import asyncio
@@ -94,6 +95,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         self._settings = settings
         self._owns_http = owns_http
         self._http = http_client if http_client is not None else self._new_http_client()
+        guard_pools(self._http)  # a connection with bytes past its answer is never reused
         # Requests are built here, not by ``build_request``: the HTTP client's own default
         # headers (Accept-Encoding, ...) are taken once, ours win, and nothing is merged per
         # call. (Cookies and query params of an injected client are not used: this API takes
