@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 import zlib
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -348,6 +349,25 @@ def too_large_problem() -> str:
     return f"body larger than {MAX_RESPONSE_BYTES} bytes refused"
 
 
+_MAX_LENGTH_DIGITS: Final = 18  # any longer number is far past the cap (and int() limits digits)
+
+
+def content_length(value: str) -> int | None:
+    """The size a ``Content-Length`` header value states, or None when it is malformed.
+
+    ASCII digits only (``"²".isdigit()`` is true, ``int("²")`` raises), optional blanks around
+    them, and a repeated header only with identical values (RFC 9110 8.6). A number too long
+    to matter is read as larger than any body accepted, never handed to ``int()``.
+    """
+    values = {part.strip(" \t") for part in value.split(",")}
+    if len(values) != 1:
+        return None
+    text = values.pop()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if len(text) <= _MAX_LENGTH_DIGITS else sys.maxsize
+
+
 class BodyReader:
     """Collects an answer's body from raw network chunks, decoded with a bounded decoder.
 
@@ -363,9 +383,13 @@ class BodyReader:
         self._chunks: list[bytes] = []
         self._size = 0
         self._decoder: Any = None
-        length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
-            self.problem = too_large_problem()
+        length = response.headers.get("content-length")
+        if length is not None:
+            size = content_length(length)
+            if size is None:
+                self.problem = f"malformed Content-Length {length[:40]!r}"
+            elif size > MAX_RESPONSE_BYTES:
+                self.problem = too_large_problem()
         codings = [
             c.strip().lower()
             for c in response.headers.get_list("content-encoding", split_commas=True)
