@@ -179,9 +179,9 @@ def _generated() -> Any:
 
     return SimpleNamespace(
         endpoint=create_purchase_refund,
-        RefundReason=RefundReason,
+        reasons={member.value: member for member in RefundReason},  # a lookup, not an enum call
         RefundRequestCreate=RefundRequestCreate,
-        RefundScope=RefundScope,
+        scopes={member.value: member for member in RefundScope},
         UNSET=UNSET,
     )
 
@@ -215,15 +215,15 @@ def build_call(
     gen = _generated()
     unset = gen.UNSET
     body = gen.RefundRequestCreate(
-        reason=gen.RefundReason(plan.reason),
-        scope=gen.RefundScope(plan.scope),
+        reason=gen.reasons[plan.reason],
+        scope=gen.scopes[plan.scope],
         amount=unset if plan.amount is None else float(plan.amount),
         comment=unset if comment is None else comment,
         pickup_point_id=unset if pickup_point_id is None else pickup_point_id,
     )
     kwargs = gen.endpoint._get_kwargs(purchase_id, body=body, idempotency_key=key)
     content = _JSON.encode(kwargs["json"]).encode()  # the policy refused lone surrogates
-    request_headers = dict(headers)
+    request_headers = httpx.Headers(headers)  # a copy (of a list, for the client's Headers)
     for name, value in kwargs["headers"].items():
         request_headers[name.lower()] = value
     try:

@@ -107,6 +107,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             **settings.default_headers,
             "authorization": f"Bearer {settings.api_key}",
         }
+        self._headers = httpx.Headers(self._request_headers)  # normalized once, copied per call
         self._deadline = total_seconds(settings.timeout)
 
     @abc.abstractmethod
@@ -216,13 +217,13 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         max_retries: object = NOT_GIVEN,
     ) -> Call:
         """Check every argument (no I/O) and build the one request all attempts send."""
-        headers = self._request_headers
+        headers: Mapping[str, str] = self._headers
         if extra_headers:
             try:
                 extra = check_headers(extra_headers, field="extra_headers")
             except ConfigurationError as exc:
                 raise RefundValidationError("extra_headers", str(exc)) from None
-            headers = {**headers, **extra}
+            headers = {**self._request_headers, **extra}
         if isinstance(timeout, NotGiven) or timeout is self._settings.timeout:
             per_call, deadline = self._settings.timeout, self._deadline
         else:
