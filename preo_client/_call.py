@@ -30,7 +30,7 @@ from ._exceptions import (
     mark_outcome_unknown,
 )
 from ._idempotency import check_idempotency_key, new_idempotency_key
-from ._models import parse_refund
+from ._models import answer_ids, parse_refund
 from ._policy import (
     RefundPlan,
     check_comment,
@@ -293,7 +293,7 @@ def finish(
     (too large, corrupt encoding, cut off): the status decides what the failure means.
     """
     status = response.status_code
-    request_id = response.headers.get("x-request-id")
+    request_id, replayed = answer_ids(response.headers)
     if 200 <= status < 300:
         if body_problem is not None:
             error: APIError = APIResponseValidationError(
@@ -307,7 +307,11 @@ def finish(
             raise AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN)
         try:
             return parse_refund(
-                response, content, idempotency_key=call.idempotency_key, request_id=request_id
+                response,
+                content,
+                idempotency_key=call.idempotency_key,
+                request_id=request_id,
+                replayed=replayed,
             )
         except APIResponseValidationError as exc:
             raise AttemptFailed(mark_outcome_unknown(exc), Failure.UNKNOWN) from None

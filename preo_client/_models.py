@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
 
-__all__ = ["PickupPoint", "Refund", "StaffUser", "parse_refund"]
+__all__ = ["PickupPoint", "Refund", "StaffUser", "answer_ids", "parse_refund"]
 
 _log: Final = logging.getLogger("preo_client")
 
@@ -707,8 +707,12 @@ def parse_refund(
     *,
     idempotency_key: str,
     request_id: str | None,
+    replayed: bool | None = None,
 ) -> Refund:
     """Parse a 2xx ``response`` (body ``content``) into a :class:`Refund`.
+
+    ``request_id`` and ``replayed`` are what :func:`answer_ids` reads from the headers
+    (``replayed`` is read here when not given).
 
     Raises :class:`APIResponseValidationError`, and nothing else whatever the bytes, when the
     body is not a JSON object (not UTF-8, not JSON, nested deeper than ``MAX_DEPTH``, numbers
@@ -729,7 +733,9 @@ def parse_refund(
         )
 
     try:
-        return _parse(response, content, idempotency_key, request_id)
+        if replayed is None:
+            replayed = answer_ids(response.headers)[1]
+        return _parse(response, content, idempotency_key, request_id, replayed)
     except _Unreadable as exc:
         raise invalid(exc.reason) from None
     except Exception as exc:  # a last resort: this function raises nothing else
@@ -797,9 +803,12 @@ class _Unreadable(Exception):
 
 
 def _parse(
-    response: httpx.Response, content: bytes, idempotency_key: str, request_id: str | None
+    response: httpx.Response,
+    content: bytes,
+    idempotency_key: str,
+    request_id: str | None,
+    replayed: bool,
 ) -> Refund:
-    headers = response.headers
     # The body decides, not its label: a refund whose JSON arrives as text/plain, without a
     # content type or behind a UTF-8 BOM is still the refund that was made (I3); an HTML page
     # or anything else that is not a JSON object is refused below.
@@ -839,9 +848,24 @@ def _parse(
         invalid=bad,
         idempotency_key=idempotency_key,
         request_id=request_id,
-        replayed=headers.get("idempotent-replayed", "").lower() == "true",
+        replayed=replayed,
         http_response=response,
     )
+
+
+def answer_ids(headers: httpx.Headers) -> tuple[str | None, bool]:
+    """``X-Request-Id`` (None when absent) and whether ``Idempotent-Replayed`` is ``true``, as
+    ``headers.get`` would read them, in one pass over the headers instead of one per name."""
+    encoding = headers.encoding
+    ids: list[str] = []
+    replayed: list[str] = []
+    for key, value in headers.raw:
+        key = key.lower()
+        if key == b"x-request-id":
+            ids.append(value.decode(encoding))
+        elif key == b"idempotent-replayed":
+            replayed.append(value.decode(encoding))
+    return (", ".join(ids) if ids else None), ", ".join(replayed).lower() == "true"
 
 
 def _checked_fields(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -23,6 +23,7 @@ from preo_client import (
     Refund,
 )
 from preo_client._call import MAX_RESPONSE_BYTES, BodyReader, content_length
+from preo_client._models import answer_ids
 from preo_client._retry import parse_retry_after
 from tests.helpers import KEY, NO_WAIT, refund_json
 
@@ -141,3 +142,24 @@ def test_a_superscript_two_is_a_malformed_refund_answer(kind: str) -> None:
 def test_retry_after_never_raises(value: str) -> None:
     seconds = parse_retry_after(value)
     assert seconds is None or seconds >= 0
+
+
+NAMES = st.sampled_from(
+    [b"X-Request-Id", b"x-request-id", b"X-REQUEST-ID", b"Idempotent-Replayed",
+     b"idempotent-replayed", b"content-type", b"x-request-idx", b"date"]
+)  # fmt: skip
+VALUES = st.one_of(
+    st.sampled_from([b"true", b"TRUE", b"false", b"req_1", b"", b"true, true"]),
+    st.binary(max_size=12).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    st.text(max_size=8).map(lambda t: t.encode("utf-8")),
+)
+
+
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=8))
+def test_answer_ids_reads_headers_as_headers_get_does(raw: list[tuple[bytes, bytes]]) -> None:
+    headers = httpx.Headers(raw)
+    expected = (
+        headers.get("x-request-id"),
+        headers.get("idempotent-replayed", "").lower() == "true",
+    )
+    assert answer_ids(headers) == expected
