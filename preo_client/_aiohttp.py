@@ -22,6 +22,8 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
         "AiohttpTransport needs the 'fast' extra: pip install 'preo-client[fast]'"
     ) from exc
 
+from ._stray import UnusableConnectionError, guard_aiohttp
+
 __all__ = ["AiohttpTransport"]
 
 
@@ -35,7 +37,7 @@ def _before_sending(exc: BaseException, request: httpx.Request) -> httpx.Transpo
     message = str(cause) or type(cause).__name__
     if isinstance(cause, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message, request=request)
-    if isinstance(cause, aiohttp.ClientConnectorError):
+    if isinstance(cause, aiohttp.ClientConnectorError | UnusableConnectionError):
         return httpx.ConnectError(message, request=request)
     return _after_sending(exc, request)
 
@@ -79,8 +81,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """Send ``request`` through aiohttp. A failure is classed by what happened:
         ``httpx.ConnectError`` / ``ConnectTimeout`` only when no connection was ever made, else
         ``httpx.ReadError`` / ``ReadTimeout`` (the request may have reached the server)."""
+        inner = self._inner
+        if not isinstance(inner.client, aiohttp.ClientSession):
+            inner.client = inner.get_client()  # as httpx-aiohttp would, so it can be guarded
+        guard_aiohttp(inner.client.connector)  # a connection with stray bytes is never reused
         try:
-            response = await self._inner.handle_async_request(request)
+            response = await inner.handle_async_request(request)
         except Exception as exc:
             raise _before_sending(exc, request) from exc
         if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover

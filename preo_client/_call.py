@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import sys
 import zlib
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ from ._exceptions import (
 )
 from ._extras import merged_body
 from ._idempotency import check_idempotency_key, new_idempotency_key
-from ._models import parse_refund
+from ._models import answer_ids, parse_refund
 from ._policy import (
     RefundPlan,
     check_comment,
@@ -237,9 +238,9 @@ def _generated() -> Any:
 
     return SimpleNamespace(
         endpoint=create_purchase_refund,
-        RefundReason=RefundReason,
+        reasons={member.value: member for member in RefundReason},  # a lookup, not an enum call
         RefundRequestCreate=RefundRequestCreate,
-        RefundScope=RefundScope,
+        scopes={member.value: member for member in RefundScope},
         UNSET=UNSET,
     )
 
@@ -276,15 +277,15 @@ def build_call(
     gen = _generated()
     unset = gen.UNSET
     body = gen.RefundRequestCreate(
-        reason=gen.RefundReason(plan.reason),
-        scope=gen.RefundScope(plan.scope),
+        reason=gen.reasons[plan.reason],
+        scope=gen.scopes[plan.scope],
         amount=unset if plan.amount is None else float(plan.amount),
         comment=unset if comment is None else comment,
         pickup_point_id=unset if pickup_point_id is None else pickup_point_id,
     )
     kwargs = gen.endpoint._get_kwargs(purchase_id, body=body, idempotency_key=key)
     content = _JSON.encode(merged_body(kwargs["json"], extra_body)).encode()  # checked text
-    request_headers = dict(headers)
+    request_headers = httpx.Headers(headers)  # a copy (of a list, for the client's Headers)
     for name, value in kwargs["headers"].items():
         request_headers[name.lower()] = value
     try:
@@ -356,7 +357,7 @@ def finish(
     (too large, corrupt encoding, cut off): the status decides what the failure means.
     """
     status = response.status_code
-    request_id = response.headers.get("x-request-id")
+    request_id, replayed = answer_ids(response.headers)
     if 200 <= status < 300:
         if body_problem is not None:
             error: APIError = APIResponseValidationError(
@@ -370,7 +371,11 @@ def finish(
             raise AttemptFailed(mark_outcome_unknown(error), Failure.UNKNOWN)
         try:
             return parse_refund(
-                response, content, idempotency_key=call.idempotency_key, request_id=request_id
+                response,
+                content,
+                idempotency_key=call.idempotency_key,
+                request_id=request_id,
+                replayed=replayed,
             )
         except APIResponseValidationError as exc:
             raise AttemptFailed(mark_outcome_unknown(exc), Failure.UNKNOWN) from None
@@ -412,6 +417,25 @@ def too_large_problem() -> str:
     return f"body larger than {MAX_RESPONSE_BYTES} bytes refused"
 
 
+_MAX_LENGTH_DIGITS: Final = 18  # any longer number is far past the cap (and int() limits digits)
+
+
+def content_length(value: str) -> int | None:
+    """The size a ``Content-Length`` header value states, or None when it is malformed.
+
+    ASCII digits only (``"²".isdigit()`` is true, ``int("²")`` raises), optional blanks around
+    them, and a repeated header only with identical values (RFC 9110 8.6). A number too long
+    to matter is read as larger than any body accepted, never handed to ``int()``.
+    """
+    values = {part.strip(" \t") for part in value.split(",")}
+    if len(values) != 1:
+        return None
+    text = values.pop()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if len(text) <= _MAX_LENGTH_DIGITS else sys.maxsize
+
+
 class BodyReader:
     """Collects an answer's body from raw network chunks, decoded with a bounded decoder.
 
@@ -427,9 +451,13 @@ class BodyReader:
         self._chunks: list[bytes] = []
         self._size = 0
         self._decoder: Any = None
-        length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
-            self.problem = too_large_problem()
+        length = response.headers.get("content-length")
+        if length is not None:
+            size = content_length(length)
+            if size is None:
+                self.problem = f"malformed Content-Length {length[:40]!r}"
+            elif size > MAX_RESPONSE_BYTES:
+                self.problem = too_large_problem()
         codings = [
             c.strip().lower()
             for c in response.headers.get_list("content-encoding", split_commas=True)

@@ -55,6 +55,7 @@ from ._extras import check_extra_body, check_extra_query
 from ._observe import setup_logging, watch_call
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
+from ._stray import guard_pools
 
 if TYPE_CHECKING:
     import asyncio
@@ -96,6 +97,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         self._settings = settings
         self._owns_http = owns_http
         self._http = http_client if http_client is not None else self._new_http_client()
+        guard_pools(self._http)  # a connection with bytes past its answer is never reused
         # Requests are built here, not by ``build_request``: the HTTP client's own default
         # headers (Accept-Encoding, ...) are taken once, ours win, and nothing is merged per
         # call. (Cookies and query params of an injected client are not used: this API takes
@@ -107,6 +109,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             **settings.default_headers,
             "authorization": f"Bearer {settings.api_key}",
         }
+        self._headers = httpx.Headers(self._request_headers)  # normalized once, copied per call
         self._deadline = total_seconds(settings.timeout)
 
     @abc.abstractmethod
@@ -220,13 +223,13 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         """Check every argument (no I/O) and build the one request all attempts send."""
         body = None if extra_body is None else check_extra_body(extra_body)
         query = None if extra_query is None else check_extra_query(extra_query)
-        headers = self._request_headers
+        headers: Mapping[str, str] = self._headers
         if extra_headers:
             try:
                 extra = check_headers(extra_headers, field="extra_headers")
             except ConfigurationError as exc:
                 raise RefundValidationError("extra_headers", str(exc)) from None
-            headers = {**headers, **extra}
+            headers = {**self._request_headers, **extra}
         if isinstance(timeout, NotGiven) or timeout is self._settings.timeout:
             per_call, deadline = self._settings.timeout, self._deadline
         else:

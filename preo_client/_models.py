@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ._generated.models.refund_scope import RefundScope
     from ._generated.models.refund_status import RefundStatus
 
-__all__ = ["PickupPoint", "Refund", "StaffUser", "parse_refund"]
+__all__ = ["PickupPoint", "Refund", "StaffUser", "answer_ids", "parse_refund"]
 
 _log: Final = logging.getLogger("preo_client")
 
@@ -63,6 +63,7 @@ _RFC3339: Final = re.compile(
     re.ASCII,
 )
 _ZONES: dict[str, datetime.timezone] = {}
+_BOM: Final = b"\xef\xbb\xbf"
 _UTC: Final = datetime.timezone.utc
 
 
@@ -132,8 +133,14 @@ def _amount_text(amount: Decimal) -> str:
     return amount_text(amount)
 
 
-def _depth_ok(data: dict[str, Any]) -> bool:
-    """True unless ``data`` nests containers deeper than MAX_DEPTH (checked without recursion)."""
+def _depth_ok(data: dict[str, Any], text: str = "") -> bool:
+    """True unless ``data`` nests containers deeper than MAX_DEPTH (checked without recursion).
+
+    ``text``, the JSON ``data`` was decoded from, gives a bound first: a body with at most
+    MAX_DEPTH opening brackets (those inside strings counted too) cannot nest deeper.
+    """
+    if text and text.count("{") + text.count("[") <= MAX_DEPTH:
+        return True
     for value in data.values():  # fast path: the documented shape nests two levels only
         if isinstance(value, dict | list):
             inner = value.values() if isinstance(value, dict) else value
@@ -350,6 +357,38 @@ _FIELDS: Final[dict[str, tuple[_Check, bool, str]]] = {
     "refund_date": (_nullable_date_time, False, "string (date-time) or null"),
 }
 _DOCUMENTED: Final = frozenset({"id", "amount", *_FIELDS})
+
+
+def _rules(*checks: _Check) -> list[tuple[str, bool, _Check]]:
+    return [(name, req, check) for name, (check, req, _) in _FIELDS.items() if check in checks]
+
+
+# The table's fields by kind, for the fast path (``_well_typed``); a test checks they cover it.
+_STRINGS: Final = [(name, req) for name, req, _ in _rules(_string)]
+_NULLABLE_STRINGS: Final = [(name, req) for name, req, _ in _rules(_nullable_string)]
+_OBJECTS: Final = [
+    (name, req, StaffUser if check is _staff_user else PickupPoint)
+    for name, req, check in _rules(_staff_user, _pickup_point)
+]
+_DATE_TIMES: Final = [
+    (name, req, check is _nullable_date_time)
+    for name, req, check in _rules(_date_time, _nullable_date_time)
+]
+
+
+_ENUM_RULES: list[tuple[str, bool, dict[str, Any]]] = []
+
+
+def _enum_rules() -> list[tuple[str, bool, dict[str, Any]]]:
+    if not _ENUM_RULES:  # on first use: the generated enums load lazily
+        scopes, statuses = _enum_members()
+        _ENUM_RULES.extend(
+            (name, req, scopes if check is _scope else statuses)
+            for name, req, check in _rules(_scope, _status)
+        )
+    return _ENUM_RULES
+
+
 _NESTED_ID: Final = "string or integer"
 
 
@@ -379,7 +418,6 @@ class Refund:
     __slots__ = (
         "_amount",
         "_data",
-        "_extra",
         "_http_response",
         "_id",
         "_idempotency_key",
@@ -408,8 +446,7 @@ class Refund:
         self._id = id
         self._amount = amount
         self._values = values
-        self._invalid = MappingProxyType(invalid)
-        self._extra = tuple(k for k in data if k not in _DOCUMENTED)
+        self._invalid = MappingProxyType(invalid) if invalid else _NO_INVALID
         self._model: object = _UNSET
         self._idempotency_key = idempotency_key
         self._request_id = request_id
@@ -526,7 +563,7 @@ class Refund:
     def extra(self) -> dict[str, Any]:
         """Fields the response carried that this version of the SDK does not know (a copy;
         JSON numbers with a fraction are ``Decimal``)."""
-        return {k: _copy(self._data[k]) for k in self._extra}
+        return {k: _copy(v) for k, v in self._data.items() if k not in _DOCUMENTED}
 
     @property
     def invalid_fields(self) -> Mapping[str, str]:
@@ -737,8 +774,12 @@ def parse_refund(
     *,
     idempotency_key: str,
     request_id: str | None,
+    replayed: bool | None = None,
 ) -> Refund:
     """Parse a 2xx ``response`` (body ``content``) into a :class:`Refund`.
+
+    ``request_id`` and ``replayed`` are what :func:`answer_ids` reads from the headers
+    (``replayed`` is read here when not given).
 
     Raises :class:`APIResponseValidationError`, and nothing else whatever the bytes, when the
     body is not a JSON object (not UTF-8, not JSON, nested deeper than ``MAX_DEPTH``, numbers
@@ -762,11 +803,67 @@ def parse_refund(
         )
 
     try:
-        return _parse(response, content, idempotency_key, request_id)
+        if replayed is None:
+            replayed = answer_ids(response.headers)[1]
+        return _parse(response, content, idempotency_key, request_id, replayed)
     except _Unreadable as exc:
         raise invalid(exc.reason) from None
     except Exception as exc:  # a last resort: this function raises nothing else
         raise invalid(f"internal error ({type(exc).__name__}) while reading it") from None
+
+
+def _well_typed(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The checked values of ``data``'s documented fields when every one has its documented
+    type (a normal answer): what the ``_FIELDS`` table gives, without a call and a ``try`` per
+    field. None when any field is off: then the table decides, field by field."""
+    get = data.get
+    values: dict[str, Any] = {}
+    for name, required in _STRINGS:
+        value = get(name, _UNSET)
+        if isinstance(value, str):
+            values[name] = value
+        elif value is not _UNSET or required:
+            return None
+    for name, required in _NULLABLE_STRINGS:
+        value = get(name, _UNSET)
+        if value is None or isinstance(value, str):
+            values[name] = value
+        elif value is not _UNSET or required:
+            return None
+    for name, required, kind in _OBJECTS:
+        value = get(name, _UNSET)
+        if isinstance(value, dict):
+            view = kind._owning(value)
+            if view._id is None and "id" in value:
+                return None
+            values[name] = view
+        elif value is not _UNSET or required:
+            return None
+    last: tuple[object, datetime.datetime | None] = (_UNSET, None)  # created == modified, often
+    for name, required, nullable in _DATE_TIMES:
+        value = get(name, _UNSET)
+        if value is None and nullable:
+            values[name] = None
+        elif value is not _UNSET:
+            if value != last[0]:
+                try:
+                    last = (value, parse_datetime(value))
+                except (ValueError, OverflowError):
+                    return None
+            values[name] = last[1]
+        elif required:
+            return None
+    for name, required, members in _enum_rules():
+        value = get(name, _UNSET)
+        if isinstance(value, str):
+            values[name] = members.get(value, value)
+        elif value is not _UNSET or required:
+            return None
+    return values
+
+
+_NONE_INVALID: Final[dict[str, str]] = {}
+_NO_INVALID: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 class _Unreadable(Exception):
@@ -776,14 +873,18 @@ class _Unreadable(Exception):
 
 
 def _parse(
-    response: httpx.Response, content: bytes, idempotency_key: str, request_id: str | None
+    response: httpx.Response,
+    content: bytes,
+    idempotency_key: str,
+    request_id: str | None,
+    replayed: bool,
 ) -> Refund:
-    headers = response.headers
     # The body decides, not its label: a refund whose JSON arrives as text/plain, without a
     # content type or behind a UTF-8 BOM is still the refund that was made (I3); an HTML page
     # or anything else that is not a JSON object is refused below.
     try:
-        data = _JSON.decode(content.decode("utf-8-sig"))
+        text = (content[3:] if content[:3] == _BOM else content).decode()  # as utf-8-sig
+        data = _JSON.decode(text)
     except RecursionError:
         raise _Unreadable("body is not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
@@ -794,8 +895,9 @@ def _parse(
         data,
         idempotency_key=idempotency_key,
         request_id=request_id,
-        replayed=headers.get("idempotent-replayed", "").lower() == "true",
+        replayed=replayed,
         http_response=response,
+        text=text,
     )
 
 
@@ -807,9 +909,11 @@ def _read(
     replayed: bool,
     http_response: httpx.Response,
     log: bool = True,
+    text: str = "",
 ) -> Refund:
-    """The one reading of a decoded body (an answer's, ``from_dict``'s, an unpickled one's)."""
-    if not _depth_ok(data):
+    """The one reading of a decoded body (an answer's, ``from_dict``'s, an unpickled one's);
+    ``text``, the JSON it was decoded from when there is one, bounds the depth check."""
+    if not _depth_ok(data, text):
         raise _Unreadable(f"body nests deeper than {MAX_DEPTH} levels")
 
     refund_id = data.get("id", _UNSET)
@@ -826,6 +930,53 @@ def _read(
             f"{_MAX_PLACES} decimal places, within a double's range)"
         )
 
+    fast = _well_typed(data)
+    if fast is not None:
+        values, bad = fast, _NONE_INVALID
+    else:
+        values, bad = _checked_fields(data)
+        if bad and log:
+            _log.warning(
+                "Refund response fields not of their documented type, kept raw "
+                "(see Refund.invalid_fields): %s",
+                ", ".join(f"{name} (expected {expected})" for name, expected in bad.items()),
+                extra={
+                    "preo.request_id": request_id,
+                    "preo.idempotency_key": idempotency_key,
+                    "preo.invalid_fields": dict(bad),
+                },
+            )
+    return Refund(
+        data,
+        id=refund_id,
+        amount=amount,
+        values=values,
+        invalid=bad,
+        idempotency_key=idempotency_key,
+        request_id=request_id,
+        replayed=replayed,
+        http_response=http_response,
+    )
+
+
+def answer_ids(headers: httpx.Headers) -> tuple[str | None, bool]:
+    """``X-Request-Id`` (None when absent) and whether ``Idempotent-Replayed`` is ``true``, as
+    ``headers.get`` would read them, in one pass over the headers instead of one per name."""
+    encoding = headers.encoding
+    ids: list[str] = []
+    replayed: list[str] = []
+    for key, value in headers.raw:
+        key = key.lower()
+        if key == b"x-request-id":
+            ids.append(value.decode(encoding))
+        elif key == b"idempotent-replayed":
+            replayed.append(value.decode(encoding))
+    return (", ".join(ids) if ids else None), ", ".join(replayed).lower() == "true"
+
+
+def _checked_fields(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every documented field checked by the ``_FIELDS`` table: the typed values, and the
+    fields not of their documented type (names and what each should be)."""
     values: dict[str, Any] = {}
     bad: dict[str, str] = {}
     for name, (check, required, expected) in _FIELDS.items():
@@ -842,28 +993,7 @@ def _read(
         view = values.get(name)
         if view is not None and view.id is None and "id" in view._data:
             bad[f"{name}.id"] = _NESTED_ID
-    if bad and log:
-        _log.warning(
-            "Refund response fields not of their documented type, kept raw "
-            "(see Refund.invalid_fields): %s",
-            ", ".join(f"{name} (expected {expected})" for name, expected in bad.items()),
-            extra={
-                "preo.request_id": request_id,
-                "preo.idempotency_key": idempotency_key,
-                "preo.invalid_fields": dict(bad),
-            },
-        )
-    return Refund(
-        data,
-        id=refund_id,
-        amount=amount,
-        values=values,
-        invalid=bad,
-        idempotency_key=idempotency_key,
-        request_id=request_id,
-        replayed=replayed,
-        http_response=http_response,
-    )
+    return values, bad
 
 
 def _unpickle_refund(data: dict[str, Any], metadata: dict[str, Any]) -> Refund:

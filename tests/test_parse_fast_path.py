@@ -1,0 +1,101 @@
+"""The parser's fast path for a well-typed answer (``_well_typed``) gives exactly what the field
+table gives, field by field, for any answer; when any field is off it steps aside."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from preo_client import _models
+from preo_client._models import parse_refund
+from tests.helpers import refund_json
+
+STAMPS = st.sampled_from(
+    [
+        "2026-07-04T18:22:11Z",
+        "2026-07-04T18:22:11.123456+02:00",
+        "2026-07-04t18:22:11.5z",
+        "2026-07-04 18:22:11-05:30",
+        "2026-07-04T18:22:11",  # no offset: dateutil, naive
+        "20260704T182211Z",  # basic format: dateutil
+        "2026-13-04T18:22:11Z",  # no such month
+        "2026-07-04T18:22:11+24:00",  # offset out of range
+        "2026-07-04",
+        "not a date",
+    ]
+)
+ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.text(max_size=8),
+    st.just({"id": "x"}),
+    st.just({"id": 7, "name": "n"}),
+    st.just({"id": True}),
+    st.just({}),
+    st.just([1]),
+    STAMPS,
+    st.sampled_from(["purchase_full", "requested", "approved", "unknown_scope"]),
+)
+MISSING = object()
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> dict[str, Any]:
+    body = refund_json()
+    for name in _models._FIELDS:
+        choice = draw(st.sampled_from(["keep", "keep", "other", "missing"]))
+        if choice == "missing":
+            del body[name]
+        elif choice == "other":
+            body[name] = draw(ANY)
+    if draw(st.booleans()):
+        body["modified"] = body.get("created", "2026-07-04T18:22:11Z")
+    return body
+
+
+def parse(body: dict[str, Any]) -> _models.Refund:
+    content = json.dumps(body).encode()
+    response = httpx.Response(201, content=content)
+    return parse_refund(response, content, idempotency_key="k", request_id="r")
+
+
+@given(answers())
+def test_the_fast_path_gives_what_the_table_gives(body: dict[str, Any]) -> None:
+    fast = parse(body)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_models, "_well_typed", lambda data: None)  # the table decides
+        table = parse(body)
+    assert dict(fast.invalid_fields) == dict(table.invalid_fields)
+    assert fast.to_dict() == table.to_dict()
+    for name in _models._FIELDS:
+        value, expected = getattr(fast, name), getattr(table, name)
+        assert value == expected, name
+        assert type(value) is type(expected), name
+        if hasattr(value, "utcoffset"):
+            assert value.utcoffset() == expected.utcoffset(), name
+    assert fast.extra == table.extra
+
+
+def test_the_fast_path_covers_every_field_once() -> None:
+    grouped = [
+        *(name for name, _ in _models._STRINGS),
+        *(name for name, _ in _models._NULLABLE_STRINGS),
+        *(name for name, _, _ in _models._OBJECTS),
+        *(name for name, _, _ in _models._DATE_TIMES),
+        *(name for name, _, _ in _models._enum_rules()),
+    ]
+    assert sorted(grouped) == sorted(_models._FIELDS)
+
+
+def test_a_well_typed_answer_takes_the_fast_path() -> None:
+    data = json.loads(json.dumps(refund_json()), parse_float=Decimal)
+    assert _models._well_typed(data) is not None
+    data["created"] = 5
+    assert _models._well_typed(data) is None

@@ -1,0 +1,317 @@
+"""An answer always belongs to its request: bytes a server sends past a response (in the same
+write, or later on the idle connection) retire the connection on every transport, are never
+read as the next request's answer, and a request is never reported answered unless it was sent.
+
+Over a raw-socket server: the stray follows a 201, a 400 or a 204, in the same write or 50 ms
+later; sync and async httpx clients and the aiohttp transport. Every test runs under a watchdog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import httpcore
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from preo_client import (
+    AiohttpTransport,
+    APIError,
+    AsyncPreoClient,
+    BadRequestError,
+    PreoClient,
+    Refund,
+    RefundOutcomeUnknownError,
+)
+from preo_client._stray import guard_pools, has_leftover_bytes
+from tests.helpers import KEY, NO_WAIT, refund_json
+
+WATCHDOG = 60.0  # seconds; a hang fails the test instead of blocking CI
+
+
+def answer(status: int, refund_id: str | None = None) -> bytes:
+    """One raw HTTP/1.1 answer: a refund (2xx with an id), a 400, or a bodiless 204."""
+    if status == 204:
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+    if status == 400:
+        body = b'{"non_field_errors": ["Already refunded: price."]}'
+        head = b"HTTP/1.1 400 Bad Request"
+    else:
+        body = json.dumps(refund_json(id=refund_id)).encode()
+        head = b"HTTP/1.1 201 Created"
+    return (
+        head + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
+STRAY = answer(201, "rr_STRAY")
+
+
+@dataclass
+class Server:
+    """Answers the first request with ``first`` plus ``stray`` (same write, or ``delay`` s
+    later on the same connection); every later request with a refund ``rr_<purchase>``."""
+
+    first: bytes
+    stray: bytes
+    delay: float | None
+    url: str = ""
+    received: list[str] = field(default_factory=list)
+    stray_sent: threading.Event = field(default_factory=threading.Event)
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client may close first
+            self.answer_all(conn)
+
+    def answer_all(self, conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(rest) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                rest += data
+            buf = rest[length:]
+            purchase = head.split(b" ")[1].decode().split("/")[3]
+            self.received.append(purchase)
+            if len(self.received) > 1:
+                conn.sendall(answer(201, f"rr_{purchase}"))
+            elif self.delay is None:
+                conn.sendall(self.first + self.stray)
+                self.stray_sent.set()
+            else:
+                conn.sendall(self.first)
+                time.sleep(self.delay)
+                conn.sendall(self.stray)
+                self.stray_sent.set()
+
+    def accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+
+@contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    threading.Thread(target=server.accept, args=(listener,), daemon=True).start()
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def refund(client: PreoClient, purchase: str) -> Refund:
+    return client.purchases.refund(purchase, reason="sold_out")
+
+
+async def arefund(client: AsyncPreoClient, purchase: str) -> Refund:
+    return await client.purchases.refund(purchase, reason="sold_out")
+
+
+def outcome(call: Callable[[], Refund]) -> Refund | APIError:
+    try:
+        return call()
+    except APIError as exc:
+        return exc
+
+
+async def aoutcome(call: Callable[[], Awaitable[Refund]]) -> Refund | APIError:
+    try:
+        return await call()
+    except APIError as exc:
+        return exc
+
+
+def run_sync(server: Server, purchases: list[str]) -> list[Refund | APIError]:
+    results: list[Refund | APIError] = []
+    with PreoClient(api_key=KEY, base_url=server.url, max_retries=0, backoff=NO_WAIT) as client:
+        for n, purchase in enumerate(purchases):
+            if n == 1 and server.delay is not None:  # let the stray land on the idle connection
+                assert server.stray_sent.wait(WATCHDOG)
+                time.sleep(0.05)
+            results.append(outcome(functools.partial(refund, client, purchase)))
+    return results
+
+
+def run_async(server: Server, purchases: list[str], *, aiohttp: bool) -> list[Refund | APIError]:
+    async def go() -> list[Refund | APIError]:
+        results: list[Refund | APIError] = []
+        http = httpx.AsyncClient(transport=AiohttpTransport()) if aiohttp else None
+        async with AsyncPreoClient(
+            api_key=KEY, base_url=server.url, max_retries=0, backoff=NO_WAIT, http_client=http
+        ) as client:
+            for n, purchase in enumerate(purchases):
+                if n == 1 and server.delay is not None:
+                    while not server.stray_sent.is_set():
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)  # the event loop reads the stray while idle
+                results.append(await aoutcome(functools.partial(arefund, client, purchase)))
+        if http is not None:
+            await http.aclose()
+        return results
+
+    return asyncio.run(go())
+
+
+TRANSPORTS: dict[str, Callable[[Server, list[str]], list[Refund | APIError]]] = {
+    "sync httpx": run_sync,
+    "async httpx": lambda s, p: run_async(s, p, aiohttp=False),
+    "aiohttp": lambda s, p: run_async(s, p, aiohttp=True),
+}
+
+
+def watched(fn: Callable[[], list[Refund | APIError]]) -> list[Refund | APIError]:
+    """Run ``fn`` in a thread; a hang fails instead of blocking (not a timing assertion)."""
+    box: list[Any] = []
+
+    def work() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # handed to the test thread
+            box.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(WATCHDOG)
+    assert not worker.is_alive(), "the calls hung"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    result: list[Refund | APIError] = box[0]
+    return result
+
+
+def check_first(status: int, first: Refund | APIError) -> None:
+    if status == 201:
+        assert isinstance(first, Refund)
+        assert first.id == "rr_pur_A"
+    elif status == 400:
+        assert isinstance(first, BadRequestError)
+    else:  # a 2xx without a refund: it may exist
+        assert isinstance(first, RefundOutcomeUnknownError)
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize("status", [201, 400, 204])
+@pytest.mark.parametrize("timing", ["same write", "50 ms later"])
+def test_a_stray_answer_is_never_the_next_requests_answer(
+    transport: str, status: int, timing: str
+) -> None:
+    server = Server(
+        first=answer(status, "rr_pur_A"),
+        stray=STRAY,
+        delay=None if timing == "same write" else 0.05,
+    )
+    with serving(server):
+        results = watched(lambda: TRANSPORTS[transport](server, ["pur_A", "pur_B", "pur_C"]))
+    check_first(status, results[0])
+    # each later purchase is answered with its own refund, and only after it reached the server
+    assert [getattr(r, "id", r) for r in results[1:]] == ["rr_pur_B", "rr_pur_C"]
+    assert server.received == ["pur_A", "pur_B", "pur_C"]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    transport=st.sampled_from(sorted(TRANSPORTS)),
+    status=st.sampled_from([201, 400, 204]),
+    stray=st.one_of(
+        st.just(STRAY),
+        st.binary(min_size=1, max_size=64),
+        st.integers(1, len(STRAY) - 1).map(lambda n: STRAY[:n]),  # a partial answer
+    ),
+    later=st.booleans(),
+)
+def test_any_stray_bytes_never_answer_a_later_request(
+    transport: str, status: int, stray: bytes, later: bool
+) -> None:
+    """Whatever trails an answer (a whole response, part of one, garbage), in the same write or
+    on the idle connection: every later call is answered by its own request, or fails; it is
+    never answered by the stray, and never answered unless the server received it."""
+    server = Server(first=answer(status, "rr_pur_A"), stray=stray, delay=0.05 if later else None)
+    with serving(server):
+        results = watched(lambda: TRANSPORTS[transport](server, ["pur_A", "pur_B", "pur_C"]))
+    # aiohttp parses garbage in the same read as the answer and fails the whole read: the
+    # first call then ends "outcome unknown", the safe side
+    if not isinstance(results[0], RefundOutcomeUnknownError):
+        check_first(status, results[0])
+    for purchase, result in zip(["pur_B", "pur_C"], results[1:], strict=True):
+        assert not isinstance(result, Refund) or result.id == f"rr_{purchase}"
+        if isinstance(result, Refund):
+            assert purchase in server.received
+
+
+# -- the private hooks: fail loudly when a library changes underneath -----------------------------
+
+
+def test_httpcore_still_has_what_the_guard_relies_on() -> None:
+    """httpx keeps its pool in ``_pool``; the pool hands out connections made by
+    ``create_connection`` after asking ``has_expired``; an HTTP/1.1 connection keeps its h11
+    state in ``_h11_state``; h11 reports leftover bytes as ``(bytes, bool)``."""
+    for client in (httpx.Client(), httpx.AsyncClient()):
+        pool = getattr(client._transport, "_pool", None)
+        assert isinstance(pool, httpcore.ConnectionPool | httpcore.AsyncConnectionPool)
+        assert callable(pool.create_connection)
+        assert guard_pools(client) == 1
+    for pool_cls in (httpcore.ConnectionPool, httpcore.AsyncConnectionPool):
+        source = inspect.getsource(pool_cls._assign_requests_to_connections)
+        assert "has_expired()" in source
+        assert "is_available()" in source
+    for http11 in (httpcore.HTTP11Connection, httpcore.AsyncHTTP11Connection):
+        assert "self._h11_state = h11.Connection(" in inspect.getsource(http11.__init__)
+    for conn_cls in (httpcore.HTTPConnection, httpcore.AsyncHTTPConnection):
+        assert "self._connection" in inspect.getsource(conn_cls.has_expired)
+    state = h11.Connection(our_role=h11.CLIENT)
+    state.receive_data(b"extra")
+    assert state.trailing_data == (b"extra", False)
+    holder = type("Conn", (), {"_connection": type("H11", (), {"_h11_state": state})()})()
+    assert has_leftover_bytes(holder)
+    assert not has_leftover_bytes(type("H2", (), {})())
+
+
+def test_aiohttp_still_has_what_the_guard_relies_on() -> None:
+    """The session asks ``connector.connect()`` for every request; a protocol says whether it
+    holds anything queued through ``should_close`` (a property)."""
+    import aiohttp
+    from aiohttp.client_proto import ResponseHandler
+
+    assert isinstance(ResponseHandler.should_close, property)
+    source = inspect.getsource(ResponseHandler.should_close.fget)
+    assert "self._buffer" in source
+    assert "self._tail" in source
+    assert "self._connector.connect(" in inspect.getsource(aiohttp.ClientSession._request)
+    params = list(inspect.signature(aiohttp.BaseConnector.connect).parameters)
+    assert params[:4] == ["self", "req", "traces", "timeout"]
