@@ -192,12 +192,7 @@ def _migrate_items_v1(db: sqlite3.Connection, group_of: Callable[[str], str | No
         name = group_of(request)
         if name is None:
             continue
-        replace = "OR REPLACE" if state == "done" else "OR IGNORE"
-        db.execute(
-            f"INSERT {replace} INTO groups (name, identity, idempotency_key) "  # noqa: S608  # nosec B608
-            "VALUES (?, ?, ?)",  # (a fixed word above)
-            (name, identity, key),
-        )
+        db.execute(_INSERT_DONE_GROUP if state == "done" else _INSERT_GROUP, (name, identity, key))
 
 
 def _create_groups(db: sqlite3.Connection) -> None:
@@ -531,13 +526,18 @@ class Journal:
         and their exact total."""
         rows = self._run(
             lambda db: db.execute(
-                "SELECT DISTINCT refund_id, amount FROM items WHERE state = 'done' "
-                "AND refund_id IS NOT NULL AND amount IS NOT NULL"
+                "SELECT refund_id, amount FROM items WHERE state = 'done' "
+                "AND refund_id IS NOT NULL AND amount IS NOT NULL ORDER BY position, identity"
             ).fetchall()
         )
         from ._amounts import exact_sum
 
-        return len(rows), exact_sum(Decimal(amount) for _, amount in rows)
+        # one amount per refund id (the first answer's, as `preo journal show` counts it): a
+        # refund answered twice with different amounts is still one refund
+        amounts: dict[str, str] = {}
+        for refund_id, amount in rows:
+            amounts.setdefault(str(refund_id), str(amount))
+        return len(amounts), exact_sum(Decimal(amount) for amount in amounts.values())
 
     def _entry(self, row: tuple[object, ...]) -> JournalEntry:
         """A row as an entry, or :class:`JournalError` if it is not one this module writes."""
@@ -550,7 +550,7 @@ class Journal:
             and isinstance(key, str)
             and state in STATES
             and isinstance(refund_id, str | None)
-            and isinstance(amount, str | None)
+            and (amount is None or (isinstance(amount, str) and _is_amount(amount)))
             and isinstance(error, str | None)
             and isinstance(request_id, str | None)
             and _identity_holds(identity, request)
@@ -709,6 +709,22 @@ def _identity_holds(identity: str, request: str) -> bool:
     if not (ordinal.isdigit() and ordinal.isascii()):
         return False
     return identity == item_identity(request, int(ordinal))
+
+
+_INSERT_GROUP: Final = (
+    "INSERT OR IGNORE INTO groups (name, identity, idempotency_key) VALUES (?, ?, ?)"
+)
+_INSERT_DONE_GROUP: Final = (
+    "INSERT OR REPLACE INTO groups (name, identity, idempotency_key) VALUES (?, ?, ?)"
+)
+
+
+def _is_amount(text: str) -> bool:
+    """Whether ``text`` is a finite decimal number, as this module writes amounts."""
+    try:
+        return Decimal(text).is_finite()
+    except ArithmeticError:  # decimal.InvalidOperation
+        return False
 
 
 def _is_json_object(text: str) -> bool:

@@ -321,7 +321,10 @@ def _message(error: BaseException) -> str:
     """The error's message without the key to retry with (a field of its own)."""
     if not isinstance(error, APIError):
         return str(error)
-    return error.message.split("; retry with idempotency_key=", 1)[0]
+    message = error.message.split("; retry with idempotency_key=", 1)[0]
+    key = error.idempotency_key
+    # a 409's or 422's remedy names the key inside its sentence: it stays a field only
+    return message.replace(repr(key), "(see preo.idempotency_key)") if key else message
 
 
 def call_outcome(error: BaseException | None) -> str:
