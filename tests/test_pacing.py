@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from preo_client import RefundValidationError
 from preo_client._call import Pacer
-from preo_client._pacing import MIN_RATE, AdaptivePacer
+from preo_client._pacing import MIN_RATE, AdaptivePacer, Slot
 
 WATCHDOG = 120.0  # seconds: generous; only a hang gets near it
 EPS = 1e-9
@@ -45,6 +45,21 @@ def watchdog(fn: Callable[[], Any], seconds: float = WATCHDOG) -> Any:
     if errors:
         raise errors[0]
     return result[0]
+
+
+def take(pacer: AdaptivePacer) -> tuple[Slot, float]:
+    """Reserve a slot granted at once (no slow-start queue in the way) and its wait."""
+    slot = pacer.reserve()
+    wait = slot.until_ready()
+    assert slot._state == "granted", "queued behind the slow-start window"
+    return slot, wait
+
+
+def once(pacer: AdaptivePacer, *, throttled: bool) -> float:
+    """One attempt answered at once: reserve, wait, settle."""
+    slot, wait = take(pacer)
+    slot.answered(throttled=throttled)
+    return wait
 
 
 class Clock:
@@ -85,15 +100,15 @@ def test_bad_burst_is_refused(bad: object) -> None:
 
 def test_is_a_pacer() -> None:
     pacer: Pacer = AdaptivePacer()
-    assert pacer.reserve() == 0.0
+    with pacer.reserve() as slot:
+        assert slot.until_ready() == 0.0
 
 
 def test_fixed_without_max_rate_never_paces() -> None:
     clock = Clock()
     pacer = AdaptivePacer(pacing="fixed", clock=clock)
     for _ in range(100):
-        assert pacer.reserve() == 0.0
-        pacer.observe(throttled=True)
+        assert once(pacer, throttled=True) == 0.0
     assert pacer.rate is None
     assert pacer.throttled == 100
 
@@ -101,24 +116,25 @@ def test_fixed_without_max_rate_never_paces() -> None:
 def test_fixed_staggers_concurrent_callers_and_ignores_throttles() -> None:
     clock = Clock()
     pacer = AdaptivePacer(max_rate=10, pacing="fixed", clock=clock)
-    waits = [pacer.reserve() for _ in range(5)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
-    pacer.observe(throttled=True)
+    slots = [take(pacer) for _ in range(5)]
+    assert [wait for _, wait in slots] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    slots[0][0].answered(throttled=True)
     assert pacer.rate == 10
     clock.now = 100.0  # idle: the bucket is full again (burst 1)
-    assert pacer.reserve() == 0.0
-    assert pacer.reserve() == pytest.approx(0.1)
+    assert take(pacer)[1] == 0.0
+    assert take(pacer)[1] == pytest.approx(0.1)
 
 
 def test_adaptive_is_unlimited_until_the_first_throttle() -> None:
     clock = Clock()
     pacer = AdaptivePacer(clock=clock)
     for _ in range(1000):
-        assert pacer.reserve() == 0.0
+        slot, wait = take(pacer)
+        assert wait == 0.0
         clock.now += 0.001
-        pacer.observe(throttled=False)
+        slot.answered(throttled=False)
     assert pacer.rate is None
-    pacer.observe(throttled=True)
+    once(pacer, throttled=True)
     assert pacer.rate is not None
     assert pacer.rate < 1000  # below what was being sent
 
@@ -128,67 +144,179 @@ def test_stats() -> None:
     pacer = AdaptivePacer(clock=clock)
     assert (pacer.sent, pacer.throttled, pacer.throttled_share, pacer.rate) == (0, 0, 0.0, None)
     for throttled in (False, False, False, True):
-        pacer.reserve()
+        slot, _ = take(pacer)
         clock.now += 0.01
-        pacer.observe(throttled=throttled)
+        slot.answered(throttled=throttled)
     assert (pacer.sent, pacer.throttled, pacer.throttled_share) == (4, 1, 0.25)
     assert "sent=4" in repr(pacer)
 
 
 # -- invariants over random sequences --------------------------------------------------------
 
-ops = st.lists(
+class Stop(Exception):
+    """Stands for whatever ends a slot's block without an answer (a stop, a cancellation)."""
+
+
+# Events of a run, as the retry loops produce them. ``which`` picks one of the live slots.
+ANSWERS = ("ok", "throttled", "final", "unknown", "connect_error")
+answer = st.tuples(st.just("answer"), st.tuples(st.integers(0, 1000), st.sampled_from(ANSWERS)))
+events = st.lists(
     st.one_of(
         st.tuples(st.just("advance"), st.floats(0, 5, allow_nan=False)),
         st.tuples(st.just("reserve"), st.integers(1, 20)),
-        st.tuples(st.just("observe"), st.booleans()),
+        st.tuples(st.just("ready"), st.integers(0, 1000)),
+        answer,
+        answer,
+        answer,
+        st.tuples(st.just("stop"), st.integers(0, 1000)),  # a stop / cancellation / exception
+        st.tuples(st.just("again"), st.integers(0, 1000)),  # settle a settled slot again
     ),
-    max_size=120,
+    min_size=10,
+    max_size=150,
 )
 max_rates = st.one_of(st.none(), st.floats(0.1, 500))
 
 
+class Run:
+    """A pure model of a run's slots: each is queued, ready (granted, waited) or settled."""
+
+    def __init__(self, pacer: AdaptivePacer, clock: Clock, floor: float) -> None:
+        self.pacer, self.clock, self.floor = pacer, clock, floor
+        self.live: list[Slot] = []  # reserved, not settled
+        self.ready: set[int] = set()  # ids of live slots whose until_ready said 0
+        self.done: list[Slot] = []
+        self.reserved = 0
+        self.grants: list[tuple[float, float]] = []  # (slot time, rate in force when booked)
+
+    def pick(self, which: int) -> Slot | None:
+        return self.live[which % len(self.live)] if self.live else None
+
+    def reserve(self, count: int) -> None:
+        for _ in range(count):
+            slot = self.pacer.reserve()
+            self.live.append(slot)
+            self.reserved += 1
+            if slot._state == "granted" and (rate := self.pacer.rate) is not None:
+                self.grants.append((self.clock.now + slot._wait, rate))
+
+    def until_ready(self, slot: Slot) -> None:
+        queued = slot._state == "queued"
+        wait = slot.until_ready()
+        assert 0 <= wait <= 3600
+        if queued and slot._state == "granted" and (rate := self.pacer.rate) is not None:
+            self.grants.append((self.clock.now + wait, rate))
+        if slot._state == "queued":
+            assert 0 < wait <= 0.1  # it asks again soon: a queued slot never sleeps long
+        elif wait == 0:
+            self.ready.add(id(slot))
+
+    def settle(self, slot: Slot, answer: str) -> None:
+        """Settle like the retry loops: the slot's ``with`` block ends after the answer."""
+        before, gen = self.pacer.rate, self.pacer._gen
+        granted_now = slot._gen == gen and slot._state == "granted"
+        with slot:
+            if answer == "connect_error":
+                slot.unanswered()
+            else:
+                slot.answered(throttled=answer == "throttled")
+        self.finish(slot)
+        after = self.pacer.rate
+        if answer == "throttled":  # never raises the rate (None = unlimited)
+            assert before is None or (after is not None and after <= before + EPS)
+            if granted_now and self.pacer._adaptive:  # a new throttle event always lowers it
+                assert after is not None
+                assert before is None or after < before - EPS or after <= self.floor + EPS
+
+    def stop(self, slot: Slot) -> None:
+        with pytest.raises(Stop), slot:
+            raise Stop
+        self.finish(slot)
+
+    def finish(self, slot: Slot) -> None:
+        assert slot.settled
+        self.live.remove(slot)
+        self.ready.discard(id(slot))
+        self.done.append(slot)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops, max_rate=max_rates, pacing=st.sampled_from(["adaptive", "fixed"]),
-       burst=st.sampled_from([1.0, 2.0, 3.5]))  # fmt: skip
-def test_rate_bounds_schedule_and_throttle_monotonicity(
-    ops: list[tuple[str, Any]], max_rate: float | None, pacing: Any, burst: float
+@given(events=events, max_rate=max_rates, pacing=st.sampled_from(["adaptive", "fixed"]),
+       burst=st.sampled_from([1.0, 2.0, 3.5]),
+       drain=st.lists(st.sampled_from(ANSWERS), min_size=1, max_size=8))  # fmt: skip
+def test_every_slot_is_settled_once_and_throttles_lower_the_rate_within_bounds(
+    events: list[tuple[str, Any]], max_rate: float | None, pacing: Any, burst: float,
+    drain: list[str],
 ) -> None:
+    """Over event sequences (reserve, answers of every class, connect errors, stops, settling
+    twice, interleaved): every slot is settled exactly once (a second time raises, a block
+    left any way settles it), in-flight slots are counted exactly, a throttle never raises the
+    rate and a new throttle event lowers it, the rate stays within [floor, max_rate], the
+    bucket's schedule holds, and no slot waits forever (watchdog)."""
+    from preo_client._pacing import SlotSettledTwice
+
     clock = Clock()
     pacer = AdaptivePacer(max_rate=max_rate, pacing=pacing, clock=clock, burst=burst)
     floor = min(MIN_RATE, max_rate) if max_rate is not None else MIN_RATE
-    grants: list[tuple[float, float]] = []  # (slot time, rate in force when booked)
+    run = Run(pacer, clock, floor)
 
-    def check_rate() -> None:
+    def check() -> None:
         rate = pacer.rate
-        if rate is None:
-            assert pacing == "adaptive" or max_rate is None
-            return
-        assert rate >= floor - EPS
-        if max_rate is not None:
-            assert rate <= max_rate + EPS
-
-    for op, arg in ops:
-        if op == "advance":
-            clock.now += arg
-        elif op == "reserve":
-            for _ in range(arg):
-                wait = pacer.reserve()
-                assert wait >= 0
-                rate = pacer.rate
-                if rate is not None:
-                    grants.append((clock.now + wait, rate))
+        if rate is not None:
+            assert floor - EPS <= rate
+            assert max_rate is None or rate <= max_rate + EPS
         else:
-            before = pacer.rate
-            pacer.observe(throttled=arg)
-            after = pacer.rate
-            if arg:  # a throttle never increases the rate (None = unlimited)
-                assert (before is None) or (after is not None and after <= before + EPS)
-        check_rate()
+            assert pacing == "adaptive" or max_rate is None
+        assert pacer.in_flight == sum(s._state == "granted" for s in run.live)
+        window = pacer.window
+        assert window is None or pacer.in_flight <= window
+
+    def play() -> None:
+        for op, arg in events:
+            if op == "advance":
+                clock.now += arg
+            elif op == "reserve":
+                run.reserve(arg)
+            elif op == "ready" and (slot := run.pick(arg)) is not None:
+                run.until_ready(slot)
+            elif op == "answer" and (slot := run.pick(arg[0])) is not None:
+                if id(slot) not in run.ready:  # the loop waits first; only a ready slot is sent
+                    run.until_ready(slot)
+                if id(slot) in run.ready:
+                    run.settle(slot, arg[1])
+                elif slot._state == "granted":  # booked later: time passes, then it is sent
+                    clock.now += slot.until_ready() if slot._wait == 0 else slot._wait
+                    run.until_ready(slot)
+                    if id(slot) in run.ready:
+                        run.settle(slot, arg[1])
+            elif op == "stop" and (slot := run.pick(arg)) is not None:
+                run.stop(slot)
+            elif op == "again" and run.done:
+                slot = run.done[arg % len(run.done)]
+                with pytest.raises(SlotSettledTwice):
+                    slot.answered(throttled=True)
+                with pytest.raises(SlotSettledTwice):
+                    slot.until_ready()
+            check()
+        # Drain: every live slot is eventually ready (nothing waits forever) and settled.
+        for step in range(10_000):
+            if not run.live:
+                break
+            slot = run.live[step % len(run.live)]
+            run.until_ready(slot)
+            clock.now += 0.01
+            if id(slot) in run.ready:
+                run.settle(slot, drain[step % len(drain)])
+            check()
+        assert not run.live, "a slot stayed queued"
+        assert pacer.in_flight == 0
+        assert len(run.done) == run.reserved  # settled exactly once each
+        assert len({id(s) for s in run.done}) == run.reserved
+
+    watchdog(play, 60)
 
     # The schedule: in any window [a, b] of granted slots, at most rate x (b - a) + burst,
     # with the highest rate in force when those slots were booked.
-    slots = sorted(grants)
+    slots = sorted(run.grants)
     for i in range(len(slots)):
         top = 0.0
         for j in range(i, len(slots)):
@@ -206,17 +334,17 @@ def test_a_long_quiet_run_probes_the_rate_back_up(
     clock = Clock()
     pacer = AdaptivePacer(max_rate=max_rate, clock=clock)
     for _ in range(50):  # some traffic, then throttles
-        pacer.reserve()
+        slot, _ = take(pacer)
         clock.now += gap
-        pacer.observe(throttled=False)
+        slot.answered(throttled=False)
     for _ in range(throttles):
-        pacer.reserve()
-        pacer.observe(throttled=True)
+        once(pacer, throttled=True)
     low = pacer.rate
     assert low is not None
     for _ in range(5000):  # one worker that uses every slot it gets; nothing is throttled
-        clock.now += pacer.reserve() + 0.001
-        pacer.observe(throttled=False)
+        slot, wait = take(pacer)
+        clock.now += wait + 0.001
+        slot.answered(throttled=False)
         if clock.now > 600:
             break
     high = pacer.rate
@@ -234,7 +362,7 @@ def test_many_threads_get_distinct_slots() -> None:
     lock = threading.Lock()
 
     def worker() -> None:
-        mine = [pacer.reserve() for _ in range(200)]
+        mine = [take(pacer)[1] for _ in range(200)]
         with lock:
             waits.extend(mine)
 
@@ -256,15 +384,14 @@ def test_many_threads_get_distinct_slots() -> None:
 def test_many_threads_adaptive_smoke() -> None:
     clock = Clock()
     pacer = AdaptivePacer(clock=clock)
-    pacer.reserve()
-    pacer.observe(throttled=True)  # enforce the bucket
+    once(pacer, throttled=True)  # enforce the bucket
     waits: list[float] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
         for i in range(300):
-            wait = pacer.reserve()
-            pacer.observe(throttled=(i + n) % 50 == 0)
+            slot, wait = take(pacer)
+            slot.answered(throttled=(i + n) % 50 == 0)
             with lock:
                 waits.append(wait)
 
@@ -328,13 +455,14 @@ class Simulation:
             while True:
                 if self.paused_until > self.now:
                     yield self.paused_until - self.now
-                if pacer is not None and (wait := pacer.reserve()) > 0:
+                slot = pacer.reserve() if pacer is not None else None
+                while slot is not None and (wait := slot.until_ready()) > 0:
                     yield wait
                 self.requests += 1
                 accepted = self._accept()
                 yield self.latency
-                if pacer is not None:
-                    pacer.observe(throttled=not accepted)
+                if slot is not None:
+                    slot.answered(throttled=not accepted)
                 if accepted:
                     self.done += 1
                     break
@@ -544,7 +672,7 @@ def test_benchmark_retry_after_parsing() -> None:
 def test_max_rate_caps_an_adaptive_run_from_the_first_request() -> None:
     now = [0.0]
     pacer = AdaptivePacer(max_rate=5, clock=lambda: now[0])
-    waits = [pacer.reserve() for _ in range(5)]
+    waits = [take(pacer)[1] for _ in range(5)]
     assert waits == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
     assert pacer.rate == 5
 
