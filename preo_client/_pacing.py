@@ -75,14 +75,15 @@ class Slot:
     As a context manager it is settled as unanswered on exit unless settled inside.
     """
 
-    __slots__ = ("_gen", "_pacer", "_sent_at", "_state", "_wait")
+    __slots__ = ("_due", "_gen", "_pacer", "_rate", "_state", "_told")
 
     def __init__(self, pacer: AdaptivePacer) -> None:
         self._pacer = pacer
         self._state = _QUEUED
-        self._gen = 0  # the pacer's cut count when the slot was granted
-        self._wait = 0.0  # the booked wait, handed out once by until_ready
-        self._sent_at = 0.0  # when the slot may be used (its round trip starts)
+        self._gen = 0  # the pacer's cut count when the slot was booked
+        self._due = 0.0  # when the slot may be used (its round trip starts)
+        self._told = 0.0  # the time until_ready has told the holder to wait for
+        self._rate: float | None = None  # the bucket's rate when it was booked
 
     @property
     def settled(self) -> bool:
@@ -164,6 +165,7 @@ class AdaptivePacer:
         # Slots: ``_open`` granted and not settled; ``_gen`` counts cuts; ``_open_old`` is the
         # open slots granted before the last cut (the "grace": their answers do not cut again).
         self._open = 0
+        self._slots: set[Slot] = set()
         self._gen = 0
         self._open_old = 0
         # Slow start (adaptive, no max_rate): the most slots in flight; None once it ended.
@@ -250,12 +252,27 @@ class AdaptivePacer:
         slot._state = _GRANTED
         slot._gen = self._gen
         self._open += 1
+        self._slots.add(slot)
         self._sent += 1
         if self._first_grant is None:
             self._first_grant = now
-        slot._wait = self._book(now)
-        slot._sent_at = now + slot._wait
+        slot._told = now
+        slot._due = now + self._book(now)
+        slot._rate = self._rate
         return True
+
+    def _rebook(self, now: float) -> None:
+        """After a cut: the slots booked but not yet due are booked again at the new rate.
+        They are sent after the cut, so they count as such (their throttles cut again)."""
+        waiting = sorted((s for s in self._slots if s._due > now), key=lambda s: s._due)
+        if waiting:  # the first keeps its time; the others follow at the new rate
+            self._next = waiting[0]._due
+            self._credit = 0.0
+        for slot in waiting:
+            slot._due = now + self._book(now)
+            slot._rate = self._rate
+            slot._gen = self._gen
+        self._open_old = self._open - len(waiting)
 
     def _book(self, now: float) -> float:
         """The seconds until the next slot of the bucket (0 while unlimited)."""
@@ -282,14 +299,20 @@ class AdaptivePacer:
             now = self._clock()
             if slot._state == _QUEUED and not self._grant(slot, now):
                 return self._poll(now)
-            wait, slot._wait = slot._wait, 0.0
+            # Each stretch of the wait is handed out once (a virtual sleep moves no clock).
+            wait = max(slot._due - slot._told, 0.0)
+            slot._told = max(slot._told, slot._due)
             return wait
 
     def _poll(self, now: float) -> float:
         """How long a slot queued behind the window waits before asking again."""
-        # Answers come back about one round trip apart; before the first, a growing guess.
+        # The window opens when the oldest slot in flight is answered, about a round trip
+        # after it was sent; before the first answer, a guess that grows with the wait.
         start = self._first_grant if self._first_grant is not None else now
-        guess = self._srtt / 4 if self._srtt is not None else (now - start) / 2
+        if self._srtt is not None and self._slots:
+            guess = min(s._due for s in self._slots) + self._srtt - now
+        else:
+            guess = (now - start) / 2
         return min(max(guess, _MIN_POLL), _MAX_POLL)
 
     def _settle(self, slot: Slot, *, answered: bool, throttled: bool) -> None:
@@ -304,19 +327,20 @@ class AdaptivePacer:
                 return
             now = self._clock()
             self._open -= 1
+            self._slots.discard(slot)
             old = slot._gen < self._gen  # granted before the last cut
             if old:
                 self._open_old -= 1
             if answered:
                 self._observe(slot, now, throttled=throttled, in_grace=old)
             if old and self._open_old == 0 and self._adaptive:
-                self._after_grace()
+                self._after_grace(now)
 
     def _observe(self, slot: Slot, now: float, *, throttled: bool, in_grace: bool) -> None:
         """Record an answered attempt: ``throttled`` for a ``429``/``503``."""
         self._answered += 1
         self._throttled += throttled
-        sample = max(now - slot._sent_at, 0.0)
+        sample = max(now - slot._due, 0.0)
         self._srtt = sample if self._srtt is None else 0.875 * self._srtt + 0.125 * sample
         if not self._adaptive:
             return
@@ -356,14 +380,14 @@ class AdaptivePacer:
         self._set_rate(self._w_max * beta)
         self._cut_at = now
         self._window = None  # slow start ends at the first throttle
-        self._gen += 1  # every slot in flight now was granted before this cut
-        self._open_old = self._open
+        self._gen += 1  # every slot in flight now was sent before this cut
+        self._rebook(now)
         self._grace_rate = rate_before
         self._grace_answers = self._grace_ok = 0
         self._epoch_start = None
         self._epoch_ok = 0
 
-    def _after_grace(self) -> None:
+    def _after_grace(self, now: float) -> None:
         if self._grace_rate is None or self._grace_answers < _MIN_GRACE_ANSWERS:
             return
         # (ok + 1) / (answers + 1): no accepted answer among a few says "less", not "zero".
@@ -377,7 +401,7 @@ class AdaptivePacer:
                 # Slots booked since the cut, at the rate now left behind, may be throttled
                 # too: expected, so they do not cut again (nor estimate: their rate is mixed).
                 self._gen += 1
-                self._open_old = self._open
+                self._rebook(now)
                 self._grace_rate = None
                 self._epoch_start = None
                 self._epoch_ok = 0
