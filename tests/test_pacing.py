@@ -153,6 +153,7 @@ def test_stats() -> None:
 
 # -- invariants over random sequences --------------------------------------------------------
 
+
 class Stop(Exception):
     """Stands for whatever ends a slot's block without an answer (a stop, a cancellation)."""
 
@@ -243,7 +244,10 @@ class Run:
        burst=st.sampled_from([1.0, 2.0, 3.5]),
        drain=st.lists(st.sampled_from(ANSWERS), min_size=1, max_size=8))  # fmt: skip
 def test_every_slot_is_settled_once_and_throttles_lower_the_rate_within_bounds(
-    events: list[tuple[str, Any]], max_rate: float | None, pacing: Any, burst: float,
+    events: list[tuple[str, Any]],
+    max_rate: float | None,
+    pacing: Any,
+    burst: float,
     drain: list[str],
 ) -> None:
     """Over event sequences (reserve, answers of every class, connect errors, stops, settling
