@@ -46,6 +46,7 @@ _MIN_EPOCH = 1.0  # seconds: an epoch shorter than this measures the server's bu
 _INITIAL_WINDOW = 4  # slow start: slots in flight before the first answer
 _MIN_POLL = 0.001  # seconds: the shortest wait of a slot queued behind the window
 _MAX_POLL = 0.1  # seconds: the longest (then it asks again)
+_PATIENCE = 1.0  # seconds (or 4 round trips, if longer): then a queued slot goes anyway
 
 
 def _positive(name: str, value: object, allowed: str) -> float:
@@ -75,7 +76,7 @@ class Slot:
     As a context manager it is settled as unanswered on exit unless settled inside.
     """
 
-    __slots__ = ("_due", "_gen", "_pacer", "_rate", "_state", "_told")
+    __slots__ = ("_due", "_gen", "_pacer", "_queued_at", "_rate", "_state", "_told")
 
     def __init__(self, pacer: AdaptivePacer) -> None:
         self._pacer = pacer
@@ -84,6 +85,7 @@ class Slot:
         self._due = 0.0  # when the slot may be used (its round trip starts)
         self._told = 0.0  # the time until_ready has told the holder to wait for
         self._rate: float | None = None  # the bucket's rate when it was booked
+        self._queued_at: float | None = None  # when it first found the window full
 
     @property
     def settled(self) -> bool:
@@ -248,7 +250,14 @@ class AdaptivePacer:
     def _grant(self, slot: Slot, now: float) -> bool:
         """Grant a queued slot unless the slow-start window is full; book its time."""
         if self._window is not None and self._open >= self._window:
-            return False
+            # Full: wait for an answer, but not forever (answers that never come back, e.g.
+            # a holder that vanished, must not stall the run: slow start then ends).
+            if slot._queued_at is None:
+                slot._queued_at = now
+            patience = max(_PATIENCE, 4 * (self._srtt or 0.0))
+            if now - slot._queued_at < patience:
+                return False
+            self._window = None
         slot._state = _GRANTED
         slot._gen = self._gen
         self._open += 1

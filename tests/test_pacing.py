@@ -6,6 +6,7 @@ A watchdog (a worker thread joined with a timeout) turns a hang into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -734,3 +735,213 @@ def test_refund_many_refuses_bad_pacing_before_any_request(
         client.purchases.refund_many(["pur_p1"], reason="sold_out", **options).run()  # type: ignore[arg-type]
     assert refused.value.field == field
     assert fake.requests == []
+
+
+# -- every slot settled exactly once (issue 16 S7, reproduction 7) ---------------------------
+
+
+def _stuck_in_grace(unsent: int) -> tuple[float | None, float | None]:
+    """Reproduction 7, pure: ``unsent`` slots answered by a connect error, 20 answers, then
+    the server throttles every request for 22 s."""
+    clock = Clock()
+    pacer = AdaptivePacer(clock=clock)
+    for _ in range(unsent):
+        with pacer.reserve() as slot:  # the loop's block: a connect error settles it unanswered
+            assert slot.until_ready() == 0.0
+            slot.unanswered()
+    for _ in range(20):
+        slot, _ = take(pacer)
+        clock.now += 0.01
+        slot.answered(throttled=False)
+    slot, _ = take(pacer)
+    clock.now += 0.01
+    slot.answered(throttled=True)
+    first = pacer.rate
+    for _ in range(45):
+        slot, wait = take(pacer)
+        clock.now += wait + 0.5
+        slot.answered(throttled=True)
+    assert pacer.in_flight == 0
+    return first, pacer.rate
+
+
+@pytest.mark.parametrize("unsent", [0, 1, 50, 500])
+def test_connect_errors_do_not_freeze_the_pacer_in_grace(unsent: int) -> None:
+    """Before: after 50 connect errors, 45 more 429s left the rate at 66.7/s (0.5/s without
+    them). Now every connect error settles its slot, and the throttles cut as without them."""
+    first, last = _stuck_in_grace(unsent)
+    assert (first, last) == _stuck_in_grace(0)
+    assert last is not None
+    assert last <= 1.0
+
+
+class CountingSlot:
+    """Wraps a pacer slot; counts how often the loop settles it."""
+
+    def __init__(self, inner: Slot) -> None:
+        self.inner = inner
+        self.settlements: list[str] = []
+
+    def until_ready(self) -> float:
+        return self.inner.until_ready()
+
+    def answered(self, *, throttled: bool) -> None:
+        self.settlements.append("throttled" if throttled else "answered")
+        self.inner.answered(throttled=throttled)
+
+    def unanswered(self) -> None:
+        self.settlements.append("unanswered")
+        self.inner.unanswered()
+
+    def __enter__(self) -> CountingSlot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.inner.settled:
+            self.unanswered()
+
+
+class CountingPacer:
+    """An AdaptivePacer whose slots are counted (the run's pacer, swapped in)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.inner = AdaptivePacer(**options)
+        self.slots: list[CountingSlot] = []
+        self.lock = threading.Lock()
+
+    @property
+    def paces_throttling(self) -> bool:
+        return self.inner.paces_throttling
+
+    def reserve(self) -> CountingSlot:
+        slot = CountingSlot(self.inner.reserve())
+        with self.lock:
+            self.slots.append(slot)
+        return slot
+
+    @property
+    def rate(self) -> float | None:
+        return self.inner.rate
+
+    @property
+    def throttled_share(self) -> float:
+        return self.inner.throttled_share
+
+
+SERVER = ("ok", "ok", "ok", "429", "429 0", "503 0", "500", "400", "connect", "read_timeout")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(script=st.lists(st.sampled_from(SERVER), min_size=1, max_size=40),
+       items=st.integers(1, 30), concurrency=st.integers(1, 8),
+       stop_after=st.one_of(st.none(), st.integers(0, 10)))  # fmt: skip
+def test_a_bulk_run_settles_every_slot_exactly_once(
+    monkeypatch: pytest.MonkeyPatch, kind: str, script: list[str], items: int,
+    concurrency: int, stop_after: int | None,
+) -> None:  # fmt: skip
+    """Over server behaviour (answers of every class, connect errors, read timeouts, 429 and
+    503 with ``Retry-After: 0``), sync and async, with and without a stop in the middle of
+    the run (``on_result`` raising): every slot the run reserved is settled exactly once and
+    none is left in flight (a watchdog turns a hang into a failure)."""
+    import asyncio
+
+    import httpx
+
+    from preo_client import AsyncPreoClient, Backoff, PreoClient
+    from preo_client import _bulk as bulk_module
+    from preo_client.testing import FakePreo
+
+    pacers: list[CountingPacer] = []
+
+    def make_pacer(**options: Any) -> CountingPacer:
+        pacers.append(CountingPacer(**options))
+        return pacers[-1]
+
+    monkeypatch.setattr(bulk_module, "AdaptivePacer", make_pacer)
+    fake = FakePreo(auto_purchases=True)
+    lock = threading.Lock()
+    steps = itertools.cycle(script)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with lock:
+            step = next(steps)
+        if step == "connect":
+            raise httpx.ConnectError("refused", request=request)
+        if step == "read_timeout":
+            raise httpx.ReadTimeout("slow", request=request)
+        if step == "ok":
+            return fake.handle(request)
+        status, _, wait = step.partition(" ")
+        headers = {"retry-after": wait} if wait else {}
+        return httpx.Response(int(status), headers=headers, json={"detail": step})
+
+    async def async_answer(request: httpx.Request) -> httpx.Response:
+        return answer(request)
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def on_result(_: object) -> None:
+        seen[0] += 1
+        if stop_after is not None and seen[0] > stop_after:
+            raise Stop
+
+    ids = [f"pur_{i}" for i in range(items)]
+    options: dict[str, Any] = {"api_key": fake.api_key, "base_url": "https://sandbox.preo.test",
+                               "backoff": Backoff(0.01, 0.05)}  # fmt: skip
+
+    def run_sync() -> None:
+        http = httpx.Client(transport=httpx.MockTransport(answer))
+        with PreoClient(http_client=http, **options) as client:
+            client._sleep = fake.virtual_sleep
+            run = client.purchases.refund_many(
+                ids, reason="sold_out", concurrency=concurrency, on_result=on_result
+            )
+            with contextlib.suppress(Stop):
+                run.run()
+
+    async def run_async() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(async_answer))
+        async with AsyncPreoClient(http_client=http, **options) as client:
+            client._sleep = fake.async_virtual_sleep
+            run = client.purchases.refund_many(
+                ids, reason="sold_out", concurrency=concurrency, on_result=on_result
+            )
+            with contextlib.suppress(Stop):
+                await run.run()
+
+    watchdog(run_sync if kind == "sync" else lambda: asyncio.run(run_async()), 60)
+    (pacer,) = pacers
+    for slot in pacer.slots:
+        assert len(slot.settlements) == 1, slot.settlements
+    assert pacer.inner.in_flight == 0
+
+
+def test_a_slot_queued_behind_a_window_that_never_answers_goes_after_a_while() -> None:
+    """Slow start waits for answers, not forever: if the slots in flight never come back
+    (a holder that vanished), a queued slot goes after the patience and slow start ends."""
+    clock = Clock()
+    pacer = AdaptivePacer(clock=clock)
+    held = [take(pacer)[0] for _ in range(4)]  # the initial window, never answered
+    queued = pacer.reserve()
+    waited = 0.0
+    for _ in range(10_000):
+        wait = queued.until_ready()
+        if wait == 0:
+            break
+        assert wait <= 0.1
+        waited += wait
+        clock.now += wait
+    assert queued._state == "granted"
+    assert 1.0 <= waited < 1.2
+    assert pacer.window is None
+    for slot in [*held, queued]:
+        slot.answered(throttled=False)
+    assert pacer.in_flight == 0
