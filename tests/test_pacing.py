@@ -945,3 +945,93 @@ def test_a_slot_queued_behind_a_window_that_never_answers_goes_after_a_while() -
     for slot in [*held, queued]:
         slot.answered(throttled=False)
     assert pacer.in_flight == 0
+
+
+def prepare(client: Any) -> Any:
+    """The call a client's retry loop sends for ``pur_1``."""
+    return client._prepare("pur_1", reason="sold_out", scope=None, amount=None, comment=None,
+                           pickup_point_id=None, idempotency_key=None)  # fmt: skip
+
+
+class Interrupt(Exception):
+    """A stop arriving while a worker sleeps (the sync bulk driver's ``_Stopped``)."""
+
+
+@pytest.mark.parametrize("where", ["wait", "send_exception", "send_base_exception"])
+def test_the_sync_loop_settles_its_slot_whatever_ends_it(where: str) -> None:
+    import httpx
+
+    from preo_client._call import CallState
+    from preo_client.testing import FakePreo
+
+    fake = FakePreo(auto_purchases=True)
+    pacer = AdaptivePacer(max_rate=1, pacing="fixed")
+    held, _ = take(pacer)  # the next slot waits a second
+
+    def sleep(seconds: float) -> None:
+        raise Interrupt
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt if where == "send_base_exception" else RuntimeError("bug")
+
+    with fake.client() as client:
+        if where == "wait":
+            client._sleep = sleep
+        else:
+            held.answered(throttled=False)
+            client._http._transport = httpx.MockTransport(answer)
+        call = prepare(client)
+        expected: type[BaseException] = {
+            "wait": Interrupt, "send_exception": Exception,
+            "send_base_exception": KeyboardInterrupt,
+        }[where]  # fmt: skip
+        with pytest.raises(expected):
+            client._send(call, CallState(pacer=pacer, max_retries=0))
+    if where == "wait":
+        held.answered(throttled=False)
+    assert pacer.in_flight == 0
+    assert pacer.sent == 2
+
+
+@pytest.mark.parametrize("where", ["wait", "send"])
+def test_the_async_loop_settles_its_slot_when_cancelled(where: str) -> None:
+    import asyncio
+
+    import httpx
+
+    from preo_client._call import CallState
+    from preo_client.testing import FakePreo
+
+    fake = FakePreo(auto_purchases=True)
+    pacer = AdaptivePacer(max_rate=1, pacing="fixed")
+    held, _ = take(pacer)
+    if where == "send":
+        held.answered(throttled=False)
+
+    async def go() -> None:
+        started = asyncio.Event()
+
+        async def hang(request: httpx.Request) -> httpx.Response:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def sleep(seconds: float) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        http = httpx.AsyncClient(transport=httpx.MockTransport(hang))
+        async with fake.async_client(http_client=http) as client:
+            client._sleep = sleep
+            call = prepare(client)
+            task = asyncio.ensure_future(client._send(call, CallState(pacer=pacer)))
+            await asyncio.wait_for(started.wait(), 10)
+            assert pacer.in_flight == (2 if where == "wait" else 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    watchdog(lambda: asyncio.run(go()), 30)
+    if where == "wait":
+        held.answered(throttled=False)
+    assert pacer.in_flight == 0
