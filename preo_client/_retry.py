@@ -111,7 +111,7 @@ class Backoff:
     def floor(self, attempt: int) -> float:
         """The least wait after failed attempt ``attempt`` when the server names a shorter one:
         half the attempt's exponential step, ``min(cap, base * 2**(attempt-1)) / 2``."""
-        return min(self.cap, self.base * 2 ** (attempt - 1)) / 2
+        return float(min(self.cap, self.base * 2 ** (attempt - 1))) / 2
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to sleep after failed attempt ``attempt``; a server's wait wins when given,
