@@ -622,7 +622,14 @@ def test_benchmark_recorder_counts_429s_and_times_items() -> None:
 def test_benchmark_table_ratios_and_missing_client() -> None:
     from benchmarks.pacing import NAIVE, SCENARIOS, Result, render, rows_for
 
-    limited, latency_bound = SCENARIOS
+    limited, short, latency_bound = SCENARIOS
+    assert (limited.count(3000), short.count(3000), short.count(300)) == (3000, 1000, 300)
+    assert (limited.label(3000), short.label(3000), short.label(300)) == (
+        "rate-limited",
+        "rate-limited (1000)",
+        "rate-limited",
+    )
+    assert short.server_flags() == limited.server_flags()
     assert limited.bound() == 100
     assert latency_bound.bound() == pytest.approx(64 / 0.2)
     assert limited.server_flags() == ["--latency", "0.02", "--rate-limit", "100", "--burst", "10"]
