@@ -25,6 +25,7 @@ inside; a second settlement raises :class:`SlotSettledTwice`.
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -183,6 +184,7 @@ class AdaptivePacer:
         self._cut_at = 0.0
         self._epoch_start: float | None = None
         self._epoch_ok = 0
+        self._recent: collections.deque[float] = collections.deque()  # successes, last second
         # The answers to slots booked before the last cut, at the rate then in force: while the
         # server is saturated, (their accepted share) x (that rate) is the rate it takes.
         self._grace_rate: float | None = None
@@ -285,8 +287,10 @@ class AdaptivePacer:
 
     def _book(self, now: float) -> float:
         """The seconds until the next slot of the bucket (0 while unlimited)."""
-        if self._rate is None and self._epoch_start is None:
+        if self._rate is None and self._epoch_start is None and self._window is None:
             self._epoch_start = now  # unlimited: the epoch runs from the first slot
+        # (In slow start it runs from the first answer: the first round trip, connections
+        # being set up, says nothing about the server's rate.)
         rate = self._rate
         if rate is None:
             return 0.0
@@ -363,6 +367,9 @@ class AdaptivePacer:
         if not in_grace:  # an answer to a slot booked since the last cut
             if self._window is not None:
                 self._window += 1  # slow start: +1 per accepted answer, x2 per window
+            self._recent.append(now)
+            while self._recent and self._recent[0] < now - _MIN_EPOCH:
+                self._recent.popleft()
             if self._epoch_start is None:  # the first success after a cut (and pause)
                 self._epoch_start = now
             else:
@@ -380,7 +387,10 @@ class AdaptivePacer:
             self._next = now
             self._credit = 0.0
         elif elapsed >= _MIN_EPOCH:  # long enough for the accepted rate to mean something
-            self._w_max = max(min(self._rate, self._epoch_ok / elapsed), self._rate * _BETA)
+            # What the server accepted over the last second (the epoch's average would
+            # include the climb towards the limit, and settle below it).
+            recent = sum(1 for t in self._recent if t >= now - _MIN_EPOCH) / _MIN_EPOCH
+            self._w_max = max(min(self._rate, recent), self._rate * _BETA)
             beta = _BETA_NEAR
         else:
             self._w_max = self._rate
