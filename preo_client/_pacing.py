@@ -357,7 +357,9 @@ class AdaptivePacer:
         self._srtt = sample if self._srtt is None else 0.875 * self._srtt + 0.125 * sample
         if not self._adaptive:
             return
-        if in_grace:
+        if in_grace and slot._gen == self._gen - 1 and slot._rate == self._grace_rate:
+            # Only slots booked at the rate the last cut left behind say what the server
+            # takes at that rate (older ones, e.g. slow start's overshoot, would drag it down).
             self._grace_answers += 1
             self._grace_ok += not throttled
         if throttled:

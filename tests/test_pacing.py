@@ -520,18 +520,31 @@ RATE_LIMITED = {"items": 3000, "workers": 64, "latency": 0.02, "limit": 100.0, "
 def test_simulated_rate_limited_run() -> None:
     """Limit 100 req/s (burst 10), 20 ms latency, 64 workers, 3,000 items.
 
-    The brief's targets were >= 0.95 x limit and <= 2 % 429s. Not reachable end to end with a
-    1 s Retry-After pause per 429 and an unknown limit: the first unpaced wave alone is 54 429s
-    (1.8 %) and a 1 s pause, and learning the limit takes at least one more. The pacer reaches
-    0.91 x limit with 4.1 % 429s here (and 0.95 x / 1.2 % over 20,000 items), against 0.12 x
-    limit and 84 % 429s with no pacer. Asserted with a little slack.
+    Issue 17's goal: >= 0.97 x limit and <= 1 % 429s. Slow start (4 in flight, doubling per
+    round trip) replaced the first unpaced wave of 64 (54 429s): the pacer reaches 0.99 x
+    limit with 0.9 % 429s here, against 0.12 x limit and 84 % 429s with no pacer. Asserted
+    with a little slack.
     """
     paced = simulate(lambda clock: AdaptivePacer(clock=clock), **RATE_LIMITED)
     unpaced = simulate(None, **RATE_LIMITED)
     report = f"adaptive: {paced}; no pacer: {unpaced}"
-    assert paced.rate >= 0.85 * 100, report
-    assert paced.throttled_share <= 0.05, report
+    assert paced.rate >= 0.95 * 100, report
+    assert paced.throttled_share <= 0.015, report
     assert paced.rate >= 5 * unpaced.rate, report
+    assert paced.throttled_share * 10 <= unpaced.throttled_share, report
+
+
+def test_simulated_short_rate_limited_run() -> None:
+    """The same server, 1,000 items: the first wave weighs three times as much. Slow start's
+    overshoot (the window doubles past what the burst holds: about 15 429s in flight when
+    the first comes back) and the cuts that find the limit leave 2.2 % 429s at 0.98 x limit
+    (the goal of 1 % is missed here: it needs a window that knows the burst)."""
+    kw = {**RATE_LIMITED, "items": 1000}
+    paced = simulate(lambda clock: AdaptivePacer(clock=clock), **kw)
+    unpaced = simulate(None, **kw)
+    report = f"adaptive: {paced}; no pacer: {unpaced}"
+    assert paced.rate >= 0.93 * 100, report
+    assert paced.throttled_share <= 0.03, report
     assert paced.throttled_share * 10 <= unpaced.throttled_share, report
 
 
