@@ -869,11 +869,11 @@ def test_a_bulk_run_settles_every_slot_exactly_once(
     the run (``on_result`` raising): every slot the run reserved is settled exactly once and
     none is left in flight (a watchdog turns a hang into a failure)."""
     import asyncio
+    import importlib
 
     import httpx
 
     from preo_client import AsyncPreoClient, Backoff, PreoClient
-    from preo_client import _bulk as bulk_module
     from preo_client.testing import FakePreo
 
     pacers: list[CountingPacer] = []
@@ -882,7 +882,15 @@ def test_a_bulk_run_settles_every_slot_exactly_once(
         pacers.append(CountingPacer(**options))
         return pacers[-1]
 
-    monkeypatch.setattr(bulk_module, "AdaptivePacer", make_pacer)
+    # The run's pacer is made where the bulk core lives (``_bulk``, or ``_bulk_core`` once
+    # split): swap it wherever the name is imported.
+    for name in ("preo_client._bulk", "preo_client._bulk_core"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "AdaptivePacer"):
+            monkeypatch.setattr(module, "AdaptivePacer", make_pacer)
     fake = FakePreo(auto_purchases=True)
     lock = threading.Lock()
     steps = itertools.cycle(script)
