@@ -1,7 +1,8 @@
 """Pacing over real loopback HTTP: a naive retry loop vs refund_many (fixed concurrency) vs
 refund_many(pacing="adaptive"), against the sandbox in another process with a rate limit (limit
-100 req/s, burst 10, 20 ms latency) or only latency (200 ms). The sandbox restarts for every
-client, so buckets and ledgers are fresh. Ratios are against the naive loop of the same run.
+100 req/s, burst 10, 20 ms latency; 3,000 refunds and a short run of 1,000, where the first
+wave weighs more) or only latency (200 ms). The sandbox restarts for every client, so buckets
+and ledgers are fresh. Ratios are against the naive loop of the same run.
 
     python -m benchmarks.run pacing
     PREO_BENCH_PACING_COUNT=300 python -m benchmarks.pacing     # a small smoke run
@@ -45,6 +46,16 @@ class Scenario:
     latency: float
     rate_limit: float | None = None
     burst: int | None = None
+    items: int | None = None  # a run of this many refunds (at most the count), else the count
+
+    def count(self, count: int) -> int:
+        """The refunds this scenario sends in a run of ``count``."""
+        return min(self.items, count) if self.items is not None else count
+
+    def label(self, count: int) -> str:
+        """The scenario's name, with its number of refunds when it differs from the run's."""
+        mine = self.count(count)
+        return self.name if mine == count else f"{self.name} ({mine})"
 
     def bound(self, concurrency: int = CONCURRENCY) -> float:
         """The best achievable rate: the limit, or concurrency / latency."""
@@ -61,6 +72,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("rate-limited", latency=0.02, rate_limit=100, burst=10),
+    Scenario("rate-limited", latency=0.02, rate_limit=100, burst=10, items=1000),
     Scenario("latency-bound", latency=0.2),
 )
 
@@ -137,18 +149,20 @@ class Result:
         return self.throttled / self.requests if self.requests else 0.0
 
 
-def rows_for(scenario: Scenario, results: dict[str, Result | None]) -> list[list[str]]:
+def rows_for(scenario: Scenario, results: dict[str, Result | None],
+             count: int = DEFAULT_COUNT) -> list[list[str]]:  # fmt: skip
     """Table rows for one scenario: None results print as n/a; ratios against the naive loop."""
     bound = scenario.bound()
     naive = results.get(NAIVE)
+    label = scenario.label(count)
     rows = []
     for name, result in results.items():
         if result is None:
-            rows.append([scenario.name, name] + ["n/a"] * 6)
+            rows.append([label, name] + ["n/a"] * 6)
             continue
         vs_naive = f"{result.rate / naive.rate:.2f}x" if naive is not None else "n/a"
         rows.append([
-            scenario.name, name, f"{result.rate:.1f}", f"{result.rate / bound:.2f}",
+            label, name, f"{result.rate:.1f}", f"{result.rate / bound:.2f}",
             f"{result.throttled_share:.1%}", f"{percentile(result.item_times, 50):.3f}",
             f"{percentile(result.item_times, 99):.3f}", vs_naive,
         ])  # fmt: skip
@@ -160,8 +174,8 @@ HEADER = ["scenario", "client", "req/s", "vs bound", "429 share", "p50 s/item", 
 
 
 def render(count: int, rows: Sequence[Sequence[str]]) -> str:
-    title = (f"Pacing over loopback HTTP ({count} refunds, concurrency {CONCURRENCY}; bound = "
-             "rate limit, or concurrency / latency)")  # fmt: skip
+    title = (f"Pacing over loopback HTTP ({count} refunds unless the scenario says, concurrency "
+             f"{CONCURRENCY}; bound = rate limit, or concurrency / latency)")  # fmt: skip
     return table(title, HEADER, rows)
 
 
@@ -352,8 +366,9 @@ def run(count: int | None = None) -> str:
     count = count if count is not None else count_from([], dict(os.environ))
     rows: list[list[str]] = []
     for scenario in SCENARIOS:
-        results = {name: measure(scenario, client, count) for name, client in CLIENTS.items()}
-        rows += rows_for(scenario, results)
+        items = scenario.count(count)
+        results = {name: measure(scenario, client, items) for name, client in CLIENTS.items()}
+        rows += rows_for(scenario, results, count)
     return render(count, rows)
 
 

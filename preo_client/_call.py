@@ -56,11 +56,14 @@ __all__ = [
     "CallState",
     "Failure",
     "Pacer",
+    "PacerSlot",
     "Sender",
     "build_call",
     "classify_exception",
     "classify_status",
     "finish",
+    "reserve",
+    "settle",
     "transport_failure",
 ]
 
@@ -115,19 +118,39 @@ class AttemptFailed(Exception):
         self.retry_after = retry_after
 
 
+class PacerSlot(Protocol):
+    """One send slot of a :class:`Pacer`, settled exactly once (see ``_pacing.Slot``)."""
+
+    def until_ready(self) -> float:
+        """Seconds to wait before asking again; 0 = send now."""
+        ...
+
+    def answered(self, *, throttled: bool) -> None:
+        """Settle: the attempt was answered (``throttled`` for a ``429``/``503``)."""
+        ...
+
+    def unanswered(self) -> None:
+        """Settle: no answer came back (not sent, stopped, cancelled, an exception)."""
+        ...
+
+    def __enter__(self) -> PacerSlot: ...
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Settle as unanswered unless settled inside the block."""
+        ...
+
+
 class Pacer(Protocol):
     """A send-rate limiter shared by the workers of a bulk run (sans I/O, thread-safe).
 
-    The retry loop calls :meth:`reserve` before every attempt and sleeps for the seconds it
-    returns, then :meth:`observe` once the attempt is answered.
+    The retry loop takes a slot with :meth:`reserve` before every attempt, in a ``with``
+    block: it sleeps until the slot is ready, sends, and settles the slot with the answer;
+    whatever else ends the block (a connect error, a stop, a cancellation, any exception)
+    settles it as unanswered. Every slot is settled exactly once.
     """
 
-    def reserve(self) -> float:
-        """Take one send slot; return the seconds to wait before using it (0 = send now)."""
-        ...
-
-    def observe(self, *, throttled: bool) -> None:
-        """Record an answered attempt: ``throttled`` for a ``429``/``503``."""
+    def reserve(self) -> PacerSlot:
+        """Take one send slot."""
         ...
 
     @property
@@ -135,6 +158,44 @@ class Pacer(Protocol):
         """True when the pacer itself slows the run down on a ``429`` (adaptive pacing): then
         a short ``Retry-After`` holds back only the item that got it, not the whole run."""
         ...
+
+
+class _NoSlot:
+    """The slot of a call without a pacer: always ready, settling does nothing."""
+
+    def until_ready(self) -> float:
+        return 0.0
+
+    def answered(self, *, throttled: bool) -> None:
+        pass
+
+    def unanswered(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoSlot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+_NO_SLOT: Final = _NoSlot()
+
+
+def reserve(pacer: Pacer | None) -> PacerSlot:
+    """A slot of ``pacer`` for the next attempt (an always-ready one without a pacer)."""
+    return _NO_SLOT if pacer is None else pacer.reserve()
+
+
+def settle(slot: PacerSlot, failed: AttemptFailed | None) -> None:
+    """Settle ``slot`` with an attempt's result: a success (None), a refusal (throttled), any
+    other answer, or no answer at all (not sent)."""
+    if failed is None:
+        slot.answered(throttled=False)
+    elif failed.failure is Failure.NOT_SENT:
+        slot.unanswered()
+    else:
+        slot.answered(throttled=failed.failure is Failure.REFUSED)
 
 
 @dataclasses.dataclass(slots=True)

@@ -32,6 +32,8 @@ from ._call import (
     deadline_failure,
     finish,
     keep_body,
+    reserve,
+    settle,
     transport_failure,
 )
 from ._config import (
@@ -412,24 +414,23 @@ class PreoClient(_BaseClient[httpx.Client]):
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
                 sleep(wait)
-            if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
-                sleep(wait)
-            state.attempts += 1
-            if state.watch is not None:
-                state.watch.sending()
-            sent_at = attempt_started(state)
-            try:
-                refund = self._attempt(call, state.attempts)
-            except AttemptFailed as failed:
-                if state.pacer is not None and failed.failure is not Failure.NOT_SENT:
-                    state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
-                attempt_ended(state, sent_at, failed=failed)
-                delay = self._after_failure(failed, call, state)
-            else:
-                if state.pacer is not None:
-                    state.pacer.observe(throttled=False)
-                attempt_ended(state, sent_at, refund=refund)
-                return refund
+            with reserve(state.pacer) as slot:  # settled exactly once, whatever happens
+                while (wait := slot.until_ready()) > 0:
+                    sleep(wait)
+                state.attempts += 1
+                if state.watch is not None:
+                    state.watch.sending()
+                sent_at = attempt_started(state)
+                try:
+                    refund = self._attempt(call, state.attempts)
+                except AttemptFailed as failed:
+                    settle(slot, failed)
+                    attempt_ended(state, sent_at, failed=failed)
+                    delay = self._after_failure(failed, call, state)
+                else:
+                    settle(slot, None)
+                    attempt_ended(state, sent_at, refund=refund)
+                    return refund
             if delay:
                 (self._sleep or _sleep)(delay)
 
@@ -602,24 +603,23 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         while True:
             if state.pause is not None and (wait := state.pause.remaining()) > 0:
                 await sleep(wait)
-            if state.pacer is not None and (wait := state.pacer.reserve()) > 0:
-                await sleep(wait)
-            state.attempts += 1
-            if state.watch is not None:
-                state.watch.sending()
-            sent_at = attempt_started(state)
-            try:
-                refund = await self._attempt(call, state.attempts)
-            except AttemptFailed as failed:
-                if state.pacer is not None and failed.failure is not Failure.NOT_SENT:
-                    state.pacer.observe(throttled=failed.failure is Failure.REFUSED)
-                attempt_ended(state, sent_at, failed=failed)
-                delay = self._after_failure(failed, call, state)
-            else:
-                if state.pacer is not None:
-                    state.pacer.observe(throttled=False)
-                attempt_ended(state, sent_at, refund=refund)
-                return refund
+            with reserve(state.pacer) as slot:  # settled exactly once, whatever happens
+                while (wait := slot.until_ready()) > 0:
+                    await sleep(wait)
+                state.attempts += 1
+                if state.watch is not None:
+                    state.watch.sending()
+                sent_at = attempt_started(state)
+                try:
+                    refund = await self._attempt(call, state.attempts)
+                except AttemptFailed as failed:
+                    settle(slot, failed)
+                    attempt_ended(state, sent_at, failed=failed)
+                    delay = self._after_failure(failed, call, state)
+                else:
+                    settle(slot, None)
+                    attempt_ended(state, sent_at, refund=refund)
+                    return refund
             if delay:
                 await (self._sleep or _async_sleep)(delay)
 

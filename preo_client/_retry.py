@@ -108,12 +108,22 @@ class Backoff:
                     f"got {value!r}"
                 )
 
+    def floor(self, attempt: int) -> float:
+        """The least wait after failed attempt ``attempt`` when the server names a shorter one:
+        half the attempt's exponential step, ``min(cap, base * 2**(attempt-1)) / 2``."""
+        return float(min(self.cap, self.base * 2 ** (attempt - 1))) / 2
+
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep after failed attempt ``attempt``; a server's wait wins when given."""
-        if retry_after is not None:
-            return retry_after
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        """Seconds to sleep after failed attempt ``attempt``; a server's wait wins when given,
+        but never goes below :meth:`floor`: ``Retry-After: 0`` (or a tiny value) on a ``503``
+        or ``429`` means the normal backoff, not a hot loop."""
+        floor = self.floor(attempt)
         # Jitter only spreads retries in time; it protects nothing, so `random` is right here.
+        if retry_after is not None:
+            if retry_after >= floor:
+                return retry_after
+            return random.uniform(floor, 2 * floor)  # noqa: S311  # nosec B311
+        ceiling = 2 * floor
         return random.uniform(0.0, ceiling) if ceiling > 0 else 0.0  # noqa: S311  # nosec B311
 
 

@@ -6,6 +6,7 @@ A watchdog (a worker thread joined with a timeout) turns a hang into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from preo_client import RefundValidationError
 from preo_client._call import Pacer
-from preo_client._pacing import MIN_RATE, AdaptivePacer
+from preo_client._pacing import MIN_RATE, AdaptivePacer, Slot
 
 WATCHDOG = 120.0  # seconds: generous; only a hang gets near it
 EPS = 1e-9
@@ -45,6 +46,21 @@ def watchdog(fn: Callable[[], Any], seconds: float = WATCHDOG) -> Any:
     if errors:
         raise errors[0]
     return result[0]
+
+
+def take(pacer: AdaptivePacer) -> tuple[Slot, float]:
+    """Reserve a slot granted at once (no slow-start queue in the way) and its wait."""
+    slot = pacer.reserve()
+    wait = slot.until_ready()
+    assert slot._state == "granted", "queued behind the slow-start window"
+    return slot, wait
+
+
+def once(pacer: AdaptivePacer, *, throttled: bool) -> float:
+    """One attempt answered at once: reserve, wait, settle."""
+    slot, wait = take(pacer)
+    slot.answered(throttled=throttled)
+    return wait
 
 
 class Clock:
@@ -85,15 +101,15 @@ def test_bad_burst_is_refused(bad: object) -> None:
 
 def test_is_a_pacer() -> None:
     pacer: Pacer = AdaptivePacer()
-    assert pacer.reserve() == 0.0
+    with pacer.reserve() as slot:
+        assert slot.until_ready() == 0.0
 
 
 def test_fixed_without_max_rate_never_paces() -> None:
     clock = Clock()
     pacer = AdaptivePacer(pacing="fixed", clock=clock)
     for _ in range(100):
-        assert pacer.reserve() == 0.0
-        pacer.observe(throttled=True)
+        assert once(pacer, throttled=True) == 0.0
     assert pacer.rate is None
     assert pacer.throttled == 100
 
@@ -101,24 +117,25 @@ def test_fixed_without_max_rate_never_paces() -> None:
 def test_fixed_staggers_concurrent_callers_and_ignores_throttles() -> None:
     clock = Clock()
     pacer = AdaptivePacer(max_rate=10, pacing="fixed", clock=clock)
-    waits = [pacer.reserve() for _ in range(5)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
-    pacer.observe(throttled=True)
+    slots = [take(pacer) for _ in range(5)]
+    assert [wait for _, wait in slots] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    slots[0][0].answered(throttled=True)
     assert pacer.rate == 10
     clock.now = 100.0  # idle: the bucket is full again (burst 1)
-    assert pacer.reserve() == 0.0
-    assert pacer.reserve() == pytest.approx(0.1)
+    assert take(pacer)[1] == 0.0
+    assert take(pacer)[1] == pytest.approx(0.1)
 
 
 def test_adaptive_is_unlimited_until_the_first_throttle() -> None:
     clock = Clock()
     pacer = AdaptivePacer(clock=clock)
     for _ in range(1000):
-        assert pacer.reserve() == 0.0
+        slot, wait = take(pacer)
+        assert wait == 0.0
         clock.now += 0.001
-        pacer.observe(throttled=False)
+        slot.answered(throttled=False)
     assert pacer.rate is None
-    pacer.observe(throttled=True)
+    once(pacer, throttled=True)
     assert pacer.rate is not None
     assert pacer.rate < 1000  # below what was being sent
 
@@ -128,67 +145,182 @@ def test_stats() -> None:
     pacer = AdaptivePacer(clock=clock)
     assert (pacer.sent, pacer.throttled, pacer.throttled_share, pacer.rate) == (0, 0, 0.0, None)
     for throttled in (False, False, False, True):
-        pacer.reserve()
+        slot, _ = take(pacer)
         clock.now += 0.01
-        pacer.observe(throttled=throttled)
+        slot.answered(throttled=throttled)
     assert (pacer.sent, pacer.throttled, pacer.throttled_share) == (4, 1, 0.25)
     assert "sent=4" in repr(pacer)
 
 
 # -- invariants over random sequences --------------------------------------------------------
 
-ops = st.lists(
+
+class Stop(Exception):
+    """Stands for whatever ends a slot's block without an answer (a stop, a cancellation)."""
+
+
+# Events of a run, as the retry loops produce them. ``which`` picks one of the live slots.
+ANSWERS = ("ok", "throttled", "final", "unknown", "connect_error")
+answer = st.tuples(st.just("answer"), st.tuples(st.integers(0, 1000), st.sampled_from(ANSWERS)))
+events = st.lists(
     st.one_of(
         st.tuples(st.just("advance"), st.floats(0, 5, allow_nan=False)),
         st.tuples(st.just("reserve"), st.integers(1, 20)),
-        st.tuples(st.just("observe"), st.booleans()),
+        st.tuples(st.just("ready"), st.integers(0, 1000)),
+        answer,
+        answer,
+        answer,
+        st.tuples(st.just("stop"), st.integers(0, 1000)),  # a stop / cancellation / exception
+        st.tuples(st.just("again"), st.integers(0, 1000)),  # settle a settled slot again
     ),
-    max_size=120,
+    min_size=10,
+    max_size=150,
 )
 max_rates = st.one_of(st.none(), st.floats(0.1, 500))
 
 
+class Run:
+    """A pure model of a run's slots: each is queued, ready (granted, waited) or settled."""
+
+    def __init__(self, pacer: AdaptivePacer, clock: Clock, floor: float) -> None:
+        self.pacer, self.clock, self.floor = pacer, clock, floor
+        self.live: list[Slot] = []  # reserved, not settled
+        self.ready: set[int] = set()  # ids of live slots whose until_ready said 0
+        self.done: list[Slot] = []
+        self.reserved = 0
+        # (slot time, rate in force when it was last booked) of every slot sent while paced
+        self.grants: list[tuple[float, float]] = []
+
+    def pick(self, which: int) -> Slot | None:
+        return self.live[which % len(self.live)] if self.live else None
+
+    def reserve(self, count: int) -> None:
+        for _ in range(count):
+            slot = self.pacer.reserve()
+            self.live.append(slot)
+            self.reserved += 1
+
+    def until_ready(self, slot: Slot) -> None:
+        wait = slot.until_ready()
+        assert 0 <= wait <= 3600
+        self.clock.now += wait  # the holder sleeps it (the others are frozen meanwhile)
+        if slot._state == "queued":
+            assert 0 < wait <= 0.1  # it asks again soon: a queued slot never sleeps long
+        elif wait == 0:
+            self.ready.add(id(slot))
+
+    def settle(self, slot: Slot, answer: str) -> None:
+        """Settle like the retry loops: the slot's ``with`` block ends after the answer."""
+        before, gen = self.pacer.rate, self.pacer._gen
+        if slot._rate is not None:
+            self.grants.append((slot._due, slot._rate))
+        granted_now = slot._gen == gen and slot._state == "granted"
+        with slot:
+            if answer == "connect_error":
+                slot.unanswered()
+            else:
+                slot.answered(throttled=answer == "throttled")
+        self.finish(slot)
+        after = self.pacer.rate
+        if answer == "throttled":  # never raises the rate (None = unlimited)
+            assert before is None or (after is not None and after <= before + EPS)
+            if granted_now and self.pacer._adaptive:  # a new throttle event always lowers it
+                assert after is not None
+                assert before is None or after < before - EPS or after <= self.floor + EPS
+
+    def stop(self, slot: Slot) -> None:
+        with pytest.raises(Stop), slot:
+            raise Stop
+        self.finish(slot)
+
+    def finish(self, slot: Slot) -> None:
+        assert slot.settled
+        self.live.remove(slot)
+        self.ready.discard(id(slot))
+        self.done.append(slot)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops, max_rate=max_rates, pacing=st.sampled_from(["adaptive", "fixed"]),
-       burst=st.sampled_from([1.0, 2.0, 3.5]))  # fmt: skip
-def test_rate_bounds_schedule_and_throttle_monotonicity(
-    ops: list[tuple[str, Any]], max_rate: float | None, pacing: Any, burst: float
+@given(events=events, max_rate=max_rates, pacing=st.sampled_from(["adaptive", "fixed"]),
+       burst=st.sampled_from([1.0, 2.0, 3.5]),
+       drain=st.lists(st.sampled_from(ANSWERS), min_size=1, max_size=8))  # fmt: skip
+def test_every_slot_is_settled_once_and_throttles_lower_the_rate_within_bounds(
+    events: list[tuple[str, Any]],
+    max_rate: float | None,
+    pacing: Any,
+    burst: float,
+    drain: list[str],
 ) -> None:
+    """Over event sequences (reserve, answers of every class, connect errors, stops, settling
+    twice, interleaved): every slot is settled exactly once (a second time raises, a block
+    left any way settles it), in-flight slots are counted exactly, a throttle never raises the
+    rate and a new throttle event lowers it, the rate stays within [floor, max_rate], the
+    bucket's schedule holds, and no slot waits forever (watchdog)."""
+    from preo_client._pacing import SlotSettledTwice
+
     clock = Clock()
     pacer = AdaptivePacer(max_rate=max_rate, pacing=pacing, clock=clock, burst=burst)
     floor = min(MIN_RATE, max_rate) if max_rate is not None else MIN_RATE
-    grants: list[tuple[float, float]] = []  # (slot time, rate in force when booked)
+    run = Run(pacer, clock, floor)
 
-    def check_rate() -> None:
+    def check() -> None:
         rate = pacer.rate
-        if rate is None:
-            assert pacing == "adaptive" or max_rate is None
-            return
-        assert rate >= floor - EPS
-        if max_rate is not None:
-            assert rate <= max_rate + EPS
-
-    for op, arg in ops:
-        if op == "advance":
-            clock.now += arg
-        elif op == "reserve":
-            for _ in range(arg):
-                wait = pacer.reserve()
-                assert wait >= 0
-                rate = pacer.rate
-                if rate is not None:
-                    grants.append((clock.now + wait, rate))
+        if rate is not None:
+            assert floor - EPS <= rate
+            assert max_rate is None or rate <= max_rate + EPS
         else:
-            before = pacer.rate
-            pacer.observe(throttled=arg)
-            after = pacer.rate
-            if arg:  # a throttle never increases the rate (None = unlimited)
-                assert (before is None) or (after is not None and after <= before + EPS)
-        check_rate()
+            assert pacing == "adaptive" or max_rate is None
+        assert pacer.in_flight == sum(s._state == "granted" for s in run.live)
+        window = pacer.window
+        assert window is None or pacer.in_flight <= window
+
+    def play() -> None:
+        for op, arg in events:
+            if op == "advance":
+                clock.now += arg
+            elif op == "reserve":
+                run.reserve(arg)
+            elif op == "ready" and (slot := run.pick(arg)) is not None:
+                run.until_ready(slot)
+            elif op == "answer" and (slot := run.pick(arg[0])) is not None:
+                if id(slot) not in run.ready:  # the loop waits first; only a ready slot is sent
+                    run.until_ready(slot)
+                if id(slot) in run.ready:
+                    run.settle(slot, arg[1])
+                elif slot._state == "granted":  # booked later: time passes, then it is sent
+                    clock.now = max(clock.now, slot._due)
+                    run.until_ready(slot)
+                    if id(slot) in run.ready:
+                        run.settle(slot, arg[1])
+            elif op == "stop" and (slot := run.pick(arg)) is not None:
+                run.stop(slot)
+            elif op == "again" and run.done:
+                slot = run.done[arg % len(run.done)]
+                with pytest.raises(SlotSettledTwice):
+                    slot.answered(throttled=True)
+                with pytest.raises(SlotSettledTwice):
+                    slot.until_ready()
+            check()
+        # Drain: every live slot is eventually ready (nothing waits forever) and settled.
+        for step in range(10_000):
+            if not run.live:
+                break
+            slot = run.live[step % len(run.live)]
+            run.until_ready(slot)
+            clock.now += 0.01
+            if id(slot) in run.ready:
+                run.settle(slot, drain[step % len(drain)])
+            check()
+        assert not run.live, "a slot stayed queued"
+        assert pacer.in_flight == 0
+        assert len(run.done) == run.reserved  # settled exactly once each
+        assert len({id(s) for s in run.done}) == run.reserved
+
+    watchdog(play, 60)
 
     # The schedule: in any window [a, b] of granted slots, at most rate x (b - a) + burst,
     # with the highest rate in force when those slots were booked.
-    slots = sorted(grants)
+    slots = sorted(run.grants)
     for i in range(len(slots)):
         top = 0.0
         for j in range(i, len(slots)):
@@ -206,17 +338,17 @@ def test_a_long_quiet_run_probes_the_rate_back_up(
     clock = Clock()
     pacer = AdaptivePacer(max_rate=max_rate, clock=clock)
     for _ in range(50):  # some traffic, then throttles
-        pacer.reserve()
+        slot, _ = take(pacer)
         clock.now += gap
-        pacer.observe(throttled=False)
+        slot.answered(throttled=False)
     for _ in range(throttles):
-        pacer.reserve()
-        pacer.observe(throttled=True)
+        once(pacer, throttled=True)
     low = pacer.rate
     assert low is not None
     for _ in range(5000):  # one worker that uses every slot it gets; nothing is throttled
-        clock.now += pacer.reserve() + 0.001
-        pacer.observe(throttled=False)
+        slot, wait = take(pacer)
+        clock.now += wait + 0.001
+        slot.answered(throttled=False)
         if clock.now > 600:
             break
     high = pacer.rate
@@ -234,7 +366,7 @@ def test_many_threads_get_distinct_slots() -> None:
     lock = threading.Lock()
 
     def worker() -> None:
-        mine = [pacer.reserve() for _ in range(200)]
+        mine = [take(pacer)[1] for _ in range(200)]
         with lock:
             waits.extend(mine)
 
@@ -256,15 +388,14 @@ def test_many_threads_get_distinct_slots() -> None:
 def test_many_threads_adaptive_smoke() -> None:
     clock = Clock()
     pacer = AdaptivePacer(clock=clock)
-    pacer.reserve()
-    pacer.observe(throttled=True)  # enforce the bucket
+    once(pacer, throttled=True)  # enforce the bucket
     waits: list[float] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
         for i in range(300):
-            wait = pacer.reserve()
-            pacer.observe(throttled=(i + n) % 50 == 0)
+            slot, wait = take(pacer)
+            slot.answered(throttled=(i + n) % 50 == 0)
             with lock:
                 waits.append(wait)
 
@@ -289,8 +420,9 @@ class Simulation:
     """A bulk run in simulated time: workers, a token-bucket server, a shared Retry-After pause.
 
     Each worker: wait out the pause, reserve a slot, wait for it, send; the answer comes
-    ``latency`` later; a ``429`` (Retry-After ``retry_after``) pauses every worker and the
-    item is retried. Mirrors the client's retry loop (pause, then pacer, then attempt).
+    ``latency`` later; a ``429`` (Retry-After ``retry_after``) pauses every worker (under
+    adaptive pacing: only its own item) and the item is retried. Mirrors the client's retry
+    loop (pause, then pacer, then attempt) and ``_pauses_the_run``.
     """
 
     def __init__(self, *, items: int, workers: int, latency: float,
@@ -328,18 +460,22 @@ class Simulation:
             while True:
                 if self.paused_until > self.now:
                     yield self.paused_until - self.now
-                if pacer is not None and (wait := pacer.reserve()) > 0:
+                slot = pacer.reserve() if pacer is not None else None
+                while slot is not None and (wait := slot.until_ready()) > 0:
                     yield wait
                 self.requests += 1
                 accepted = self._accept()
                 yield self.latency
-                if pacer is not None:
-                    pacer.observe(throttled=not accepted)
+                if slot is not None:
+                    slot.answered(throttled=not accepted)
                 if accepted:
                     self.done += 1
                     break
                 self.throttled += 1
-                self.paused_until = max(self.paused_until, self.now + self.retry_after)
+                if pacer is not None and pacer.paces_throttling:  # the client's _pauses_the_run
+                    yield self.retry_after  # a short 429: only this item waits, the rate is cut
+                else:
+                    self.paused_until = max(self.paused_until, self.now + self.retry_after)
 
     def run(self, pacer: AdaptivePacer | None, max_steps: int = 2_000_000) -> Simulation:
         todo = iter(range(self.items))
@@ -384,18 +520,31 @@ RATE_LIMITED = {"items": 3000, "workers": 64, "latency": 0.02, "limit": 100.0, "
 def test_simulated_rate_limited_run() -> None:
     """Limit 100 req/s (burst 10), 20 ms latency, 64 workers, 3,000 items.
 
-    The brief's targets were >= 0.95 x limit and <= 2 % 429s. Not reachable end to end with a
-    1 s Retry-After pause per 429 and an unknown limit: the first unpaced wave alone is 54 429s
-    (1.8 %) and a 1 s pause, and learning the limit takes at least one more. The pacer reaches
-    0.91 x limit with 4.1 % 429s here (and 0.95 x / 1.2 % over 20,000 items), against 0.12 x
-    limit and 84 % 429s with no pacer. Asserted with a little slack.
+    Issue 17's goal: >= 0.97 x limit and <= 1 % 429s. Slow start (4 in flight, doubling per
+    round trip) replaced the first unpaced wave of 64 (54 429s): the pacer reaches 0.99 x
+    limit with 0.9 % 429s here, against 0.12 x limit and 84 % 429s with no pacer. Asserted
+    with a little slack.
     """
     paced = simulate(lambda clock: AdaptivePacer(clock=clock), **RATE_LIMITED)
     unpaced = simulate(None, **RATE_LIMITED)
     report = f"adaptive: {paced}; no pacer: {unpaced}"
-    assert paced.rate >= 0.85 * 100, report
-    assert paced.throttled_share <= 0.05, report
+    assert paced.rate >= 0.95 * 100, report
+    assert paced.throttled_share <= 0.015, report
     assert paced.rate >= 5 * unpaced.rate, report
+    assert paced.throttled_share * 10 <= unpaced.throttled_share, report
+
+
+def test_simulated_short_rate_limited_run() -> None:
+    """The same server, 1,000 items: the first wave weighs three times as much. Slow start's
+    overshoot (the window doubles past what the burst holds: about 15 429s in flight when
+    the first comes back) and the cuts that find the limit leave 2.2 % 429s at 0.98 x limit
+    (the goal of 1 % is missed here: it needs a window that knows the burst)."""
+    kw = {**RATE_LIMITED, "items": 1000}
+    paced = simulate(lambda clock: AdaptivePacer(clock=clock), **kw)
+    unpaced = simulate(None, **kw)
+    report = f"adaptive: {paced}; no pacer: {unpaced}"
+    assert paced.rate >= 0.93 * 100, report
+    assert paced.throttled_share <= 0.03, report
     assert paced.throttled_share * 10 <= unpaced.throttled_share, report
 
 
@@ -419,8 +568,12 @@ def test_simulated_latency_bound_run_is_not_slowed(pacing: Any) -> None:
     kw = {"items": 3000, "workers": 64, "latency": 0.2}
     paced = simulate(lambda clock: AdaptivePacer(pacing=pacing, clock=clock), **kw)
     unpaced = simulate(None, **kw)
-    assert paced.rate >= 0.9 * 64 / 0.2, f"paced: {paced}; unpaced: {unpaced}"
-    assert paced.rate == pytest.approx(unpaced.rate)
+    report = f"paced: {paced}; unpaced: {unpaced}"
+    assert paced.rate >= 0.9 * 64 / 0.2, report
+    if pacing == "fixed":  # no max_rate: no pacing at all
+        assert paced.rate == pytest.approx(unpaced.rate)
+    else:  # slow start from 4 to 64 in flight: it loses at most a few round trips
+        assert paced.now <= unpaced.now + math.log2(64 / 4) * 0.2, report
     assert paced.throttled == 0
 
 
@@ -482,7 +635,14 @@ def test_benchmark_recorder_counts_429s_and_times_items() -> None:
 def test_benchmark_table_ratios_and_missing_client() -> None:
     from benchmarks.pacing import NAIVE, SCENARIOS, Result, render, rows_for
 
-    limited, latency_bound = SCENARIOS
+    limited, short, latency_bound = SCENARIOS
+    assert (limited.count(3000), short.count(3000), short.count(300)) == (3000, 1000, 300)
+    assert (limited.label(3000), short.label(3000), short.label(300)) == (
+        "rate-limited",
+        "rate-limited (1000)",
+        "rate-limited",
+    )
+    assert short.server_flags() == limited.server_flags()
     assert limited.bound() == 100
     assert latency_bound.bound() == pytest.approx(64 / 0.2)
     assert limited.server_flags() == ["--latency", "0.02", "--rate-limit", "100", "--burst", "10"]
@@ -544,7 +704,7 @@ def test_benchmark_retry_after_parsing() -> None:
 def test_max_rate_caps_an_adaptive_run_from_the_first_request() -> None:
     now = [0.0]
     pacer = AdaptivePacer(max_rate=5, clock=lambda: now[0])
-    waits = [pacer.reserve() for _ in range(5)]
+    waits = [take(pacer)[1] for _ in range(5)]
     assert waits == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
     assert pacer.rate == 5
 
@@ -595,3 +755,311 @@ def test_refund_many_refuses_bad_pacing_before_any_request(
         client.purchases.refund_many(["pur_p1"], reason="sold_out", **options).run()  # type: ignore[arg-type]
     assert refused.value.field == field
     assert fake.requests == []
+
+
+# -- every slot settled exactly once (issue 16 S7, reproduction 7) ---------------------------
+
+
+def _stuck_in_grace(unsent: int) -> tuple[float | None, float | None]:
+    """Reproduction 7, pure: ``unsent`` slots answered by a connect error, 20 answers, then
+    the server throttles every request for 22 s."""
+    clock = Clock()
+    pacer = AdaptivePacer(clock=clock)
+    for _ in range(unsent):
+        with pacer.reserve() as slot:  # the loop's block: a connect error settles it unanswered
+            assert slot.until_ready() == 0.0
+            slot.unanswered()
+    for _ in range(20):
+        slot, _ = take(pacer)
+        clock.now += 0.01
+        slot.answered(throttled=False)
+    slot, _ = take(pacer)
+    clock.now += 0.01
+    slot.answered(throttled=True)
+    first = pacer.rate
+    for _ in range(45):
+        slot, wait = take(pacer)
+        clock.now += wait + 0.5
+        slot.answered(throttled=True)
+    assert pacer.in_flight == 0
+    return first, pacer.rate
+
+
+@pytest.mark.parametrize("unsent", [0, 1, 50, 500])
+def test_connect_errors_do_not_freeze_the_pacer_in_grace(unsent: int) -> None:
+    """Before: after 50 connect errors, 45 more 429s left the rate at 66.7/s (0.5/s without
+    them). Now every connect error settles its slot, and the throttles cut as without them."""
+    first, last = _stuck_in_grace(unsent)
+    assert (first, last) == _stuck_in_grace(0)
+    assert last is not None
+    assert last <= 1.0
+
+
+class CountingSlot:
+    """Wraps a pacer slot; counts how often the loop settles it."""
+
+    def __init__(self, inner: Slot) -> None:
+        self.inner = inner
+        self.settlements: list[str] = []
+
+    def until_ready(self) -> float:
+        return self.inner.until_ready()
+
+    def answered(self, *, throttled: bool) -> None:
+        self.settlements.append("throttled" if throttled else "answered")
+        self.inner.answered(throttled=throttled)
+
+    def unanswered(self) -> None:
+        self.settlements.append("unanswered")
+        self.inner.unanswered()
+
+    def __enter__(self) -> CountingSlot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.inner.settled:
+            self.unanswered()
+
+
+class CountingPacer:
+    """An AdaptivePacer whose slots are counted (the run's pacer, swapped in)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.inner = AdaptivePacer(**options)
+        self.slots: list[CountingSlot] = []
+        self.lock = threading.Lock()
+
+    @property
+    def paces_throttling(self) -> bool:
+        return self.inner.paces_throttling
+
+    def reserve(self) -> CountingSlot:
+        slot = CountingSlot(self.inner.reserve())
+        with self.lock:
+            self.slots.append(slot)
+        return slot
+
+    @property
+    def rate(self) -> float | None:
+        return self.inner.rate
+
+    @property
+    def throttled_share(self) -> float:
+        return self.inner.throttled_share
+
+
+SERVER = ("ok", "ok", "ok", "429", "429 0", "503 0", "500", "400", "connect", "read_timeout")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(script=st.lists(st.sampled_from(SERVER), min_size=1, max_size=40),
+       items=st.integers(1, 30), concurrency=st.integers(1, 8),
+       stop_after=st.one_of(st.none(), st.integers(0, 10)))  # fmt: skip
+def test_a_bulk_run_settles_every_slot_exactly_once(
+    monkeypatch: pytest.MonkeyPatch, kind: str, script: list[str], items: int,
+    concurrency: int, stop_after: int | None,
+) -> None:  # fmt: skip
+    """Over server behaviour (answers of every class, connect errors, read timeouts, 429 and
+    503 with ``Retry-After: 0``), sync and async, with and without a stop in the middle of
+    the run (``on_result`` raising): every slot the run reserved is settled exactly once and
+    none is left in flight (a watchdog turns a hang into a failure)."""
+    import asyncio
+    import importlib
+
+    import httpx
+
+    from preo_client import AsyncPreoClient, Backoff, PreoClient
+    from preo_client.testing import FakePreo
+
+    pacers: list[CountingPacer] = []
+
+    def make_pacer(**options: Any) -> CountingPacer:
+        pacers.append(CountingPacer(**options))
+        return pacers[-1]
+
+    # The run's pacer is made where the bulk core lives (``_bulk``, or ``_bulk_core`` once
+    # split): swap it wherever the name is imported.
+    for name in ("preo_client._bulk", "preo_client._bulk_core"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "AdaptivePacer"):
+            monkeypatch.setattr(module, "AdaptivePacer", make_pacer)
+    fake = FakePreo(auto_purchases=True)
+    lock = threading.Lock()
+    steps = itertools.cycle(script)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        with lock:
+            step = next(steps)
+        if step == "connect":
+            raise httpx.ConnectError("refused", request=request)
+        if step == "read_timeout":
+            raise httpx.ReadTimeout("slow", request=request)
+        if step == "ok":
+            return fake.handle(request)
+        status, _, wait = step.partition(" ")
+        headers = {"retry-after": wait} if wait else {}
+        return httpx.Response(int(status), headers=headers, json={"detail": step})
+
+    async def async_answer(request: httpx.Request) -> httpx.Response:
+        return answer(request)
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def on_result(_: object) -> None:
+        seen[0] += 1
+        if stop_after is not None and seen[0] > stop_after:
+            raise Stop
+
+    ids = [f"pur_{i}" for i in range(items)]
+    options: dict[str, Any] = {"api_key": fake.api_key, "base_url": "https://sandbox.preo.test",
+                               "backoff": Backoff(0.01, 0.05)}  # fmt: skip
+
+    def run_sync() -> None:
+        http = httpx.Client(transport=httpx.MockTransport(answer))
+        with PreoClient(http_client=http, **options) as client:
+            client._sleep = fake.virtual_sleep
+            run = client.purchases.refund_many(
+                ids, reason="sold_out", concurrency=concurrency, on_result=on_result
+            )
+            with contextlib.suppress(Stop):
+                run.run()
+
+    async def run_async() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(async_answer))
+        async with AsyncPreoClient(http_client=http, **options) as client:
+            client._sleep = fake.async_virtual_sleep
+            run = client.purchases.refund_many(
+                ids, reason="sold_out", concurrency=concurrency, on_result=on_result
+            )
+            with contextlib.suppress(Stop):
+                await run.run()
+
+    watchdog(run_sync if kind == "sync" else lambda: asyncio.run(run_async()), 60)
+    (pacer,) = pacers
+    for slot in pacer.slots:
+        assert len(slot.settlements) == 1, slot.settlements
+    assert pacer.inner.in_flight == 0
+
+
+def test_a_slot_queued_behind_a_window_that_never_answers_goes_after_a_while() -> None:
+    """Slow start waits for answers, not forever: if the slots in flight never come back
+    (a holder that vanished), a queued slot goes after the patience and slow start ends."""
+    clock = Clock()
+    pacer = AdaptivePacer(clock=clock)
+    held = [take(pacer)[0] for _ in range(4)]  # the initial window, never answered
+    queued = pacer.reserve()
+    waited = 0.0
+    for _ in range(10_000):
+        wait = queued.until_ready()
+        if wait == 0:
+            break
+        assert wait <= 0.1
+        waited += wait
+        clock.now += wait
+    assert queued._state == "granted"
+    assert 1.0 <= waited < 1.2
+    assert pacer.window is None
+    for slot in [*held, queued]:
+        slot.answered(throttled=False)
+    assert pacer.in_flight == 0
+
+
+def prepare(client: Any) -> Any:
+    """The call a client's retry loop sends for ``pur_1``."""
+    return client._prepare("pur_1", reason="sold_out", scope=None, amount=None, comment=None,
+                           pickup_point_id=None, idempotency_key=None)  # fmt: skip
+
+
+class Interrupt(Exception):
+    """A stop arriving while a worker sleeps (the sync bulk driver's ``_Stopped``)."""
+
+
+@pytest.mark.parametrize("where", ["wait", "send_exception", "send_base_exception"])
+def test_the_sync_loop_settles_its_slot_whatever_ends_it(where: str) -> None:
+    import httpx
+
+    from preo_client._call import CallState
+    from preo_client.testing import FakePreo
+
+    fake = FakePreo(auto_purchases=True)
+    pacer = AdaptivePacer(max_rate=1, pacing="fixed")
+    held, _ = take(pacer)  # the next slot waits a second
+
+    def sleep(seconds: float) -> None:
+        raise Interrupt
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt if where == "send_base_exception" else RuntimeError("bug")
+
+    with fake.client() as client:
+        if where == "wait":
+            client._sleep = sleep
+        else:
+            held.answered(throttled=False)
+            client._http._transport = httpx.MockTransport(answer)
+        call = prepare(client)
+        expected: type[BaseException] = {
+            "wait": Interrupt, "send_exception": Exception,
+            "send_base_exception": KeyboardInterrupt,
+        }[where]  # fmt: skip
+        with pytest.raises(expected):
+            client._send(call, CallState(pacer=pacer, max_retries=0))
+    if where == "wait":
+        held.answered(throttled=False)
+    assert pacer.in_flight == 0
+    assert pacer.sent == 2
+
+
+@pytest.mark.parametrize("where", ["wait", "send"])
+def test_the_async_loop_settles_its_slot_when_cancelled(where: str) -> None:
+    import asyncio
+
+    import httpx
+
+    from preo_client._call import CallState
+    from preo_client.testing import FakePreo
+
+    fake = FakePreo(auto_purchases=True)
+    pacer = AdaptivePacer(max_rate=1, pacing="fixed")
+    held, _ = take(pacer)
+    if where == "send":
+        held.answered(throttled=False)
+
+    async def go() -> None:
+        started = asyncio.Event()
+
+        async def hang(request: httpx.Request) -> httpx.Response:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def sleep(seconds: float) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        http = httpx.AsyncClient(transport=httpx.MockTransport(hang))
+        async with fake.async_client(http_client=http) as client:
+            client._sleep = sleep
+            call = prepare(client)
+            task = asyncio.ensure_future(client._send(call, CallState(pacer=pacer)))
+            await asyncio.wait_for(started.wait(), 10)
+            assert pacer.in_flight == (2 if where == "wait" else 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    watchdog(lambda: asyncio.run(go()), 30)
+    if where == "wait":
+        held.answered(throttled=False)
+    assert pacer.in_flight == 0

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from preo_client import (
     APIConnectionError,
@@ -224,6 +226,56 @@ def test_retry_after_above_the_cap_is_raised_with_the_value(sleeps: list[float])
     assert isinstance(result, InternalServerError)
     assert result.retry_after == 61.0
     assert sleeps == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.floats(0, 10),
+    cap=st.floats(0, 60),
+    attempt=st.integers(1, 12),
+    retry_after=st.one_of(st.none(), st.floats(0, 100)),
+)
+def test_a_server_wait_is_honoured_but_never_below_the_backoff_floor(
+    base: float, cap: float, attempt: int, retry_after: float | None
+) -> None:
+    backoff = Backoff(base=base, cap=cap)
+    floor = backoff.floor(attempt)
+    assert floor == min(cap, base * 2 ** (attempt - 1)) / 2
+    delay = backoff.delay(attempt, retry_after)
+    if retry_after is None:
+        assert 0 <= delay <= 2 * floor
+    elif retry_after >= floor:
+        assert delay == retry_after  # the server's wait, exactly
+    else:  # Retry-After: 0 or a tiny value: the backoff, never a hot loop
+        assert floor <= delay <= 2 * floor
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    status=st.sampled_from([503, 429]),
+    value=st.sampled_from(["0", "0.0", "0.001", "0.01"]),
+    count=st.integers(1, 9),
+)
+def test_retry_after_zero_waits_the_backoff_floor_between_attempts(
+    sleeps: list[float], kind: str, status: int, value: str, count: int
+) -> None:
+    """Issue 16 reproduction 12: a 503 with Retry-After: 0 was retried nine times with no
+    wait at all. Each wait is now at least the backoff's floor for its attempt (virtual
+    sleeps: nothing is timed)."""
+    sleeps.clear()
+    fake = FakePreo()
+    fake.add_purchase("pur_1", price="10.00")
+    fake.inject(*[Fault.http_status(status, retry_after=value)] * count)
+    backoff = Backoff()  # the default: base 0.5 s, cap 8 s
+    result = refund_once(fake, kind, max_retries=9, backoff=backoff)
+    assert isinstance(result, Refund)
+    assert len(fake.requests) == count + 1
+    assert len(sleeps) == count
+    for attempt, slept in enumerate(sleeps, start=1):
+        assert slept >= backoff.floor(attempt) > 0, (attempt, sleeps)
 
 
 def test_spent_retries_keep_retry_after() -> None:
