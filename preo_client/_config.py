@@ -209,10 +209,12 @@ def check_headers(headers: Mapping[str, str] | None, *, field: str) -> Mapping[s
     for name, value in headers.items():
         if not isinstance(name, str) or not _VISIBLE_ASCII.fullmatch(name) or ":" in name:
             raise ConfigurationError(f"{field}: invalid header name {name!r}")
-        if name.lower() in RESERVED_HEADERS:
+        # CGI-style servers (WSGI, Django, PHP) read ``Idempotency_Key`` as ``Idempotency-Key``
+        # and join the two values: an underscore spelling of a reserved name is that name.
+        if name.lower().replace("_", "-") in RESERVED_HEADERS:
             raise ConfigurationError(
-                f"{field}: {name!r} is set by the client and cannot be overridden "
-                f"(reserved: {', '.join(sorted(RESERVED_HEADERS))})"
+                f"{field}: {name!r} is set by the client and cannot be overridden (reserved, "
+                f"also spelt with '_' for '-': {', '.join(sorted(RESERVED_HEADERS))})"
             )
         if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
             raise ConfigurationError(
