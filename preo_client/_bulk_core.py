@@ -456,7 +456,7 @@ class Core:
         key = (
             entry.idempotency_key
             if entry is not None  # resend what may have been sent, with the key it was sent with
-            else bulk_idempotency_key(self.run_id, ordinal, canonical, item.reference)
+            else self._new_key(ordinal, canonical, item, identity)
         )
         try:
             call = self.client._prepare(
@@ -477,6 +477,26 @@ class Core:
         if group is None:
             return [job]
         return self.groups.begin(group, job, entry)
+
+    def _new_key(self, ordinal: int, canonical: str, item: RefundItem, identity: str) -> str:
+        """The derived key of an item the journal does not hold; on a resume, never a key the
+        journal recorded for another item (an earlier version derived the key of a row with a
+        ``transaction_id`` without it: its twin without one would derive the same key). Such
+        a key is for the same purchase: only its entries are looked at."""
+        key = bulk_idempotency_key(self.run_id, ordinal, canonical, item.reference)
+        if not self.resuming or self.journal is None:
+            return key
+        taken = {
+            entry.idempotency_key
+            for entry in self.journal.for_purchase(item.purchase_id)
+            if entry.identity != identity
+        }
+        again = 0
+        while key in taken:
+            again += 1
+            salted = f"{canonical}\0again {again}"
+            key = bulk_idempotency_key(self.run_id, ordinal, salted, item.reference)
+        return key
 
     def start(self, job: Job) -> None:
         """Commit the item's key (and, for a new carrier, its group's) to the journal: after

@@ -24,7 +24,13 @@ from preo_client import (
     RefundValidationError,
     read_journal,
 )
-from preo_client._bulk import AsyncBulkRun, BulkRun, CoveringRefundUnknownError
+from preo_client._bulk import (
+    AsyncBulkRun,
+    BulkRun,
+    CoveringRefundUnknownError,
+    bulk_idempotency_key,
+    canonical_request,
+)
 from preo_client._cli import cli
 from preo_client.testing import DEMO_API_KEY, FakePreo, Fault, serve
 from tests.test_bulk import NO_WAIT, WATCHDOG, run_async, run_sync
@@ -410,3 +416,26 @@ def test_the_cli_resumes_from_stdin_with_identical_rows_added(tmp_path: Path) ->
         assert '"skipped": 1' in second.stdout
         assert '"succeeded": 2' in second.stdout
     assert sorted(r.purchase_id for r in fake.refunds) == ["pur_a", "pur_c", "pur_c"]
+
+
+def test_a_new_item_never_takes_a_key_an_older_version_recorded_for_its_twin(
+    tmp_path: Path, runner: Any
+) -> None:
+    """An earlier version keyed a row with a transaction_id without it: its twin without one,
+    new on a resume, would derive that very key (and be answered with the twin's refund)."""
+    journal = tmp_path / "j"
+    twin = RefundItem("pur_1", **FIVE, transaction_id="tx1")
+    plain = RefundItem("pur_1", **FIVE)
+    fake = _one_purchase()
+    fake.inject(*[Fault.connect_error()] * 9)  # the twin: never sent
+    run_sync(fake, [twin], journal=journal, concurrency=1)
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:
+        (run_id,) = db.execute("SELECT value FROM meta WHERE name = 'run_id'").fetchone()
+        old_key = bulk_idempotency_key(run_id, 0, canonical_request(plain), None)
+        db.execute("UPDATE items SET idempotency_key = ?, state = 'started'", (old_key,))
+    outcomes, summary = runner(fake, [twin, plain], journal=journal, concurrency=1)
+    keys = {o.position: o.idempotency_key for o in outcomes}
+    assert keys[0] == old_key
+    assert keys[1] != old_key
+    assert (summary.succeeded, summary.replayed) == (2, 0)
+    assert len(fake.refunds) == 2
