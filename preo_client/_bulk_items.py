@@ -53,7 +53,8 @@ class RefundItem:
       is sent per transaction and transaction request (reason, scope, amount), whatever the
       rows' reference, comment or pickup point: the first such row's (its text and key), and
       the run's other items of it are reported as covered (``RefundOutcome.covered_by``). A
-      row asking its transaction for another amount is refused.
+      row asking its transaction for another transaction request (amount, reason or scope)
+      is refused: an in-memory input before anything is sent.
     """
 
     purchase_id: str

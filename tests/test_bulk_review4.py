@@ -247,7 +247,9 @@ def test_a_lazy_resume_with_identical_rows_is_accepted(
     fake = FakePreo(auto_purchases=True)
     journal = tmp_path / "j"
     run_sync(fake, ROWS_15[:1], journal=journal, concurrency=1)
-    rows = ROWS_15 + ([ROWS_15[3], RefundItem("pur_d", reason="sold_out")] if added else [])
+    more = [ROWS_15[3], RefundItem("pur_d", reason="sold_out"),
+            RefundItem("pur_c", reason="compensation", amount="2.00")]  # fmt: skip
+    rows = ROWS_15 + (more if added else [])
     outcomes, summary = runner(fake, _lazy(rows, kind), journal=journal, concurrency=1)
     assert len(outcomes) == len(rows)
     assert (summary.skipped, summary.failures) == (1, 0)
