@@ -251,7 +251,8 @@ class Core:
 
     def _seed_transactions(self, journal: Journal) -> None:
         """What earlier runs asked each transaction for (rows that may have made, or made,
-        its refund): a row of this run asking another amount is refused, read first or not."""
+        its refund): a row of this run asking it another request is refused, read first or
+        not."""
         for entry in journal.entries():
             if standing_of(entry) in (Standing.MAY_HAVE_LANDED, Standing.DONE):
                 with contextlib.suppress(RefundValidationError):  # an older run's conflict
