@@ -201,8 +201,9 @@ class Groups:
             ]
         group.state, group.carrier, group.key = "open", None, None  # nothing made: take over
         group.carrier_position = -1
-        if not defer:  # the run stops on it: nobody takes over, it stands as it is
-            return [outcome]
+        if not defer:  # the run stops on it: nobody takes over, the group's rows stand as they are
+            deferred, group.deferred = group.deferred, []
+            return [*(held for _, held in deferred), outcome]
         # held back: a later carrier's refund would cover this row's purchase too
         group.deferred.append((job, outcome))
         if not group.waiting:

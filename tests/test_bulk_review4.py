@@ -441,3 +441,20 @@ def test_a_new_item_never_takes_a_key_an_older_version_recorded_for_its_twin(
     assert keys[1] != old_key
     assert (summary.succeeded, summary.replayed) == (2, 0)
     assert len(fake.refunds) == 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stop_on_the_takeover_hands_out_the_refused_carrier(tmp_path: Path, kind: str) -> None:
+    """The takeover's 401 stops the run: the refused carrier's own outcome is handed out
+    before the stop (nobody refunded its transaction), never held back."""
+    from preo_client import AuthenticationError
+
+    fake = _transaction()
+    fake.inject(*EXHAUST_429, Fault.http_status(401))
+    seen: list[Any] = []
+    runner = run_sync if kind == "sync" else run_async
+    with pytest.raises(AuthenticationError):
+        runner(fake, GROUP_A, journal=tmp_path / "j", concurrency=1, on_result=seen.append)
+    errors = {o.position: type(o.error).__name__ for o in seen}
+    assert errors == {0: "RateLimitError", 1: "AuthenticationError"}
+    assert fake.refunds == []
