@@ -9,11 +9,14 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
+    Generator,
     Iterable,
     Iterator,
     Sequence,
@@ -231,8 +234,9 @@ class AsyncBulkRun(_Run):
     (the batch id the idempotency keys derive from: the journal's, else ``batch_id``, else a
     fresh UUID; a run given it as ``batch_id`` sends the same keys for the same input) and
     ``pacer`` (the run's send-rate limiter: its current ``rate`` and ``throttled_share``).
-    Made by ``client.purchases.refund_many(...)`` (see there for the arguments); ``close()``
-    releases the journal of a run that will not be iterated.
+    Made by ``client.purchases.refund_many(...)`` (see there for the arguments); ``aclose()``
+    ends it at once (``contextlib.aclosing(run)`` around a ``break``), ``close()`` releases
+    the journal of a run that will not be iterated.
     """
 
     def __init__(
@@ -265,6 +269,8 @@ class AsyncBulkRun(_Run):
         self._items = items
         self._on_result = on_result
         self._thread_reader: _ThreadReader | None = None
+        self._iterator: weakref.ref[AsyncGenerator[RefundOutcome, None]] | None = None
+        self._ended: asyncio.Event | None = None
 
     async def _process(self, job: Job, sender: AsyncPreoClient) -> RefundOutcome:
         core = self._core
@@ -322,7 +328,8 @@ class AsyncBulkRun(_Run):
 
         return next_threaded
 
-    async def _outcomes(self) -> AsyncIterator[RefundOutcome]:
+    async def _outcomes(self) -> AsyncGenerator[RefundOutcome, None]:
+        ended = self._ended = asyncio.Event()  # set once everything below is ended
         core = self._core
         self._trace = bulk_trace(self.run_id, self._concurrency)
         senders, shards = self._senders()
@@ -406,21 +413,24 @@ class AsyncBulkRun(_Run):
             self.summary.stopped = _stop_reason(exc)
             raise
         finally:
-            self._finish(position, exhausted and source_error is None)
-            for task in tasks:
-                task.cancel()
-            if reading is not None:
-                reading.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
-            if reading is not None:  # an async source that ignores cancellation is left behind
-                await asyncio.wait({reading}, timeout=1.0)
-            if self._thread_reader is not None:
-                self._thread_reader.close()
-            for shard in shards:
-                await shard.aclose()
-            core.close()
-            self._trace.end(self.summary)
+            try:
+                self._finish(position, exhausted and source_error is None)
+                for task in tasks:
+                    task.cancel()
+                if reading is not None:
+                    reading.cancel()
+                if tasks:
+                    await asyncio.wait(tasks)
+                if reading is not None:  # an async source that ignores cancellation is left behind
+                    await asyncio.wait({reading}, timeout=1.0)
+                if self._thread_reader is not None:
+                    self._thread_reader.close()
+                for shard in shards:
+                    await shard.aclose()
+                core.close()
+                self._trace.end(self.summary)
+            finally:
+                ended.set()  # aclose() waits for it (a run its GC finalizes)
 
     def _senders(self) -> tuple[list[AsyncPreoClient], list[httpx.AsyncClient]]:
         """Clients the workers send through. httpcore's async pool slows down sharply above
@@ -452,7 +462,25 @@ class AsyncBulkRun(_Run):
     def __aiter__(self) -> AsyncIterator[RefundOutcome]:
         """The outcomes in completion order: one per input item, or the systemic error that
         stopped the run."""
-        return self._outcomes()
+        iterator = self._outcomes()
+        # weakly: a plain `break` still ends the run when its iterator is dropped (a strong
+        # reference would make a cycle through the generator's frame, kept until GC)
+        self._iterator = weakref.ref(iterator)
+        return iterator
+
+    async def aclose(self) -> None:
+        """End the run now (``contextlib.aclosing(run)`` around ``async for ... break``):
+        every task is awaited or cancelled, the input's reader stopped and the journal
+        released at once, not when the run is garbage-collected (idempotent)."""
+        iterator = self._iterator() if self._iterator is not None else None
+        self._iterator = None
+        try:
+            if iterator is not None:
+                await iterator.aclose()
+            elif self._ended is not None:  # dropped after a break: asyncio's hook closes it
+                await self._ended.wait()
+        finally:
+            self._core.close()
 
     async def run(self) -> BulkSummary:
         """Consume every outcome (``on_result`` still sees each) and return the summary."""
@@ -478,7 +506,8 @@ class BulkRun(_Run):
     fresh UUID; a run given it as ``batch_id`` sends the same keys for the same input) and
     ``pacer`` (the run's send-rate limiter: its current ``rate`` and ``throttled_share``).
     Made by ``client.purchases.refund_many(...)`` (see there for the arguments); ``close()``
-    releases the journal of a run that will not be iterated.
+    ends it at once (``contextlib.closing(run)`` around a ``break``) and releases the journal,
+    iterated or not.
     """
 
     def __init__(
@@ -510,6 +539,7 @@ class BulkRun(_Run):
         self._client = client
         self._items = items
         self._on_result = on_result
+        self._iterator: weakref.ref[Generator[RefundOutcome, None, None]] | None = None
 
     def _sender(self, stop: threading.Event) -> PreoClient:
         """The client with a wait that a stopping run interrupts (shares its HTTP client)."""
@@ -549,6 +579,24 @@ class BulkRun(_Run):
     def __iter__(self) -> Iterator[RefundOutcome]:
         """The outcomes in completion order: one per input item, or the systemic error that
         stopped the run."""
+        iterator = self._outcomes()
+        self._iterator = weakref.ref(iterator)  # weakly: see AsyncBulkRun.__aiter__
+        return iterator
+
+    def close(self) -> None:
+        """End the run now (``contextlib.closing(run)`` around ``for ... break``): waits in
+        workers are interrupted, requests on the wire finish, the input's reader is stopped
+        and the journal released at once, not when the run is garbage-collected (idempotent;
+        also releases the journal of a run that was never iterated)."""
+        iterator = self._iterator() if self._iterator is not None else None
+        self._iterator = None
+        try:
+            if iterator is not None:
+                iterator.close()
+        finally:
+            self._core.close()
+
+    def _outcomes(self) -> Generator[RefundOutcome, None, None]:
         core = self._core
         self._trace = bulk_trace(self.run_id, self._concurrency)
         stop = threading.Event()

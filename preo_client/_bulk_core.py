@@ -61,6 +61,7 @@ __all__ = [
     "Job",
     "RunPause",
     "Step",
+    "Transactions",
     "check_transaction",
     "classify",
     "standing_of",
@@ -242,15 +243,16 @@ class Core:
         self.groups = Groups(self.journal, self.resuming, standing_of)
         self.ordinals = Ordinals()
         self.reproducible = journal is not None or batch_id is not None
-        self.transactions: dict[str, tuple[str, str | None]] = {}  # tx -> first row, amount
+        self.transactions: Transactions = {}  # transaction -> first row, request
         if self.resuming and self.journal is not None:
             self._seed_transactions(self.journal)
         self.prechecked = False
-        self.matched: set[str] = set()  # identities the journal had (a lazy resume only)
+        self.matched: set[str] = set()  # identities this input has had (a lazy resume only)
 
     def _seed_transactions(self, journal: Journal) -> None:
         """What earlier runs asked each transaction for (rows that may have made, or made,
-        its refund): a row of this run asking another amount is refused, read first or not."""
+        its refund): a row of this run asking it another request is refused, read first or
+        not."""
         for entry in journal.entries():
             if standing_of(entry) in (Standing.MAY_HAVE_LANDED, Standing.DONE):
                 with contextlib.suppress(RefundValidationError):  # an older run's conflict
@@ -290,9 +292,15 @@ class Core:
             return None
 
     def precheck(self, items: Sequence[object]) -> None:
-        """Check a whole in-memory input before anything is sent: (resuming) every journal
-        item that may have made a refund (or did) but that this input changed or lacks.
-        Raises :class:`JournalError`."""
+        """Check a whole in-memory input before anything is sent: rows of one transaction
+        asking it for different transaction-scope requests (:class:`RefundValidationError`
+        naming both), and (resuming) every journal item that may have made a refund (or did)
+        but that this input changed or lacks (:class:`JournalError`)."""
+        transactions: Transactions = {}
+        for position, raw in enumerate(items):
+            canonical = self._canonical(raw)
+            if canonical is not None:  # an invalid row is reported as its own failure
+                check_transaction(transactions, canonical, f"input item {position + 1}")
         if self.resuming and self.journal is not None:
             identities: set[str] = set()
             ordinals = Ordinals()
@@ -379,7 +387,11 @@ class Core:
         a refund (or did) with another request is refused (a systemic stop)."""
         purchase_id = json.loads(canonical)["purchase_id"]
         for entry in self.journal.for_purchase(purchase_id) if self.journal else ():
-            if entry.identity in self.matched or entry.identity == identity:
+            if (
+                entry.identity in self.matched
+                or entry.identity == identity
+                or entry.request == canonical  # an identical row (another ordinal): no change
+            ):
                 continue
             if standing_of(entry) in (Standing.MAY_HAVE_LANDED, Standing.DONE):
                 raise JournalError(
@@ -416,16 +428,17 @@ class Core:
             return [RefundOutcome(item, None, exc, 0, None, False, position)]
         except Exception as exc:
             return [RefundOutcome(item, None, ItemFailedError(exc), 0, None, False, position)]
-        # keys anyone can reproduce (a journal, a batch id) count identical requests; a fresh
-        # random run id makes every key unique already: its position does, remembering nothing
-        ordinal = self.ordinals.next(canonical) if self.reproducible else position
+        # keys anyone can reproduce (a journal, a batch id, a reference) count identical
+        # requests; a fresh random run id makes every other key unique already: its position
+        # does, remembering nothing
+        counted = self.reproducible or bool(item.reference)
+        ordinal = self.ordinals.next(canonical) if counted else position
         identity = item_identity(canonical, ordinal)
         entry = self.journal.recorded(identity) if self.resuming and self.journal else None
         if self.resuming and not self.prechecked:
             if entry is None:
                 self._check_lazy(canonical, identity, position)
-            else:
-                self.matched.add(identity)
+            self.matched.add(identity)  # this input's item: recorded now or from before
         standing = standing_of(entry)
         if standing not in (Standing.MAY_HAVE_LANDED, Standing.DONE):  # else: it stands
             try:
@@ -444,7 +457,7 @@ class Core:
         key = (
             entry.idempotency_key
             if entry is not None  # resend what may have been sent, with the key it was sent with
-            else bulk_idempotency_key(self.run_id, ordinal, canonical, item.reference)
+            else self._new_key(ordinal, canonical, item, identity)
         )
         try:
             call = self.client._prepare(
@@ -465,6 +478,26 @@ class Core:
         if group is None:
             return [job]
         return self.groups.begin(group, job, entry)
+
+    def _new_key(self, ordinal: int, canonical: str, item: RefundItem, identity: str) -> str:
+        """The derived key of an item the journal does not hold; on a resume, never a key the
+        journal recorded for another item (an earlier version derived the key of a row with a
+        ``transaction_id`` without it: its twin without one would derive the same key). Such
+        a key is for the same purchase: only its entries are looked at."""
+        key = bulk_idempotency_key(self.run_id, ordinal, canonical, item.reference)
+        if not self.resuming or self.journal is None:
+            return key
+        taken = {
+            entry.idempotency_key
+            for entry in self.journal.for_purchase(item.purchase_id)
+            if entry.identity != identity
+        }
+        again = 0
+        while key in taken:
+            again += 1
+            salted = f"{canonical}\0again {again}"
+            key = bulk_idempotency_key(self.run_id, ordinal, salted, item.reference)
+        return key
 
     def start(self, job: Job) -> None:
         """Commit the item's key (and, for a new carrier, its group's) to the journal: after
@@ -563,10 +596,11 @@ class Core:
     def settle(self, job: Job, outcome: RefundOutcome) -> list[Step]:
         """A sent item's outcome and what it releases in its transaction group."""
         takeover = job.verdict.takeover if job.verdict is not None else False
-        return self.groups.settle(job, outcome, takeover)
+        return self.groups.settle(job, outcome, takeover, defer=self.systemic(outcome) is None)
 
     def stranded(self) -> list[RefundOutcome]:
-        """At the end of the input: rows still waiting for a carrier that never came."""
+        """At the end of the input: refused carriers nobody covered, and rows still waiting
+        for a carrier that never came."""
         return self.groups.stranded()
 
     def count(self, outcome: RefundOutcome) -> RefundOutcome:
@@ -612,21 +646,38 @@ class Core:
             self.journal.close()
 
 
-def check_transaction(
-    transactions: dict[str, tuple[str, str | None]], canonical: str, where: str
-) -> None:
+Transactions = dict[str, tuple[str, tuple[str, str, str | None]]]
+"""Each transaction's first row (``"input item 3"``, ``"line 4"``) and request (reason, scope,
+amount)."""
+
+
+def check_transaction(transactions: Transactions, canonical: str, where: str) -> None:
     """Refuse a row (``where``: "input item 3", "line 4") asking its transaction for another
-    amount than an earlier row did (``transactions``: each transaction's first row and amount,
-    updated)."""
+    transaction-scope request (reason, scope or amount) than an earlier row did: one request
+    refunds the whole transaction, two would refund it twice (``transactions``: each
+    transaction's first row and request, updated)."""
     wanted = transaction_request(canonical)
     if wanted is None:
         return
-    transaction, _, _, amount = wanted
-    first = transactions.setdefault(transaction, (where, amount))
-    if first[1] != amount:
+    transaction, reason, scope, amount = wanted
+    first_where, first = transactions.setdefault(transaction, (where, (reason, scope, amount)))
+    if first == (reason, scope, amount):
+        return
+    if first[:2] == (reason, scope):
         raise RefundValidationError(
             "amount",
-            f"transaction {transaction!r} is asked for {amount or 'its full amount'} here but "
-            f"for {first[1] or 'its full amount'} by {first[0]}: one transaction-scope refund "
-            "covers the whole transaction; give its rows one amount",
+            f"transaction {transaction!r} is asked for {amount or 'its full amount'} by "
+            f"{where} but for {first[2] or 'its full amount'} by {first_where}: one "
+            "transaction-scope refund covers the whole transaction; give its rows one amount",
         )
+    field = "reason" if first[0] != reason else "scope"
+
+    def text(request: tuple[str, str, str | None]) -> str:
+        return f"{request[1]} {request[2] or 'full amount'} for {request[0]}"
+
+    raise RefundValidationError(
+        field,
+        f"transaction {transaction!r} is asked for {text((reason, scope, amount))} by {where} but "
+        f"for {text(first)} by {first_where}: one transaction-scope refund covers the whole "
+        "transaction, two would refund it twice; give its rows one request",
+    )

@@ -5,7 +5,11 @@ amount), whatever their purchase, ``reference``, comment or pickup point: one tr
 refund refunds them all. The *carrier* is the row whose own request (its text: comment, pickup
 point; and its key) is sent for the group: the first row of the group read, or on a resume the
 row the journal recorded as carrier. Who may take over when the carrier fails is decided by the
-standing table (``_bulk_standing``): only a carrier that surely made nothing hands over.
+standing table (``_bulk_standing``): only a carrier that surely made nothing hands over. Its
+outcome is held back until the group resolves: covered when a later carrier refunds the
+transaction (its purchase included), told the refund is unknown when that carrier's outcome is
+unknown, and reported as its own failure only when no row of the group refunded it (at the end
+of the input).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class Group:
     read; ``carrier_position`` its position in this input (-1 until read). ``state``: ``open``
     (no refund and no carrier: the next row takes over), ``pending`` (the carrier's answer is
     awaited; other rows wait in ``waiting``), ``ok`` (the refund exists) or ``unknown`` (the
-    carrier's outcome is unknown: nothing more may be sent for the group).
+    carrier's outcome is unknown: nothing more may be sent for the group). ``deferred``: the
+    refused carriers that handed over, with their own outcomes, held until the group resolves.
     """
 
     name: str
@@ -47,6 +52,7 @@ class Group:
     outcome: RefundOutcome | None = None
     refund_id: str | None = None
     waiting: collections.deque[Job] = attrs.field(factory=collections.deque)
+    deferred: list[tuple[Job, RefundOutcome]] = attrs.field(factory=list)
 
 
 class Groups:
@@ -129,13 +135,16 @@ class Groups:
         group.refund_id = entry.refund_id
         return self.resolved(group, None)
 
-    def covered(self, group: Group, job: Job) -> RefundOutcome:
-        """``job``'s row covered by its group's refund (journaled)."""
+    def covered(self, group: Group, job: Job, held: RefundOutcome | None = None) -> RefundOutcome:
+        """``job``'s row covered by its group's refund (journaled). ``held``: the own outcome
+        of a refused carrier that handed over (its attempts and key are kept: the journal
+        keeps its key, a resume reports it)."""
         leader = group.outcome
         refund = leader.refund if leader is not None else None
         carrier = group.carrier_position if group.carrier_position >= 0 else None
+        attempts, key = (held.attempts, held.idempotency_key) if held else (0, group.key)
         outcome = RefundOutcome(
-            job.item, refund, None, 0, group.key, False, job.position, covered_by=carrier
+            job.item, refund, None, attempts, key, False, job.position, covered_by=carrier
         )
         if outcome.covered_by is None:  # carried by a row of an earlier run's input
             outcome = attrs.evolve(outcome, covered_by=-1)
@@ -146,22 +155,30 @@ class Groups:
             )
         return outcome
 
-    def uncertain(self, group: Group, job: Job) -> RefundOutcome:
+    def uncertain(self, group: Group, job: Job, attempts: int = 0) -> RefundOutcome:
         """``job``'s row: its transaction may be refunded, a second request could refund it
-        twice: nothing is sent for it."""
+        twice: nothing (more) is sent for it."""
         error = CoveringRefundUnknownError(group.carrier_position)
-        return RefundOutcome(job.item, None, error, 0, None, False, job.position)
+        return RefundOutcome(job.item, None, error, attempts, None, False, job.position)
 
     def resolved(self, group: Group, outcome: RefundOutcome | None) -> list[Step]:
-        """The group's refund exists: every waiting row is covered."""
+        """The group's refund exists: every refused carrier and waiting row is covered."""
         group.state, group.outcome = "ok", outcome
+        deferred, group.deferred = group.deferred, []
         waiting, group.waiting = group.waiting, collections.deque()
-        return [self.covered(group, job) for job in waiting]
+        return [
+            *(self.covered(group, job, held) for job, held in deferred),
+            *(self.covered(group, job) for job in waiting),
+        ]
 
-    def settle(self, job: Job, outcome: RefundOutcome, takeover: bool) -> list[Step]:
+    def settle(
+        self, job: Job, outcome: RefundOutcome, takeover: bool, defer: bool = True
+    ) -> list[Step]:
         """A sent row's outcome and what it releases: its group's waiting rows covered (or told
         the refund is unknown), or, when the table allows a takeover (the carrier surely made
-        nothing), the next waiting row as the group's new carrier (journaled before it is sent)."""
+        nothing), the next waiting row as the group's new carrier (journaled before it is sent),
+        this row's outcome held back until the group resolves (unless ``defer`` is false: the
+        run stops on it)."""
         group = job.group
         if group is None:
             return [outcome]
@@ -175,19 +192,32 @@ class Groups:
             return [outcome, *self.resolved(group, outcome)]
         if not takeover:
             group.state, group.outcome = "unknown", outcome
+            deferred, group.deferred = group.deferred, []
             waiting, group.waiting = group.waiting, collections.deque()
-            return [outcome, *(self.uncertain(group, waiting_job) for waiting_job in waiting)]
+            return [
+                *(self.uncertain(group, held_job, held.attempts) for held_job, held in deferred),
+                outcome,
+                *(self.uncertain(group, waiting_job) for waiting_job in waiting),
+            ]
         group.state, group.carrier, group.key = "open", None, None  # nothing made: take over
         group.carrier_position = -1
+        if not defer:  # the run stops on it: nobody takes over, the group's rows stand as they are
+            deferred, group.deferred = group.deferred, []
+            return [*(held for _, held in deferred), outcome]
+        # held back: a later carrier's refund would cover this row's purchase too
+        group.deferred.append((job, outcome))
         if not group.waiting:
-            return [outcome]
-        return [outcome, *self.join(group, group.waiting.popleft())]
+            return []
+        return self.join(group, group.waiting.popleft())
 
     def stranded(self) -> list[RefundOutcome]:
-        """At the end of the input: rows still waiting for a carrier that never came (an
-        earlier run's row, not in this input): their transaction's refund is unknown."""
+        """At the end of the input: refused carriers no row of their group refunded (their own
+        failure, as it was), and rows still waiting for a carrier that never came (an earlier
+        run's row, not in this input): their transaction's refund is unknown."""
         outcomes: list[RefundOutcome] = []
         for group in self._groups.values():
+            deferred, group.deferred = group.deferred, []
+            outcomes.extend(held for _, held in deferred)
             while group.waiting:
                 outcomes.append(self.uncertain(group, group.waiting.popleft()))
         return outcomes

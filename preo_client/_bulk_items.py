@@ -47,13 +47,14 @@ class RefundItem:
     - ``comment``: free text sent with the refund; ``pickup_point_id``: the pickup point
       where the refund is processed.
     - ``reference``: a business id (e.g. an order line) that makes the idempotency key
-      reproducible from the item alone: the same reference and request send the same key in
-      any run, at any position.
+      reproducible from the item alone: the same reference and request (and its ordinal among
+      identical rows) send the same key in any run, at any position.
     - ``transaction_id``: the purchase's transaction. With a transaction scope, one request
       is sent per transaction and transaction request (reason, scope, amount), whatever the
       rows' reference, comment or pickup point: the first such row's (its text and key), and
       the run's other items of it are reported as covered (``RefundOutcome.covered_by``). A
-      row asking its transaction for another amount is refused.
+      row asking its transaction for another transaction request (amount, reason or scope)
+      is refused: an in-memory input before anything is sent.
     """
 
     purchase_id: str
@@ -124,23 +125,18 @@ def canonical_request(item: RefundItem) -> str:
     return json.dumps(request, sort_keys=True, separators=(",", ":"))  # ASCII: \ud83d escaped
 
 
-def _sent_part(canonical: str) -> str:
-    """The part of a canonical identity that is sent (``transaction_id`` never is)."""
-    if '"transaction_id":' not in canonical:
-        return canonical
-    request = json.loads(canonical)
-    request.pop("transaction_id", None)
-    return json.dumps(request, sort_keys=True, separators=(",", ":"))
-
-
 def bulk_idempotency_key(run_id: str, ordinal: int, canonical: str, reference: str | None) -> str:
-    """The key of a bulk item: from its ``reference`` and request alone when it has one (any
-    run, any position sends the same key), else from the run id, its request and its
-    ``ordinal`` among identical requests of the input (0 for the first): never its position,
-    so inserting, removing or reordering other rows changes no key. The request is what is
-    sent: a ``transaction_id`` in ``canonical`` does not change it."""
-    sent = _sent_part(canonical)
-    name = f"ref\0{sent}" if reference else f"item\0{run_id}\0{ordinal}\0{sent}"
+    """The key of a bulk item, unique to its identity (its canonical request, ``transaction_id``
+    included, and its ``ordinal`` among identical requests of the input, 0 for the first): from
+    its ``reference``, request and ordinal alone when it has a reference (any run, any position
+    sends the same key), else from the run id too. Never its position, so inserting, removing or
+    reordering other rows changes no key; two rows differing only by ``transaction_id``, and two
+    identical rows with one reference, are two items with two keys. (The first of a request
+    without ``transaction_id`` keeps the key earlier versions gave it.)"""
+    if reference:
+        name = f"ref\0{canonical}" if ordinal == 0 else f"ref\0{ordinal}\0{canonical}"
+    else:
+        name = f"item\0{run_id}\0{ordinal}\0{canonical}"
     return f"preo-{uuid.uuid5(_KEY_NAMESPACE, name)}"
 
 

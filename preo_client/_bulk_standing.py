@@ -8,7 +8,9 @@ transaction's refund) and ``nothing`` (every request with its key was refused: s
 The rule the table holds: **once an item's key may have landed, only a 2xx for that key resolves
 it.** Any other answer to a resend (``429`` after retries, ``400``, ``404``, ``409``, ``422``, any
 5xx, a connection failure, a stop) reports it outcome-unknown with its key, never a class that
-means "no refund", and no other row of its transaction group may take over.
+means "no refund", and no other row of its transaction group may take over. (A carrier
+refused for good hands over; its reported outcome is held by its group until the group resolves:
+covered by a takeover's refund, see ``_bulk_groups``.)
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from ._bulk import (
     canonical_request,
     group_of_request,
 )
-from ._bulk_core import check_transaction
+from ._bulk_core import Transactions, check_transaction
 from ._bulk_input import ITEM_FIELDS, InputError, Row, read_rows
 from ._client import AsyncPreoClient, PreoClient
 from ._config import ConfigurationError, resolve_base_url
@@ -389,7 +389,7 @@ def _validate(rows: Sequence[Row], reason: str | None, scope: str | None) -> Non
     """The first pass over a file: every row checked before anything is sent."""
     _missing_reason(rows, reason)
     problems = [p for row in rows if (p := _problem(row, reason, scope)) is not None]
-    transactions: dict[str, tuple[str, str | None]] = {}
+    transactions: Transactions = {}
     for row in rows if not problems else ():  # rows of one transaction asking other amounts
         assert isinstance(row.item, RefundItem)  # nosec B101  # checked above
         try:

@@ -533,15 +533,21 @@ def test_a_journal_of_another_schema_or_batch_is_refused(tmp_path: Path) -> None
                     on_result=None, batch_id="b2")  # fmt: skip
 
 
-def test_the_same_item_twice_is_one_refund_counted_once(runner: Any) -> None:
-    """Regression: a replay was counted as a second success with twice the amount."""
+def test_the_same_item_twice_with_a_reference_is_two_items(runner: Any) -> None:
+    """Issue 16 S2: the second of two identical rows is a second item, with or without a
+    reference: two keys, two refunds; a rerun sends the same two keys (both replayed)."""
     fake = make_fake(1)
     item = RefundItem("p0", reason="compensation", amount="2.00", reference="ticket-9")
     outcomes, summary = runner(fake, [item, item], concurrency=1)
-    assert (summary.succeeded, summary.replayed) == (1, 1)
-    assert summary.total_amount == Decimal("2.00")
-    assert [o.replayed for o in sorted(outcomes, key=lambda o: o.position)] == [False, True]
-    assert len(fake.refunds) == 1
+    assert (summary.succeeded, summary.replayed) == (2, 0)
+    assert summary.total_amount == Decimal("4.00")
+    keys = {o.position: o.idempotency_key for o in outcomes}
+    assert len(set(keys.values())) == 2
+    assert len(fake.refunds) == 2
+    again, summary = runner(fake, [item, item], concurrency=1)
+    assert {o.position: o.idempotency_key for o in again} == keys
+    assert (summary.succeeded, summary.replayed) == (0, 2)  # both answered as replays
+    assert len(fake.refunds) == 2
 
 
 def _transaction_fake() -> FakePreo:
@@ -782,8 +788,10 @@ def test_every_distinct_refund_is_remembered_for_replay_counting() -> None:
     """Issue 16 S6: refunds are counted once by refund id with or without a reference (one id
     remembered per distinct refund: see benchmarks/memory.py)."""
     fake = make_fake(20)
-    items: list[Any] = [f"p{i}" for i in range(10)]
-    items += [RefundItem("p10", reference="t-1"), RefundItem("p10", reference="t-1")]
+    items: list[Any] = [RefundItem("p10", reference="t-1"), RefundItem("p11", reference="t-2")]
+    items += [f"p{i}" for i in range(10)]
+    # a server answering the first two requests with one refund id: counted once
+    fake.inject(Fault.edit_json(id="rr_same"), Fault.edit_json(id="rr_same"))
 
     async def go() -> Any:
         async with fake.async_client(backoff=NO_WAIT) as client:

@@ -190,13 +190,15 @@ def test_a_base_exception_from_the_input_stops_the_run(kind: str) -> None:
 def test_one_refund_answered_twice_is_counted_once(runner: Any) -> None:
     fake = FakePreo(auto_purchases=True)
     # a server that answers the second request with the refund it already made
-    fake.inject(Fault.read_timeout(after_commit=True))
-    items = [RefundItem("pur_1", reason="sold_out", reference="r1")] * 2
+    # two items (two keys) answered with one refund id: one refund, counted once
+    fake.inject(Fault.edit_json(id="rr_same"), Fault.edit_json(id="rr_same"))
+    items = [RefundItem("pur_1", reason="compensation", amount="1.00", reference="r1")] * 2
     outcomes, summary = runner(fake, items, concurrency=1)
-    refunded = [o for o in outcomes if o.refund is not None]
+    refunded = sorted((o for o in outcomes if o.refund is not None), key=lambda o: o.position)
     assert len({o.refund.id for o in refunded}) == 1
+    assert len({o.idempotency_key for o in refunded}) == 2
     assert summary.total_amount == refunded[0].refund.amount
-    assert all(o.replayed for o in refunded)  # the header says so (and the id repeats)
+    assert [o.replayed for o in refunded] == [False, True]  # the id repeats
 
 
 def test_the_summary_total_is_exact_at_any_size() -> None:
@@ -227,7 +229,10 @@ def test_rows_of_a_transaction_asking_different_amounts_are_refused(runner: Any)
     asked = (("pur_a", "5.00"), ("pur_b", "4.00"))
     items = [RefundItem(p, reason="compensation", scope="transaction_custom", amount=a,
                         transaction_id="tx_1") for p, a in asked]  # fmt: skip
-    outcomes, _ = runner(fake, items, concurrency=1)
+    with pytest.raises(RefundValidationError, match=r"input item 2 but for 5\.00 by input item 1"):
+        runner(fake, items, concurrency=1)  # an in-memory input: before anything is sent
+    assert fake.requests == []
+    outcomes, _ = runner(fake, iter(items), concurrency=1)  # a lazy one: that row refused
     refused = next(o for o in outcomes if o.position == 1)
     assert isinstance(refused.error, RefundValidationError)
     assert refused.attempts == 0
@@ -516,9 +521,9 @@ def test_a_reordered_resume_never_refunds_a_transaction_for_two_amounts(
                         transaction_id="tx_1") for p, a in asked]  # fmt: skip
     journal = tmp_path / "j"
     fake.inject(Fault.read_timeout())
-    runner(fake, items, journal=journal, concurrency=1)
+    runner(fake, iter(items), journal=journal, concurrency=1)
     assert [str(r.amount) for r in fake.refunds] == ["4.00"]
-    second, _ = runner(fake, items[::-1], journal=journal, concurrency=1)
+    second, _ = runner(fake, iter(items[::-1]), journal=journal, concurrency=1)
     assert [str(r.amount) for r in fake.refunds] == ["4.00"]
     refused = next(o for o in second if o.item.purchase_id == "pur_a")
     assert isinstance(refused.error, RefundValidationError)
