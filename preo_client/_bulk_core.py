@@ -420,6 +420,8 @@ class Core:
         # random run id makes every key unique already: its position does, remembering nothing
         ordinal = self.ordinals.next(canonical) if self.reproducible else position
         identity = item_identity(canonical, ordinal)
+        if self.journal is not None:  # audit trail: this run's input (see Journal.note_input)
+            self.journal.note_input(position, identity, item.purchase_id)
         entry = self.journal.recorded(identity) if self.resuming and self.journal else None
         if self.resuming and not self.prechecked:
             if entry is None:
@@ -603,6 +605,7 @@ class Core:
         try:
             if whole:
                 self.summary.missing = self.missing()
+                self.journal.input_read()  # audit trail: this run's input is the whole input
             self.summary.journal_refunds, self.summary.journal_total = self.journal.refunded()
         except JournalError:
             pass  # the run is stopping on a journal problem already reported
