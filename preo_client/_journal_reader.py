@@ -1,9 +1,11 @@
 """Reading a bulk-run journal without ever writing it: one record per input item, the runs, totals.
 
-The journal is opened read-only (SQLite ``mode=ro``; ``immutable`` when no ``-wal`` file is
-beside it, so not even an empty ``-wal`` is created), never migrated and never locked for
-writing. A journal held by a running ``refund-bulk`` is refused (its lock file is locked) and so
-is a damaged one or a file that is not a preo journal: always a :class:`JournalError`.
+No file of the journal is ever written: without a ``-wal`` file beside it the journal is opened
+``immutable`` (read-only; nothing is created); with one (a run was killed) a private copy of
+the journal and its ``-wal`` is read instead, since SQLite would update the ``-shm`` index of a
+WAL journal even in read-only mode. Never migrated, never locked for writing. A journal held
+by a running ``refund-bulk`` is refused (its lock file is locked) and so is a damaged one or a
+file that is not a preo journal: always a :class:`JournalError`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -194,6 +198,8 @@ def journal_report(path: str | os.PathLike[str]) -> JournalReport:
             return _read(shown, real)
         except JournalError:
             raise
+        except OSError as exc:  # copying a killed run's journal (see _connect)
+            raise JournalError(f"cannot read journal {shown}: {exc.strerror or exc}") from None
         except (*_SQLITE_ERRORS, TypeError, ValueError, InvalidOperation, KeyError) as exc:
             raise JournalError(
                 f"journal {shown} is damaged or not a preo journal ({' '.join(str(exc).split())})"
@@ -230,15 +236,26 @@ def _not_held(shown: Path, real: Path) -> Iterator[None]:
         os.close(fd)  # releases the shared lock
 
 
-def _connect(real: Path) -> sqlite3.Connection:
-    uri = f"{real.as_uri()}?mode=ro"
-    if not Path(f"{real}-wal").exists():
-        uri += "&immutable=1"  # everything is in the file: read it without creating a -wal
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+def _connect(real: Path, stack: contextlib.ExitStack) -> sqlite3.Connection:
+    """A connection that writes no file of the journal. Everything in the file (no -wal):
+    ``immutable``, which creates nothing. A -wal beside it (a killed run): SQLite would
+    rebuild its -shm index even read-only, so read a private copy of the file and its -wal
+    (consistent: no run can start while the caller holds the shared lock)."""
+    wal = Path(f"{real}-wal")
+    if not wal.exists():
+        uri = f"{real.as_uri()}?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="preo-journal-")))
+    copy = folder / "journal"
+    shutil.copyfile(real, copy)
+    with contextlib.suppress(FileNotFoundError):  # checkpointed meanwhile: all in the file
+        shutil.copyfile(wal, f"{copy}-wal")
+    return sqlite3.connect(copy, isolation_level=None, check_same_thread=False)
 
 
 def _read(shown: Path, real: Path) -> JournalReport:
-    with contextlib.closing(_connect(real)) as db:
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(contextlib.closing(_connect(real, stack)))
         check = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
         if check != ["ok"]:
             raise JournalError(f"journal {shown} is damaged ({' '.join('; '.join(check).split())})")
