@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from ._exceptions import (
     RefundOutcomeUnknownError,
     RefundValidationError,
     mark_outcome_unknown,
+    shown,
     truncate,
 )
 from ._journal import Journal, JournalEntry, JournalError, item_identity
@@ -197,11 +199,11 @@ def check_arguments(max_pause: object, journal: object, batch_id: object) -> Non
     if (
         isinstance(max_pause, bool)
         or not isinstance(max_pause, int | float)
-        or math.isnan(max_pause)
+        or not (0 <= max_pause <= sys.float_info.max or max_pause == math.inf)  # no NaN; a float
         or max_pause < 0
     ):
         raise RefundValidationError(
-            "max_pause", f"must be a number of seconds >= 0 (inf: no limit), got {max_pause!r}"
+            "max_pause", f"must be a number of seconds >= 0 (inf: no limit), got {shown(max_pause)}"
         )
     if journal is not None and not isinstance(journal, str | os.PathLike):
         raise RefundValidationError(

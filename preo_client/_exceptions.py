@@ -252,6 +252,17 @@ def _without_prefix(field: str, message: str) -> str:
     return message
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message; never raises (``repr`` of an int past Python's
+    4,300-digit limit raises ValueError, and an argument error must stay an argument error)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        return repr(value)
+    except Exception:  # a hostile __repr__
+        return f"a {type(value).__name__}"
+
+
 def join_sentences(first: str, second: str) -> str:
     """``first``, then ``second`` as a new sentence, with exactly one full stop between them
     (``first`` may already end with ``.``, ``!`` or ``?``)."""

@@ -171,3 +171,48 @@ def test_reported_answer_reproducer() -> None:
         refund = client.purchases.refund("pur_demo_ticket", reason="sold_out")
     assert (refund.id, refund.amount) == ("rr_1", Decimal("51.50"))
     assert refund.to_dict()["note_counter"] == Decimal("9" * 5000)
+
+
+@fast
+@given(big=huge, use_async=st.booleans())
+def test_numeric_arguments_holding_a_huge_int_are_field_errors(big: int, use_async: bool) -> None:
+    """``timeout``, ``max_pause``, ``max_rate``: a huge int (either sign) is refused naming the
+    field, before anything is sent (a float conversion or ``repr`` must not escape)."""
+    fake = FakePreo.demo()
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("timeout", {"timeout": big}),
+        ("max_pause", {"max_pause": big}),
+        ("max_rate", {"max_rate": big}),
+    ]
+
+    async def async_run(field: str, kw: dict[str, Any]) -> None:
+        async with fake.async_client() as client:
+            if field == "timeout":
+                await client.purchases.refund("pur_demo_ticket", reason="sold_out", **kw)
+            else:
+                run = client.purchases.refund_many(["pur_demo_ticket"], reason="sold_out", **kw)
+                await run.run()
+
+    def sync_run(field: str, kw: dict[str, Any]) -> None:
+        with fake.client() as client:
+            if field == "timeout":
+                client.purchases.refund("pur_demo_ticket", reason="sold_out", **kw)
+            else:
+                client.purchases.refund_many(["pur_demo_ticket"], reason="sold_out", **kw).run()
+
+    for field, kw in calls:
+        if field == "max_pause" and big > 0:
+            continue  # checked below: a pause limit past a float's range
+        with pytest.raises(RefundValidationError) as caught:
+            within_watchdog(
+                lambda f=field, k=kw: asyncio.run(async_run(f, k)) if use_async else sync_run(f, k)  # type: ignore[misc]
+            )
+        assert caught.value.field == field
+    with pytest.raises(RefundValidationError) as caught:
+        sync_run("max_pause", {"max_pause": abs(big)})
+    assert caught.value.field == "max_pause"
+    assert fake.requests == []
+    from preo_client import ConfigurationError, PreoClient
+
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PreoClient(api_key="sk_test_1234567890", timeout=big)
