@@ -114,23 +114,29 @@ def _credentials(request: httpx.Request | None) -> tuple[str, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
+def _forms(secrets: tuple[str, ...]) -> list[str]:
+    """Each secret as sent and as a JSON string would carry it (escaped), longest first."""
+    found = {
+        f
+        for s in secrets
+        for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])
+    }
+    return sorted(found, key=len, reverse=True)
+
+
 def _scrub_bytes(content: bytes, secrets: tuple[str, ...]) -> bytes:
     """``content`` with each secret, raw or JSON-escaped, replaced by ``***``."""
-    for secret in secrets:
-        for form in {
-            secret,
-            json.dumps(secret)[1:-1],
-            json.dumps(secret, ensure_ascii=False)[1:-1],
-        }:
-            encoded = form.encode("utf-8", errors="replace")
-            if encoded in content:
-                content = content.replace(encoded, b"***")
+    for form in _forms(secrets):
+        encoded = form.encode("utf-8", errors="replace")
+        if encoded in content:
+            content = content.replace(encoded, b"***")
     return content
 
 
 def _scrub_text(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
+    """``text`` with each secret, raw or JSON-escaped, replaced by ``***``."""
+    for form in _forms(secrets):
+        text = text.replace(form, "***")
     return text
 
 
@@ -197,8 +203,12 @@ def _echo_free(response: httpx.Response, content: bytes, secret: str) -> httpx.R
 
 def _scrub_state(value: Any, secrets: tuple[str, ...]) -> Any:
     """A pickled error's plain field (text, or a parsed body) without ``secrets``."""
-    for secret in secrets:
-        value = _scrubbed(value, secret)
+    if isinstance(value, str):
+        return _scrub_text(value, secrets)
+    if isinstance(value, dict):
+        return {_scrub_state(k, secrets): _scrub_state(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_state(v, secrets) for v in value]
     return value
 
 
@@ -610,8 +620,23 @@ def scrub_error(error: _E, secret: str) -> _E:
         error.args = tuple(_scrubbed(a, secret) for a in error.args)
         for name in ("body", "request_id"):
             if name in error.__dict__:
-                error.__dict__[name] = _scrubbed(error.__dict__[name], secret)
+                error.__dict__[name] = _scrub_state(error.__dict__[name], (secret,))
+        response = error.__dict__.get("response")
+        if response is not None:  # the response it keeps: body and header values
+            content = _content(response)
+            scrubbed = _scrub_bytes(content, (secret,))
+            if scrubbed != content or any(secret in v for v in response.headers.values()):
+                error.__dict__["response"] = _echo_free(response, scrubbed, secret)
     return error
+
+
+def _content(response: httpx.Response) -> bytes:
+    import httpx
+
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        return b""
 
 
 def make_status_error(
