@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from ._exceptions import (
     RefundOutcomeUnknownError,
     RefundValidationError,
     mark_outcome_unknown,
+    shown,
     truncate,
 )
 from ._journal import Journal, JournalEntry, JournalError, item_identity
@@ -198,11 +200,11 @@ def check_arguments(max_pause: object, journal: object, batch_id: object) -> Non
     if (
         isinstance(max_pause, bool)
         or not isinstance(max_pause, int | float)
-        or math.isnan(max_pause)
+        or not (0 <= max_pause <= sys.float_info.max or max_pause == math.inf)  # no NaN; a float
         or max_pause < 0
     ):
         raise RefundValidationError(
-            "max_pause", f"must be a number of seconds >= 0 (inf: no limit), got {max_pause!r}"
+            "max_pause", f"must be a number of seconds >= 0 (inf: no limit), got {shown(max_pause)}"
         )
     if journal is not None and not isinstance(journal, str | os.PathLike):
         raise RefundValidationError(
@@ -434,6 +436,8 @@ class Core:
         counted = self.reproducible or bool(item.reference)
         ordinal = self.ordinals.next(canonical) if counted else position
         identity = item_identity(canonical, ordinal)
+        if self.journal is not None:  # audit trail: this run's input (see Journal.note_input)
+            self.journal.note_input(position, identity, item.purchase_id)
         entry = self.journal.recorded(identity) if self.resuming and self.journal else None
         if self.resuming and not self.prechecked:
             if entry is None:
@@ -637,6 +641,7 @@ class Core:
         try:
             if whole:
                 self.summary.missing = self.missing()
+                self.journal.input_read()  # audit trail: this run's input is the whole input
             self.summary.journal_refunds, self.summary.journal_total = self.journal.refunded()
         except JournalError:
             pass  # the run is stopping on a journal problem already reported

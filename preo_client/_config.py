@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, shown
 from ._retry import Backoff
 from ._version import __version__
 
@@ -153,7 +153,7 @@ MAX_TIMEOUT: Final = 86_400.0
 def _seconds(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(
-            f"{field} must be a number of seconds or an httpx.Timeout, got {value!r}"
+            f"{field} must be a number of seconds or an httpx.Timeout, got {shown(value)}"
         )
     try:
         seconds = float(value)
@@ -161,7 +161,8 @@ def _seconds(value: object, field: str) -> float:
         seconds = math.inf
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
         raise ConfigurationError(
-            f"{field} must be a number of seconds > 0 and at most {MAX_TIMEOUT:g}, got {value!r}"
+            f"{field} must be a number of seconds > 0 and at most {MAX_TIMEOUT:g}, "
+            f"got {shown(value)}"
         )
     return seconds
 

@@ -97,36 +97,119 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, A
     return error
 
 
+_CREDENTIAL_HEADERS: Final = ("authorization", "proxy-authorization")
+
+
+def _credentials(request: httpx.Request | None) -> tuple[str, ...]:
+    """The secrets ``request`` carried: each credential header's value and its token (the API
+    key after ``Bearer``), longest first, so a body or header that echoes one can be scrubbed."""
+    if request is None:
+        return ()
+    found: set[str] = set()
+    for name, value in request.headers.multi_items():
+        if name.lower() in _CREDENTIAL_HEADERS:
+            found.add(value.strip())
+            found.add(value.partition(" ")[2].strip())
+    found.discard("")
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _forms(secrets: tuple[str, ...]) -> list[str]:
+    """Each secret as sent and as a JSON string would carry it (escaped), longest first."""
+    found = {
+        f
+        for s in secrets
+        for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])
+    }
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub_bytes(content: bytes, secrets: tuple[str, ...]) -> bytes:
+    """``content`` with each secret, raw or JSON-escaped, replaced by ``***``."""
+    for form in _forms(secrets):
+        encoded = form.encode("utf-8", errors="replace")
+        if encoded in content:
+            content = content.replace(encoded, b"***")
+    return content
+
+
+def _scrub_text(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each secret, raw or JSON-escaped, replaced by ``***``."""
+    for form in _forms(secrets):
+        text = text.replace(form, "***")
+    return text
+
+
 def _redacted_request(request: httpx.Request) -> httpx.Request:
     import httpx  # only when pickling an error that carries a request
 
-    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "authorization"]
+    secrets = _credentials(request)
+    headers = [
+        (k, _scrub_text(v, secrets))
+        for k, v in request.headers.multi_items()
+        if k.lower() not in _CREDENTIAL_HEADERS
+    ]
     try:
         content = request.content
     except httpx.RequestNotRead:
         content = b""
     return httpx.Request(
-        request.method, request.url, headers=headers, content=content, extensions={}
+        request.method,
+        request.url,
+        headers=headers,
+        content=_scrub_bytes(content, secrets),
+        extensions={},
     )
 
 
-def _redacted_response(response: httpx.Response) -> httpx.Response:
+def _redacted_response(response: httpx.Response, secrets: tuple[str, ...] = ()) -> httpx.Response:
+    """A copy of ``response`` to pickle: no cookies, no credential header on its request, and
+    no ``secrets`` (plus the credentials its request carried) in its body or header values."""
     import httpx
 
     try:
         content = response.content
     except httpx.ResponseNotRead:
         content = b""
+    request = response._request
+    secrets = (*secrets, *_credentials(request))
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "set-cookie"]
     # the body was decoded already: drop the encoding headers so it is not decoded twice
-    headers = [(k, v) for k, v in headers if k.lower() not in ("content-encoding",)]
-    request = response._request
+    headers = [
+        (k, _scrub_text(v, secrets)) for k, v in headers if k.lower() not in ("content-encoding",)
+    ]
     return httpx.Response(
         response.status_code,
         headers=headers,
-        content=content,
+        content=_scrub_bytes(content, secrets),
         request=_redacted_request(request) if request is not None else None,
     )
+
+
+def _echo_free(response: httpx.Response, content: bytes, secret: str) -> httpx.Response:
+    """``response`` with ``content`` (already scrubbed) as its body and ``secret`` out of its
+    header values; its request is kept as it is."""
+    import httpx
+
+    headers = [
+        (k, _scrub_text(v, (secret,)))
+        for k, v in response.headers.multi_items()
+        if k.lower() != "content-encoding"  # ``content`` is decoded already
+    ]
+    return httpx.Response(
+        response.status_code, headers=headers, content=content, request=response._request
+    )
+
+
+def _scrub_state(value: Any, secrets: tuple[str, ...]) -> Any:
+    """A pickled error's plain field (text, or a parsed body) without ``secrets``."""
+    if isinstance(value, str):
+        return _scrub_text(value, secrets)
+    if isinstance(value, dict):
+        return {_scrub_state(k, secrets): _scrub_state(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_state(v, secrets) for v in value]
+    return value
 
 
 class PreoError(Exception):
@@ -140,11 +223,21 @@ class PreoError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         state = dict(self.__dict__)
         request = state.get("request")
+        response = state.get("response")
+        # the API key the call sent, should the server have echoed it into the body or a header
+        secrets = _credentials(request)
+        if response is not None:
+            secrets = (*secrets, *_credentials(response._request))
         if request is not None:
             state["request"] = _redacted_request(request)
-        response = state.get("response")
         if response is not None:
-            state["response"] = _redacted_response(response)
+            state["response"] = _redacted_response(response, secrets)
+        if secrets:
+            for name, value in state.items():
+                if isinstance(value, str | dict | list):
+                    state[name] = _scrub_state(value, secrets)
+            args = tuple(_scrub_state(a, secrets) for a in self.args)
+            return (_rebuild, (type(self), args, state))
         return (_rebuild, (type(self), self.args, state))
 
 
@@ -167,6 +260,17 @@ def _without_prefix(field: str, message: str) -> str:
     while message.startswith(prefix):
         message = message[len(prefix) :].lstrip()
     return message
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message; never raises (``repr`` of an int past Python's
+    4,300-digit limit raises ValueError, and an argument error must stay an argument error)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        return repr(value)
+    except Exception:  # a hostile __repr__
+        return f"a {type(value).__name__}"
 
 
 def join_sentences(first: str, second: str) -> str:
@@ -516,8 +620,23 @@ def scrub_error(error: _E, secret: str) -> _E:
         error.args = tuple(_scrubbed(a, secret) for a in error.args)
         for name in ("body", "request_id"):
             if name in error.__dict__:
-                error.__dict__[name] = _scrubbed(error.__dict__[name], secret)
+                error.__dict__[name] = _scrub_state(error.__dict__[name], (secret,))
+        response = error.__dict__.get("response")
+        if response is not None:  # the response it keeps: body and header values
+            content = _content(response)
+            scrubbed = _scrub_bytes(content, (secret,))
+            if scrubbed != content or any(secret in v for v in response.headers.values()):
+                error.__dict__["response"] = _echo_free(response, scrubbed, secret)
     return error
+
+
+def _content(response: httpx.Response) -> bytes:
+    import httpx
+
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        return b""
 
 
 def make_status_error(
@@ -536,8 +655,12 @@ def make_status_error(
     echo it.
     """
     status = response.status_code
-    if secret and secret.encode() in content:
-        content = content.replace(secret.encode(), b"***")
+    if secret:
+        scrubbed = _scrub_bytes(content, (secret,))
+        if scrubbed != content or any(secret in v for v in response.headers.values()):
+            # the error keeps the response: keep it without the echoed key as well
+            content = scrubbed
+            response = _echo_free(response, content, secret)
     # the key may also come back JSON-escaped (a `\\` or `\"` in it) or as the request id
     body = _scrubbed(parse_error_body(content), secret)
     request_id = _scrubbed(request_id, secret)

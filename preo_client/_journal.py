@@ -92,6 +92,16 @@ _AUDIT: Final = (
     "request_id TEXT, refund_id TEXT, amount TEXT, refund_status TEXT, replayed INTEGER)",
     "CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (idempotency_key)",
     "CREATE TABLE IF NOT EXISTS inputs (position INTEGER PRIMARY KEY, line INTEGER NOT NULL)",
+    # each run's input: which item (identity) it read at each position, and that row's line
+    "CREATE TABLE IF NOT EXISTS run_inputs (run INTEGER NOT NULL, position INTEGER NOT NULL, "
+    "identity TEXT, purchase_id TEXT, line INTEGER, PRIMARY KEY (run, position))",
+)
+#: Input items a run notes (``note_input``) before they are written with the next commit.
+_INPUT_BATCH: Final = 1000
+_NOTE_INPUT: Final = (
+    "INSERT INTO run_inputs (run, position, identity, purchase_id) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(run, position) DO UPDATE SET identity = excluded.identity, "
+    "purchase_id = excluded.purchase_id"
 )
 # sqlite3 reports some damage as UnicodeDecodeError (text, or its own message, not UTF-8)
 _SQLITE_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError)
@@ -320,6 +330,7 @@ class Journal:
         self._mutex = threading.Lock()
         self._groups_ready = False
         self._run_number: int | None = None
+        self._noted: list[tuple[int | None, int, str, str]] = []  # see note_input
         try:
             _refuse_hard_links(real)
             self._file_lock = _FileLock(real)
@@ -413,6 +424,9 @@ class Journal:
                 optional_number,
             ),
             "SELECT * FROM inputs": (number, number),
+            "SELECT * FROM run_inputs": (
+                number, number, optional_text, optional_text, optional_number,
+            ),
         }  # fmt: skip
         for query, shape in shapes.items():
             table = query.rsplit(" ", 1)[1]
@@ -486,7 +500,22 @@ class Journal:
                 raise JournalError(f"journal {self.path} failed: {_one_line(exc)}") from exc
 
     def _execute(self, sql: str, parameters: tuple[object, ...] = ()) -> None:
-        self._run(lambda db: db.execute(sql, parameters))
+        def work(db: sqlite3.Connection) -> None:
+            if not self._noted:
+                db.execute(sql, parameters)
+                return
+            with db:  # the noted input items ride along with this commit
+                db.execute("BEGIN IMMEDIATE")
+                self._write_noted(db)
+                db.execute(sql, parameters)
+            self._noted.clear()
+
+        self._run(work)
+
+    def _write_noted(self, db: sqlite3.Connection) -> None:
+        """Write the noted input items (the caller holds the mutex and a write transaction
+        and clears ``_noted`` once it has committed)."""
+        db.executemany(_NOTE_INPUT, self._noted)
 
     def recorded(self, identity: str) -> JournalEntry | None:
         """What an earlier run recorded for the item ``identity``, if anything."""
@@ -677,22 +706,62 @@ class Journal:
         )
 
     def record_inputs(self, lines: Sequence[int], *, start: int = 0) -> None:
-        """Record (one commit) the input line of each position from ``start`` (``lines[i]``
-        is position ``start + i``'s line); a position already recorded keeps its line. Tells
-        readers which input items exist, sent or not."""
+        """Record (one commit) this run's input line of each position from ``start``
+        (``lines[i]`` is position ``start + i``'s line). Tells readers which input items exist,
+        sent or not, and where they are in this run's input. (The ``inputs`` table, which
+        earlier versions read, keeps the first line recorded for a position.)"""
 
         def work(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN IMMEDIATE")
+                self._write_noted(db)
                 db.executemany(
                     "INSERT OR IGNORE INTO inputs (position, line) VALUES (?, ?)",
                     ((start + offset, line) for offset, line in enumerate(lines)),
                 )
+                db.executemany(
+                    "INSERT INTO run_inputs (run, position, line) VALUES (?, ?, ?) "
+                    "ON CONFLICT(run, position) DO UPDATE SET line = excluded.line",
+                    ((self._run_number, start + o, line) for o, line in enumerate(lines)),
+                )
+            self._noted.clear()
+
+        self._run(work)
+
+    def note_input(self, position: int, identity: str, purchase_id: str) -> None:
+        """Note that this run read the item ``identity`` at input ``position`` (sent, skipped
+        as settled, or waiting for its transaction): the audit trail's record of this run's
+        input. Written with the next commit of the journal, at the latest every
+        1,000 items, so a resume that skips every item does not commit per item."""
+        with self._mutex:
+            self._noted.append((self._run_number, position, identity, purchase_id))
+            full = len(self._noted) >= _INPUT_BATCH
+        if full:
+            self._flush_noted()
+
+    def input_read(self) -> None:
+        """Mark (one commit) this run's input as read to its end: readers take the input of
+        the last run so marked as *the* input (a run stopped early noted only a part)."""
+        self._flush_noted(
+            "INSERT OR REPLACE INTO meta VALUES ('input_run', ?)", (str(self._run_number),)
+        )
+
+    def _flush_noted(self, sql: str | None = None, parameters: tuple[object, ...] = ()) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            if not self._noted and sql is None:
+                return
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                self._write_noted(db)
+                if sql is not None:
+                    db.execute(sql, parameters)
+            self._noted.clear()
 
         self._run(work)
 
     def _end_run(self) -> None:
         with contextlib.suppress(JournalError):  # a failing journal: the run stays open-ended
+            self._flush_noted()
             self._execute("UPDATE runs SET ended_at = ? WHERE run = ?", (_now(), self._run_number))
 
     def close(self) -> None:

@@ -1,9 +1,11 @@
 """Reading a bulk-run journal without ever writing it: one record per input item, the runs, totals.
 
-The journal is opened read-only (SQLite ``mode=ro``; ``immutable`` when no ``-wal`` file is
-beside it, so not even an empty ``-wal`` is created), never migrated and never locked for
-writing. A journal held by a running ``refund-bulk`` is refused (its lock file is locked) and so
-is a damaged one or a file that is not a preo journal: always a :class:`JournalError`.
+No file of the journal is ever written: without a ``-wal`` file beside it the journal is opened
+``immutable`` (read-only; nothing is created); with one (a run was killed) a private copy of
+the journal and its ``-wal`` is read instead, since SQLite would update the ``-shm`` index of a
+WAL journal even in read-only mode. Never migrated, never locked for writing. A journal held
+by a running ``refund-bulk`` is refused (its lock file is locked) and so is a damaged one or a
+file that is not a preo journal: always a :class:`JournalError`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -45,6 +49,14 @@ STANDINGS: Final[tuple[Standing, ...]] = (
     "not_sent",
 )
 _SQLITE_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError)
+_ITEMS: Final = (
+    "SELECT position, request, idempotency_key, state, refund_id, amount, error "
+    "FROM items ORDER BY position, idempotency_key"
+)
+_ITEMS_BY_IDENTITY: Final = (  # schema 2 (every journal with noted inputs)
+    "SELECT position, request, idempotency_key, state, refund_id, amount, error, identity "
+    "FROM items ORDER BY position, idempotency_key"
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +74,9 @@ class JournalRecord:
       ``request_id`` of the answer (quote it to Preo support); ``first_sent_at`` /
       ``answered_at`` (UTC); ``attempts`` made over every run; ``replayed`` (the answer came
       from the server's idempotency store; None when no answer was recorded).
+    - ``in_input``: False for an item the journal holds that the latest run's input lacks
+      (an earlier run's row, since removed or edited): listed after the input's items, with
+      ``line`` None and ``position`` where it was when last sent, so no refund is hidden.
     """
 
     position: int
@@ -84,6 +99,7 @@ class JournalRecord:
     answered_at: datetime.datetime | None
     attempts: int
     replayed: bool | None
+    in_input: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: amounts as exact decimal strings (``amount_text``), times ISO 8601."""
@@ -182,6 +198,8 @@ def journal_report(path: str | os.PathLike[str]) -> JournalReport:
             return _read(shown, real)
         except JournalError:
             raise
+        except OSError as exc:  # copying a killed run's journal (see _connect)
+            raise JournalError(f"cannot read journal {shown}: {exc.strerror or exc}") from None
         except (*_SQLITE_ERRORS, TypeError, ValueError, InvalidOperation, KeyError) as exc:
             raise JournalError(
                 f"journal {shown} is damaged or not a preo journal ({' '.join(str(exc).split())})"
@@ -218,15 +236,26 @@ def _not_held(shown: Path, real: Path) -> Iterator[None]:
         os.close(fd)  # releases the shared lock
 
 
-def _connect(real: Path) -> sqlite3.Connection:
-    uri = f"{real.as_uri()}?mode=ro"
-    if not Path(f"{real}-wal").exists():
-        uri += "&immutable=1"  # everything is in the file: read it without creating a -wal
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+def _connect(real: Path, stack: contextlib.ExitStack) -> sqlite3.Connection:
+    """A connection that writes no file of the journal. Everything in the file (no -wal):
+    ``immutable``, which creates nothing. A -wal beside it (a killed run): SQLite would
+    rebuild its -shm index even read-only, so read a private copy of the file and its -wal
+    (consistent: no run can start while the caller holds the shared lock)."""
+    wal = Path(f"{real}-wal")
+    if not wal.exists():
+        uri = f"{real.as_uri()}?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="preo-journal-")))
+    copy = folder / "journal"
+    shutil.copyfile(real, copy)
+    with contextlib.suppress(FileNotFoundError):  # checkpointed meanwhile: all in the file
+        shutil.copyfile(wal, f"{copy}-wal")
+    return sqlite3.connect(copy, isolation_level=None, check_same_thread=False)
 
 
 def _read(shown: Path, real: Path) -> JournalReport:
-    with contextlib.closing(_connect(real)) as db:
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(contextlib.closing(_connect(real, stack)))
         check = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
         if check != ["ok"]:
             raise JournalError(f"journal {shown} is damaged ({' '.join('; '.join(check).split())})")
@@ -240,10 +269,20 @@ def _read(shown: Path, real: Path) -> JournalReport:
             raise JournalError(
                 f"{shown} is not a preo journal of schema {SCHEMA} (found {meta.get('schema')!r})"
             )
-        items = db.execute(
-            "SELECT position, request, idempotency_key, state, refund_id, amount, error "
-            "FROM items ORDER BY position, idempotency_key"
-        ).fetchall()
+        # the input of the last run that read its input whole (else of the last run): which
+        # item sits at each position, and its line (journals from before runs noted their
+        # input have only the first line recorded per position, in ``inputs``)
+        chosen = _input_run(db, meta) if "run_inputs" in tables else None
+        noted = (
+            db.execute(
+                "SELECT position, identity, purchase_id, line FROM run_inputs WHERE run = ? "
+                "ORDER BY position",
+                (chosen,),
+            ).fetchall()
+            if chosen is not None
+            else []
+        )
+        items = db.execute(_ITEMS_BY_IDENTITY if noted else _ITEMS).fetchall()
         inputs = dict(db.execute("SELECT position, line FROM inputs")) if "inputs" in tables else {}
         attempts = (
             db.execute(
@@ -260,7 +299,22 @@ def _read(shown: Path, real: Path) -> JournalReport:
             if "runs" in tables
             else []
         )
-    return _report(shown, meta, items, inputs, attempts, runs)
+    return _report(shown, meta, items, inputs, attempts, runs, noted)
+
+
+def _input_run(db: sqlite3.Connection, meta: dict[str, str]) -> int | None:
+    """The run whose input the records follow: the last that read its input whole, else the
+    last that noted any item of it (None: no run did; lines alone do not place items)."""
+    marked = meta.get("input_run", "")
+    if marked.isdigit() and marked.isascii():
+        found = db.execute(
+            "SELECT 1 FROM run_inputs WHERE run = ? AND identity IS NOT NULL LIMIT 1",
+            (int(marked),),
+        )
+        if found.fetchone() is not None:
+            return int(marked)
+    latest = db.execute("SELECT MAX(run) FROM run_inputs WHERE identity IS NOT NULL").fetchone()
+    return None if latest is None or latest[0] is None else int(latest[0])
 
 
 @attrs.define
@@ -315,25 +369,14 @@ def _report(
     inputs: dict[int, int],
     attempts: list[tuple[Any, ...]],
     runs: list[tuple[Any, ...]],
+    noted: list[tuple[Any, ...]],
 ) -> JournalReport:
     trails = _trails(attempts)
-    # Items are keyed by identity (content and ordinal): after a resume with an edited input
-    # two items may carry one position (an earlier run's row and this run's), and both are kept.
-    by_position: dict[int, list[tuple[Any, ...]]] = {}
-    for row in items:
-        by_position.setdefault(int(row[0]), []).append(row)
-    carriers: dict[str, int] = {}
-    for position, _, key, state, *_ in items:
-        if state != "covered":
-            carriers.setdefault(str(key), int(position))
-    records: list[JournalRecord] = []
-    for position in sorted({*by_position, *inputs}):
-        line = inputs.get(position)
-        rows = by_position.get(position)
-        if not rows:
-            records.append(_not_sent(position, line))
-            continue
-        records.extend(_record(shown, row, line, inputs, carriers, trails) for row in rows)
+    records = (
+        _by_noted_input(shown, items, noted, trails)
+        if noted
+        else _by_position(shown, items, inputs, trails)
+    )
     counts: dict[str, int] = dict.fromkeys(STANDINGS, 0)
     refunds: dict[str, Decimal] = {}
     for record in records:
@@ -351,10 +394,69 @@ def _report(
     )
 
 
-def _not_sent(position: int, line: int | None) -> JournalRecord:
+def _by_noted_input(
+    shown: Path,
+    items: list[tuple[Any, ...]],
+    noted: list[tuple[Any, ...]],
+    trails: dict[str, _Trail],
+) -> list[JournalRecord]:
+    """One record per item of the chosen run's input, in its order, at its position and
+    line; then the journal's items that input lacks (``in_input`` False, no line)."""
+    by_identity = {str(row[7]): row for row in items}
+    where: dict[str, int] = {}  # identity -> its line (or 1-based position) in this input
+    for position, identity, _, line in noted:
+        if identity is not None:
+            where.setdefault(str(identity), int(position) + 1 if line is None else int(line))
+    carriers: dict[str, int | None] = {}  # key -> where its carrier is in this input
+    for _, _, key, state, *_, identity in items:
+        if state != "covered":
+            carriers.setdefault(str(key), where.get(str(identity)))
+    records: list[JournalRecord] = []
+    for position, identity, purchase_id, line in noted:
+        row = None if identity is None else by_identity.get(str(identity))
+        if row is None:  # read but not recorded (invalid, or never started)
+            records.append(_not_sent(int(position), line, purchase_id))
+            continue
+        records.append(_record(shown, row, int(position), line, carriers, trails))
+    listed = {str(identity) for _, identity, _, _ in noted if identity is not None}
+    records.extend(
+        _record(shown, row, int(row[0]), None, carriers, trails, in_input=False)
+        for row in items
+        if str(row[7]) not in listed
+    )
+    return records
+
+
+def _by_position(
+    shown: Path, items: list[tuple[Any, ...]], inputs: dict[int, int], trails: dict[str, _Trail]
+) -> list[JournalRecord]:
+    """A journal no run noted the input of: items by the position they were last sent at,
+    lines from ``inputs`` (as first recorded for each position)."""
+    # Items are keyed by identity (content and ordinal): after a resume with an edited input
+    # two items may carry one position (an earlier run's row and this run's), and both are kept.
+    by_position: dict[int, list[tuple[Any, ...]]] = {}
+    for row in items:
+        by_position.setdefault(int(row[0]), []).append(row)
+    carriers: dict[str, int | None] = {}
+    for position, _, key, state, *_ in items:
+        if state != "covered":
+            carriers.setdefault(str(key), inputs.get(int(position), int(position) + 1))
+    records: list[JournalRecord] = []
+    for position in sorted({*by_position, *inputs}):
+        line = inputs.get(position)
+        rows = by_position.get(position)
+        if not rows:
+            records.append(_not_sent(position, line))
+            continue
+        records.extend(_record(shown, row, position, line, carriers, trails) for row in rows)
+    return records
+
+
+def _not_sent(position: int, line: int | None, purchase_id: object = None) -> JournalRecord:
     return JournalRecord(
-        position=position, line=line, purchase_id="", transaction_id=None, reference=None,
-        reason="", scope="", requested_amount=None, standing="not_sent", refund_id=None,
+        position=position, line=line, purchase_id=_text(purchase_id) or "",
+        transaction_id=None, reference=None, reason="", scope="", requested_amount=None,
+        standing="not_sent", refund_id=None,
         amount=None, refund_status=None, covered_by=None, idempotency_key=None,
         request_id=None, error=None, first_sent_at=None, answered_at=None, attempts=0,
         replayed=None,
@@ -364,12 +466,16 @@ def _not_sent(position: int, line: int | None) -> JournalRecord:
 def _record(
     shown: Path,
     row: tuple[Any, ...],
+    position: int,
     line: int | None,
-    inputs: dict[int, int],
-    carriers: dict[str, int],
+    carriers: dict[str, int | None],
     trails: dict[str, _Trail],
+    *,
+    in_input: bool = True,
 ) -> JournalRecord:
-    position, request_text, key, state, refund_id, amount, error = row
+    """The record of one journal item (``row``) at ``position`` and ``line``; ``carriers``
+    gives the line (or 1-based position) of each key's carrier, for ``covered_by``."""
+    _, request_text, key, state, refund_id, amount, error = row[:7]
     try:
         request = json.loads(request_text)
         if not isinstance(request, dict):
@@ -378,15 +484,15 @@ def _record(
         recorded = _decimal(amount)
     except (TypeError, ValueError, InvalidOperation):
         raise JournalError(
-            f"journal {shown} is damaged: the entry of input item {int(position) + 1} is not "
+            f"journal {shown} is damaged: the entry of input item {int(row[0]) + 1} is not "
             "one this library writes",
-            position=int(position),
+            position=int(row[0]),
         ) from None
     covered = state == "covered"
-    carrier = carriers.get(str(key)) if covered else None
+    carrier = carriers.get(str(key)) if covered else None  # its line (or 1-based position)
     trail = trails.get(str(key), _Trail()) if not covered else _Trail()
     return JournalRecord(
-        position=int(position),
+        position=position,
         line=line,
         purchase_id=str(request.get("purchase_id", "")),
         transaction_id=_text(request.get("transaction_id")),
@@ -398,7 +504,7 @@ def _record(
         refund_id=_text(refund_id),
         amount=None if covered else recorded,
         refund_status=trail.refund_status,
-        covered_by=None if carrier is None else inputs.get(carrier, carrier + 1),
+        covered_by=carrier,
         idempotency_key=_text(key),
         request_id=trail.request_id,
         error=_text(error),
@@ -406,6 +512,7 @@ def _record(
         answered_at=_time(trail.answered_at),
         attempts=trail.attempts,
         replayed=trail.replayed,
+        in_input=in_input,
     )
 
 

@@ -52,8 +52,32 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse_int(text: str) -> int | Decimal:
+    """A JSON integer: an ``int``, or past Python's int-to-text digit limit (4,300 digits by
+    default, where ``int(text)`` raises ValueError) the exact ``Decimal``, so a huge number in
+    one field is that field's (kept raw) value, not an unreadable body."""
+    try:
+        return int(text)
+    except ValueError:
+        return Decimal(text)
+
+
+def _exact_int(value: int) -> int | Decimal:
+    """``value``, or as an exact ``Decimal`` when it has too many digits to print as text
+    (as :func:`_parse_int` reads it; ``Decimal(int)`` converts without the digit limit)."""
+    if value.bit_length() <= 10_000:  # fewer than 3,011 digits: always printable
+        return value
+    try:
+        str(value)
+    except ValueError:
+        return Decimal(value)
+    return value
+
+
 # One decoder: exact amounts, no NaN/Infinity (not JSON), no per-call setup.
-_JSON: Final = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
+_JSON: Final = json.JSONDecoder(
+    parse_float=Decimal, parse_int=_parse_int, parse_constant=_refuse_constant
+)
 _DECIMAL_TEXT: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 _PAD: Final = decimal.Context(prec=_MAX_ADJUSTED + _MAX_PLACES + 10)
 _CENTS: Final = Decimal("0.01")
@@ -1020,6 +1044,8 @@ def _from_python(value: Any, depth: int) -> Any:
         return Decimal(float.__repr__(value))
     if isinstance(value, datetime.datetime):
         return value.isoformat()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _exact_int(value)
     if value is None or isinstance(value, str | int | Decimal):  # bool is an int
         return value
     raise _Unreadable(f"a {type(value).__name__} is not a JSON value")

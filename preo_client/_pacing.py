@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from ._exceptions import RefundValidationError
+from ._exceptions import RefundValidationError, shown
 
 __all__ = ["MIN_RATE", "PACINGS", "AdaptivePacer", "Slot", "SlotSettledTwice"]
 
@@ -53,10 +53,13 @@ _PATIENCE = 1.0  # seconds (or 4 round trips, if longer): then a queued slot goe
 def _positive(name: str, value: object, allowed: str) -> float:
     """``value`` as a finite float > 0, or a RefundValidationError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RefundValidationError(name, f"must be {allowed}, got {value!r}")
-    number = float(value)
+        raise RefundValidationError(name, f"must be {allowed}, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range
+        number = math.inf
     if not math.isfinite(number) or number <= 0:
-        raise RefundValidationError(name, f"must be {allowed}, got {value!r}")
+        raise RefundValidationError(name, f"must be {allowed}, got {shown(value)}")
     return number
 
 

@@ -214,6 +214,9 @@ def check_pickup_point_id(pickup_point_id: object) -> str | None:
                 "pickup_point_id", f"must be at most {MAX_ID_LENGTH} characters"
             )
         return _encodable("pickup_point_id", pickup_point_id)
-    raise RefundValidationError(
-        "pickup_point_id", f"must be a non-empty string, got {pickup_point_id!r}"
-    )
+    # Name the type, not the value, for a non-string: repr() of an int past Python's
+    # 4,300-digit limit raises ValueError, and a field error must stay a field error.
+    got = type(pickup_point_id).__name__
+    if isinstance(pickup_point_id, str):
+        got = repr(pickup_point_id)
+    raise RefundValidationError("pickup_point_id", f"must be a non-empty string, got {got}")

@@ -395,10 +395,16 @@ def test_a_killed_run_reads_without_being_resumed(tmp_path: Path) -> None:
     with serve(fake) as server:
         killed = _bulk_until_killed(command, server.url, journal, 40)
     assert killed
-    wal = Path(f"{journal}-wal")
-    before = {p: p.read_bytes() for p in (journal, wal) if p.exists()}
+    wal, shm = Path(f"{journal}-wal"), Path(f"{journal}-shm")
+    before = {p: p.read_bytes() for p in (journal, wal, shm) if p.exists()}
+    assert wal in before
     report = journal_report(journal)
-    assert {p: p.read_bytes() for p in before} == before
+    assert {p: p.read_bytes() for p in before} == before  # -shm too: no file is written
+    for args in (["show", "--json"], ["export", "--format", "jsonl"]):
+        result = CliRunner().invoke(cli, ["journal", args[0], str(journal), *args[1:]])
+        assert result.exit_code == 0, result.output
+    assert len(list(read_journal(journal))) == count
+    assert {p: p.read_bytes() for p in (journal, wal, shm) if p.exists()} == before
     assert not report.closed_cleanly
     assert report.runs[0].ended_at is None  # killed: never ended
     assert len(report.records) == count  # every input line is known, sent or not

@@ -455,7 +455,7 @@ def test_unreadable_id_raises(id_value: Any) -> None:
         + b"]" * (MAX_DEPTH + 5)
         + b"}",
         b'{"id": "rr_1", "amount": ' + b"9" * 5000 + b"}",
-        b'{"id": "rr_1", "amount": 1, "x": ' + b"9" * 5000 + b"}",
+        # (an unknown field holding a 5,000-digit integer is a refund: tests/test_bigint.py)
         b'{"id": "rr_1", "amount": 1' + b"0" * 400 + b"}",
         b"\xff\xfe",
         b"",
