@@ -145,9 +145,9 @@ def _redacted_request(request: httpx.Request) -> httpx.Request:
 
     secrets = _credentials(request)
     headers = [
-        (k, _scrub_text(v, secrets))
-        for k, v in request.headers.multi_items()
-        if k.lower() not in _CREDENTIAL_HEADERS
+        (k, _scrub_bytes(v, secrets))
+        for k, v in request.headers.raw  # bytes: a non-ASCII value must not stop pickling
+        if k.lower().decode("latin-1") not in _CREDENTIAL_HEADERS
     ]
     try:
         content = request.content
@@ -173,10 +173,12 @@ def _redacted_response(response: httpx.Response, secrets: tuple[str, ...] = ()) 
         content = b""
     request = response._request
     secrets = (*secrets, *_credentials(request))
-    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "set-cookie"]
-    # the body was decoded already: drop the encoding headers so it is not decoded twice
+    # raw bytes (a non-ASCII value must not stop pickling); no cookies; the body was decoded
+    # already: drop the encoding header so it is not decoded twice
     headers = [
-        (k, _scrub_text(v, secrets)) for k, v in headers if k.lower() not in ("content-encoding",)
+        (k, _scrub_bytes(v, secrets))
+        for k, v in response.headers.raw
+        if k.lower() not in (b"set-cookie", b"content-encoding")
     ]
     return httpx.Response(
         response.status_code,
@@ -192,9 +194,9 @@ def _echo_free(response: httpx.Response, content: bytes, secret: str) -> httpx.R
     import httpx
 
     headers = [
-        (k, _scrub_text(v, (secret,)))
-        for k, v in response.headers.multi_items()
-        if k.lower() != "content-encoding"  # ``content`` is decoded already
+        (k, _scrub_bytes(v, (secret,)))
+        for k, v in response.headers.raw  # bytes: non-ASCII values are kept as they came
+        if k.lower() != b"content-encoding"  # ``content`` is decoded already
     ]
     return httpx.Response(
         response.status_code, headers=headers, content=content, request=response._request

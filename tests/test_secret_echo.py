@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 
 import httpx
 import pytest
@@ -67,6 +68,8 @@ def test_a_key_echoed_as_the_request_id_is_never_kept(
     texts = [repr(result), str(result), str(getattr(result, "request_id", "")), *records.text]
     for text in texts:
         assert key not in text
+    if isinstance(result, APIError):
+        assert key.encode() not in pickle.dumps(result)
 
 
 @pytest.mark.parametrize("status", [201, 400])
@@ -84,3 +87,37 @@ def test_the_request_id_keeps_its_text_around_the_key(status: int) -> None:
     except APIError as exc:
         result = exc
     assert getattr(result, "request_id", None) == "req-***"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    status=st.sampled_from([200, 201, 400, 404, 409, 422, 429, 500, 503]),
+    name=st.sampled_from([b"X-Debug", b"X-Request-Id", b"Retry-After", b"Set-Cookie"]),
+    value=st.binary(min_size=1, max_size=20).map(
+        lambda b: bytes(c for c in b if c not in b"\r\n\x00") or b"\xe9"
+    ),
+    echo=st.booleans(),
+)
+def test_every_error_pickles_whatever_bytes_its_headers_hold(
+    status: int, name: bytes, value: bytes, echo: bool
+) -> None:
+    """Adversary round 4, r15: a non-ASCII header value (obs-text, legal on the wire) made
+    ``pickle.dumps(error)`` raise UnicodeEncodeError; an echoed key stays out of the pickle."""
+    key = "sk_live_pickle_1234567890"
+    extra = value + (b" " + key.encode() if echo else b"")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=[(name, extra)], content=b'{"detail": "no"}')
+
+    client = PreoClient(
+        api_key=key, max_retries=0, http_client=httpx.Client(transport=httpx.MockTransport(answer))
+    )
+    with pytest.raises(APIError) as caught:
+        client.purchases.refund("pur_1", reason="sold_out")
+    error = caught.value
+    data = pickle.dumps(error)
+    assert key.encode() not in data
+    back = pickle.loads(data)  # noqa: S301 - our own bytes
+    assert type(back) is type(error)
+    assert back.idempotency_key == error.idempotency_key
+    assert back.status_code == error.status_code
