@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -74,6 +74,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, for high-concurrency bulk runs (much faster than httpcore's pool
     above ~16 concurrent requests). Takes httpx-aiohttp's arguments (``limits``, ``verify``,
     ``proxy``, ...). Use: ``httpx.AsyncClient(transport=AiohttpTransport())``."""
+
+    _preo_guards_itself: ClassVar[bool] = True  # its connector is guarded before each request
 
     def __init__(self, **options: Any) -> None:
         self._inner = _HttpxAiohttpTransport(**options)

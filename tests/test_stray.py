@@ -37,7 +37,7 @@ from preo_client import (
     Refund,
     RefundOutcomeUnknownError,
 )
-from preo_client._stray import guard_pools, has_leftover_bytes
+from preo_client._stray import guard_pools, has_leftover_bytes, is_blind, reachable_pools
 from tests.helpers import KEY, NO_WAIT, refund_json
 
 WATCHDOG = 60.0  # seconds; a hang fails the test instead of blocking CI
@@ -315,3 +315,261 @@ def test_aiohttp_still_has_what_the_guard_relies_on() -> None:
     assert "self._connector.connect(" in inspect.getsource(aiohttp.ClientSession._request)
     params = list(inspect.signature(aiohttp.BaseConnector.connect).parameters)
     assert params[:4] == ["self", "req", "traces", "timeout"]
+
+
+# -- an injected client: connections pooled before, pools inside wrapper transports ---------------
+
+
+class Wrap(httpx.BaseTransport):
+    """A middleware transport (logging, metrics, retries) delegating to another one."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, lazy: bool = False) -> None:
+        self.inner = None if lazy else (inner or httpx.HTTPTransport())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.inner is None:  # built on first use: unseen when the client was built
+            self.inner = httpx.HTTPTransport()
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+class AWrap(httpx.AsyncBaseTransport):
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport | None = None, *, lazy: bool = False
+    ) -> None:
+        self.inner = None if lazy else (inner or httpx.AsyncHTTPTransport())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.inner is None:
+            self.inner = httpx.AsyncHTTPTransport()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()
+
+
+class Hidden(httpx.BaseTransport):
+    """A wrapper the SDK cannot see into: the transport it uses lives in a closure."""
+
+    def __init__(self) -> None:
+        inner = httpx.HTTPTransport()
+        self.send = inner.handle_request
+        self.shut = inner.close
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.send(request)
+
+    def close(self) -> None:
+        self.shut()
+
+
+class AHidden(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        inner = httpx.AsyncHTTPTransport()
+        self.send = inner.handle_async_request
+        self.shut = inner.aclose
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.send(request)
+
+    async def aclose(self) -> None:
+        await self.shut()
+
+
+@dataclass
+class StrayAfterEachFirstAnswer:
+    """Answers the first request on every connection, then sends a stray 201 in the same
+    write; a request on a reused connection is answered ``rr_REUSED`` (the stray answers it
+    first if the client reads it). Records (connection, request number, path, headers)."""
+
+    url: str = ""
+    received: list[tuple[int, int, str, bytes]] = field(default_factory=list)
+    connections: int = 0
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            buf = b""
+            for count in range(1, 100):
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    rest += data
+                buf = rest[length:]
+                path = head.split(b" ")[1].decode()
+                self.received.append((number, count, path, head.lower()))
+                parts = path.split("/")
+                mine = answer(201, f"rr_{parts[3]}") if len(parts) > 3 else answer(201, "rr_ok")
+                conn.sendall(mine + STRAY if count == 1 else answer(201, "rr_REUSED"))
+
+    def accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.handle, args=(conn, self.connections), daemon=True).start()
+
+
+@contextmanager
+def serving_strays() -> Iterator[StrayAfterEachFirstAnswer]:
+    server = StrayAfterEachFirstAnswer()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    threading.Thread(target=server.accept, args=(listener,), daemon=True).start()
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+INJECTED: dict[str, tuple[Callable[[bool], Any], str]] = {
+    # how the partner built the client it hands over, and when the partner uses it itself
+    "used before": (lambda sync: None, "before"),
+    "used in between": (lambda sync: None, "between"),
+    "wrapped": (lambda sync: Wrap() if sync else AWrap(), ""),
+    "wrapped twice": (lambda sync: Wrap(Wrap()) if sync else AWrap(AWrap()), ""),
+    # unseen when the SDK client is built; its pool then made by the partner's own request
+    "wrapper built lazily": (lambda sync: Wrap(lazy=True) if sync else AWrap(lazy=True), "after"),
+    "mounted wrapper": (lambda sync: "mount", ""),
+    "hidden wrapper": (lambda sync: Hidden() if sync else AHidden(), ""),
+}
+BLIND = {"hidden wrapper", "wrapper built lazily"}  # no pool visible when the client is built
+
+
+def _injected(mode: str, sync: bool) -> Any:
+    transport = INJECTED[mode][0](sync)
+    cls: Any = httpx.Client if sync else httpx.AsyncClient
+    if transport == "mount":
+        return cls(mounts={"all://": Wrap() if sync else AWrap()})
+    return cls(transport=transport) if transport else cls()
+
+
+def injected_run(server: StrayAfterEachFirstAnswer, mode: str, kind: str) -> list[str]:
+    """Refunds pur_A and pur_B through an injected client built as ``mode``; the partner
+    also uses the client itself (before the SDK saw it, after, or between the refunds)."""
+    used = INJECTED[mode][1]
+    if kind == "sync":
+        with _injected(mode, sync=True) as http:
+            if used == "before":
+                http.get(server.url + "/health")
+            client = PreoClient(
+                api_key=KEY, base_url=server.url, http_client=http, max_retries=0,
+                backoff=NO_WAIT, timeout=10,
+            )  # fmt: skip
+            if used == "after":
+                http.get(server.url + "/health")
+            ids = [refund(client, "pur_A").id]
+            if used == "between":
+                http.get(server.url + "/health")
+            ids.append(refund(client, "pur_B").id)
+        return ids
+
+    async def go() -> list[str]:
+        async with _injected(mode, sync=False) as http:
+            if used == "before":
+                await http.get(server.url + "/health")
+            client = AsyncPreoClient(
+                api_key=KEY, base_url=server.url, http_client=http, max_retries=0,
+                backoff=NO_WAIT, timeout=10,
+            )  # fmt: skip
+            if used == "after":
+                await http.get(server.url + "/health")
+            ids = [(await arefund(client, "pur_A")).id]
+            if used == "between":
+                await http.get(server.url + "/health")
+            ids.append((await arefund(client, "pur_B")).id)
+        return ids
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("mode", sorted(INJECTED))
+def test_an_injected_client_never_reads_a_stray_as_a_refund(kind: str, mode: str) -> None:
+    """Issue r1: a connection the partner's client pooled before the SDK saw it, and a pool
+    inside a wrapper transport, escaped the guard. Every refund is now answered by its own
+    request, sent as the first request of its connection (each first answer is followed by
+    a stray)."""
+    with serving_strays() as server:
+        ids: list[Any] = watched(lambda: injected_run(server, mode, kind))  # type: ignore[arg-type,return-value]
+    assert ids == ["rr_pur_A", "rr_pur_B"]
+    refunds = [(n, count) for n, count, path, _ in server.received if "refund" in path]
+    assert [count for _, count in refunds] == [1, 1]  # never on a reused connection
+    for _, _, path, head in server.received:
+        if "refund" in path:  # only a transport the SDK cannot see into closes after each
+            assert (b"\r\nconnection: close" in head) is (mode in BLIND)
+
+
+class Opaque:
+    """Attributes that must never be evaluated while looking for pools."""
+
+    @property
+    def boom(self) -> httpx.BaseTransport:
+        raise AssertionError("a property was evaluated")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"__getattr__({name!r}) was called")
+
+
+def test_pools_are_found_through_wrappers_without_running_their_code() -> None:
+    plain = httpx.HTTPTransport()
+    looped = Wrap(plain)
+    looped.again = looped  # type: ignore[attr-defined]  # a cycle ends
+    odd = Wrap(plain)
+    odd.extra = Opaque()  # type: ignore[attr-defined]
+    listed = Wrap(plain)
+    listed.inner = None
+    listed.chain = [Wrap(httpx.HTTPTransport())]  # type: ignore[attr-defined]
+    listed.table = {"x": httpx.HTTPTransport()}  # type: ignore[attr-defined]
+    for transport, pools in [(looped, 1), (odd, 1), (listed, 2), (Wrap(Wrap(Wrap())), 1)]:
+        found, blind = reachable_pools(httpx.Client(transport=transport))
+        assert len(found) == pools
+        assert not blind
+    for quiet in (httpx.MockTransport(lambda r: httpx.Response(200)), AiohttpTransport()):
+        client: Any = httpx.AsyncClient(transport=quiet)
+        assert reachable_pools(client) == ([], [])
+        assert not is_blind(client)
+    assert is_blind(httpx.Client(transport=Hidden()))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_quiet_transport_gets_no_connection_close(kind: str) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=refund_json())
+
+    transport = httpx.MockTransport(handler)
+    if kind == "sync":
+        refund(PreoClient(api_key=KEY, http_client=httpx.Client(transport=transport)), "pur_A")
+    else:
+        http = httpx.AsyncClient(transport=transport)
+        asyncio.run(arefund(AsyncPreoClient(api_key=KEY, http_client=http), "pur_A"))
+    assert seen[0].headers.get("connection", "") != "close"
+
+
+def test_httpcore_pools_still_list_their_connections() -> None:
+    """The guard reads ``ConnectionPool._connections`` (the pool's own list of connections)."""
+    for pool_cls in (httpcore.ConnectionPool, httpcore.AsyncConnectionPool):
+        assert "self._connections: list[" in inspect.getsource(pool_cls.__init__)
+        assert isinstance(pool_cls()._connections, list)
