@@ -25,13 +25,16 @@ check this everywhere, so this module retires such a connection when the pool wo
   requests cannot be checked; the README says so.
 - aiohttp: the connector's ``connect()`` discards a pooled connection whose protocol has
   anything queued or pending (``ResponseHandler.should_close``: a stray answer parsed while the
-  connection sat idle, a tail, an error) and takes another, so the request is sent on a clean
-  connection and never "answered" by the stray before it went out.
+  connection sat idle, a tail, an error) or whose parser holds the start of another message
+  (a partial stray such as ``HTTP/1.1 201 Cr``, which ``should_close`` misses; see
+  :func:`_message_started`) and takes another, so the request is sent on a clean connection
+  and never "answered" by the stray before it went out.
 
 Everything private is reached here and only here; ``tests/test_stray.py`` fails loudly when a
 library changes what is relied on (``HTTPTransport._pool``, ``HTTPConnection._connection``,
 ``ConnectionPool._connections``, ``HTTP11Connection._h11_state``,
-``h11.Connection.trailing_data``, ``ResponseHandler.should_close``, ``BaseConnector.connect``).
+``h11.Connection.trailing_data``, ``ResponseHandler.should_close``, ``ResponseHandler._parser``
+and its ``feed_eof()``, ``BaseConnector.connect``).
 
 Upstream issue we would file (httpcore / httpx, and the httpx2 fork, which is identical here)::
 
@@ -208,6 +211,26 @@ def is_blind(client: httpx.Client | httpx.AsyncClient) -> bool:
     return bool(reachable_pools(client)[1])
 
 
+def _message_started(protocol: Any) -> bool:
+    """Whether a pooled connection's parser, kept from its last response, has the start of
+    another message: bytes past the answer too short to be parsed as one (``HTTP/1.1 201 Cr``),
+    which ``should_close`` does not see. aiohttp gives the next request a new parser, so those
+    bytes would be dropped and the rest of the stray read as that request's answer.
+
+    The pure-Python parser shows its buffers (``_tail``, ``_lines``); the C parser does not,
+    but its ``feed_eof()`` returns the started message (or raises) and does nothing when no
+    message has started. The parser is about to be replaced either way."""
+    parser = getattr(protocol, "_parser", None)
+    if parser is None:  # a new connection: nothing received yet
+        return False
+    if getattr(parser, "_tail", b"") or getattr(parser, "_lines", None):
+        return True
+    try:
+        return parser.feed_eof() is not None
+    except Exception:  # a half message that cannot even be ended cleanly
+        return True
+
+
 class UnusableConnectionError(Exception):
     """Every connection the pool offered had stray bytes; nothing was sent on any of them."""
 
@@ -222,7 +245,7 @@ def guard_aiohttp(connector: aiohttp.BaseConnector | None) -> None:
         for _ in range(_MAX_DISCARDS):
             conn = await connect(*args, **kwargs)
             protocol = conn.protocol
-            if protocol is None or not protocol.should_close:
+            if protocol is None or not (protocol.should_close or _message_started(protocol)):
                 return conn
             conn.close()  # closes the socket: never back into the pool
         raise UnusableConnectionError(

@@ -389,6 +389,9 @@ class StrayAfterEachFirstAnswer:
     url: str = ""
     received: list[tuple[int, int, str, bytes]] = field(default_factory=list)
     connections: int = 0
+    stray: bytes = STRAY
+    delay: float | None = None  # None: in the same write as the answer
+    stray_sent: threading.Event = field(default_factory=threading.Event)
 
     def handle(self, conn: socket.socket, number: int) -> None:
         with conn, contextlib.suppress(OSError):
@@ -415,7 +418,16 @@ class StrayAfterEachFirstAnswer:
                 self.received.append((number, count, path, head.lower()))
                 parts = path.split("/")
                 mine = answer(201, f"rr_{parts[3]}") if len(parts) > 3 else answer(201, "rr_ok")
-                conn.sendall(mine + STRAY if count == 1 else answer(201, "rr_REUSED"))
+                if count > 1:
+                    conn.sendall(answer(201, "rr_REUSED"))
+                elif self.delay is None:
+                    conn.sendall(mine + self.stray)
+                    self.stray_sent.set()
+                else:
+                    conn.sendall(mine)
+                    time.sleep(self.delay)
+                    conn.sendall(self.stray)
+                    self.stray_sent.set()
 
     def accept(self, listener: socket.socket) -> None:
         while True:
@@ -428,8 +440,10 @@ class StrayAfterEachFirstAnswer:
 
 
 @contextmanager
-def serving_strays() -> Iterator[StrayAfterEachFirstAnswer]:
-    server = StrayAfterEachFirstAnswer()
+def serving_strays(
+    stray: bytes = STRAY, delay: float | None = None
+) -> Iterator[StrayAfterEachFirstAnswer]:
+    server = StrayAfterEachFirstAnswer(stray=stray, delay=delay)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -573,3 +587,87 @@ def test_httpcore_pools_still_list_their_connections() -> None:
     for pool_cls in (httpcore.ConnectionPool, httpcore.AsyncConnectionPool):
         assert "self._connections: list[" in inspect.getsource(pool_cls.__init__)
         assert isinstance(pool_cls()._connections, list)
+
+
+# -- a partial stray: the start of a response, too short to parse --------------------------------
+
+
+def own_client_run(server: StrayAfterEachFirstAnswer, transport: str) -> list[Refund | APIError]:
+    """pur_A then pur_B through the SDK's own client (or the aiohttp transport), B sent only
+    once the stray after A's answer is out (and, when late, read by the idle connection)."""
+
+    def pause() -> None:
+        assert server.stray_sent.wait(WATCHDOG)
+        if server.delay is not None:
+            time.sleep(0.05)
+
+    if transport == "sync httpx":
+        with PreoClient(api_key=KEY, base_url=server.url, max_retries=0, backoff=NO_WAIT) as c:
+            first = outcome(functools.partial(refund, c, "pur_A"))
+            pause()
+            return [first, outcome(functools.partial(refund, c, "pur_B"))]
+
+    async def go() -> list[Refund | APIError]:
+        http = httpx.AsyncClient(transport=AiohttpTransport()) if transport == "aiohttp" else None
+        async with AsyncPreoClient(
+            api_key=KEY, base_url=server.url, max_retries=0, backoff=NO_WAIT, http_client=http
+        ) as c:
+            first = await aoutcome(functools.partial(arefund, c, "pur_A"))
+            await asyncio.get_running_loop().run_in_executor(None, pause)
+            await asyncio.sleep(0.01)  # the event loop reads whatever arrived while idle
+            second = await aoutcome(functools.partial(arefund, c, "pur_B"))
+        if http is not None:
+            await http.aclose()
+        return [first, second]
+
+    return asyncio.run(go())
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    transport=st.sampled_from(sorted(TRANSPORTS)),
+    cut=st.integers(1, len(STRAY) - 1),
+    later=st.booleans(),
+)
+def test_a_partial_stray_retires_the_connection(transport: str, cut: int, later: bool) -> None:
+    """Issue r3: after answer A the peer leaves the start of a response (``HTTP/1.1 201 Cr``),
+    in the same write or on the idle connection. aiohttp reused that connection (B then failed
+    as outcome unknown, or worse); now every transport closes it: B goes out on a new
+    connection and gets its own answer."""
+    with serving_strays(STRAY[:cut], 0.05 if later else None) as server:
+        results = watched(lambda: own_client_run(server, transport))
+    assert [getattr(r, "id", r) for r in results] == ["rr_pur_A", "rr_pur_B"]
+    assert [(n, count) for n, count, *_ in server.received] == [(1, 1), (2, 1)]
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize("cut", [1, 5, 14, 20, len(STRAY) - 2])
+def test_the_reviewed_partial_stray_retires_the_connection(transport: str, cut: int) -> None:
+    with serving_strays(STRAY[:cut]) as server:
+        results = watched(lambda: own_client_run(server, transport))
+    assert [getattr(r, "id", r) for r in results] == ["rr_pur_A", "rr_pur_B"]
+    assert [(n, count) for n, count, *_ in server.received] == [(1, 1), (2, 1)]
+
+
+def test_aiohttp_parsers_still_end_a_started_message_on_eof() -> None:
+    """The aiohttp guard asks a pooled connection's old parser ``feed_eof()``: ``None`` when
+    no message has started, the message (or an error) when one has. Both parsers."""
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.http_parser import HttpResponseParser, HttpResponseParserPy
+
+    from preo_client._stray import _message_started
+
+    loop = asyncio.new_event_loop()
+    try:
+        for parser_cls in {HttpResponseParser, HttpResponseParserPy}:
+            for tail, started in [(b"", False), (STRAY[:1], True), (STRAY[:20], True)]:
+                protocol = ResponseHandler(loop=loop)
+                parser = parser_cls(protocol, loop, 2**16)
+                messages, _, _ = parser.feed_data(answer(201, "rr_pur_A") + tail)
+                assert len(messages) == 1
+                protocol._parser = parser
+                assert _message_started(protocol) is started, (parser_cls, tail)
+    finally:
+        loop.close()
