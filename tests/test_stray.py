@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import h11
 import httpcore
@@ -61,6 +61,41 @@ def answer(status: int, refund_id: str | None = None) -> bytes:
 STRAY = answer(201, "rr_STRAY")
 
 
+def answer_then_stray(
+    conn: socket.socket, first: bytes, stray: bytes, delay: float | None, sent: threading.Event
+) -> None:
+    """Send ``first`` and ``stray`` in one write, or ``stray`` ``delay`` seconds later."""
+    if delay is None:
+        conn.sendall(first + stray)
+    else:
+        conn.sendall(first)
+        time.sleep(delay)
+        conn.sendall(stray)
+    sent.set()
+
+
+def read_request(conn: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
+    """The next request's head off ``conn`` (its body read and dropped) and what follows it;
+    None once the client closed."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        rest += data
+    return head, rest[length:]
+
+
 @dataclass
 class Server:
     """Answers the first request with ``first`` plus ``stray`` (same write, or ``delay`` s
@@ -80,35 +115,16 @@ class Server:
     def answer_all(self, conn: socket.socket) -> None:
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(rest) < length:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                rest += data
-            buf = rest[length:]
+            request = read_request(conn, buf)
+            if request is None:
+                return
+            head, buf = request
             purchase = head.split(b" ")[1].decode().split("/")[3]
             self.received.append(purchase)
             if len(self.received) > 1:
                 conn.sendall(answer(201, f"rr_{purchase}"))
-            elif self.delay is None:
-                conn.sendall(self.first + self.stray)
-                self.stray_sent.set()
             else:
-                conn.sendall(self.first)
-                time.sleep(self.delay)
-                conn.sendall(self.stray)
-                self.stray_sent.set()
+                answer_then_stray(conn, self.first, self.stray, self.delay, self.stray_sent)
 
     def accept(self, listener: socket.socket) -> None:
         while True:
@@ -120,8 +136,17 @@ class Server:
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
 
+_S = TypeVar("_S", bound="Serves")
+
+
+class Serves(Protocol):
+    url: str
+
+    def accept(self, listener: socket.socket) -> None: ...
+
+
 @contextmanager
-def serving(server: Server) -> Iterator[Server]:
+def serving(server: _S) -> Iterator[_S]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -397,37 +422,18 @@ class StrayAfterEachFirstAnswer:
         with conn, contextlib.suppress(OSError):
             buf = b""
             for count in range(1, 100):
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, rest = buf.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(rest) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    rest += data
-                buf = rest[length:]
+                request = read_request(conn, buf)
+                if request is None:
+                    return
+                head, buf = request
                 path = head.split(b" ")[1].decode()
                 self.received.append((number, count, path, head.lower()))
                 parts = path.split("/")
                 mine = answer(201, f"rr_{parts[3]}") if len(parts) > 3 else answer(201, "rr_ok")
                 if count > 1:
                     conn.sendall(answer(201, "rr_REUSED"))
-                elif self.delay is None:
-                    conn.sendall(mine + self.stray)
-                    self.stray_sent.set()
                 else:
-                    conn.sendall(mine)
-                    time.sleep(self.delay)
-                    conn.sendall(self.stray)
-                    self.stray_sent.set()
+                    answer_then_stray(conn, mine, self.stray, self.delay, self.stray_sent)
 
     def accept(self, listener: socket.socket) -> None:
         while True:
@@ -443,16 +449,8 @@ class StrayAfterEachFirstAnswer:
 def serving_strays(
     stray: bytes = STRAY, delay: float | None = None
 ) -> Iterator[StrayAfterEachFirstAnswer]:
-    server = StrayAfterEachFirstAnswer(stray=stray, delay=delay)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    server.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    threading.Thread(target=server.accept, args=(listener,), daemon=True).start()
-    try:
+    with serving(StrayAfterEachFirstAnswer(stray=stray, delay=delay)) as server:
         yield server
-    finally:
-        listener.close()
 
 
 INJECTED: dict[str, tuple[Callable[[bool], Any], str]] = {

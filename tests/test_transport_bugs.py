@@ -65,8 +65,9 @@ class AsyncChunks(httpx.AsyncByteStream):
             raise self.fail
 
 
-class Buggy(httpx.BaseTransport):
-    """Answers ``status`` with ``chunks`` as its body, or raises ``send_error``."""
+class Script:
+    """Answer ``status`` with ``chunks`` as the body (then raise ``body_error``), or raise
+    ``send_error`` while sending."""
 
     def __init__(
         self,
@@ -79,24 +80,15 @@ class Buggy(httpx.BaseTransport):
         self.status, self.chunks = status, chunks
         self.send_error, self.body_error = send_error, body_error
 
+
+class Buggy(Script, httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.send_error is not None:
             raise self.send_error
         return httpx.Response(self.status, stream=Chunks(self.chunks, self.body_error))
 
 
-class AsyncBuggy(httpx.AsyncBaseTransport):
-    def __init__(
-        self,
-        status: int,
-        chunks: list[Any],
-        *,
-        send_error: BaseException | None = None,
-        body_error: BaseException | None = None,
-    ) -> None:
-        self.status, self.chunks = status, chunks
-        self.send_error, self.body_error = send_error, body_error
-
+class AsyncBuggy(Script, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.send_error is not None:
             raise self.send_error
