@@ -117,7 +117,7 @@ def _guard_connection(connection: Any) -> Any:
 def _guard_pool(pool: Any) -> None:
     """Guard the connections ``pool`` holds now (made before we saw it: an injected client
     that already talked to the host) and every one it creates from now on."""
-    for connection in list(pool._connections):  # a copy: the list is changed under a lock
+    for connection in list(getattr(pool, "_connections", ())):  # a copy: changed under a lock
         if not getattr(connection, "_preo_stray_guard", False):
             _guard_connection(connection)
     if getattr(pool, "_preo_stray_guard", False):
@@ -134,6 +134,7 @@ def _guard_pool(pool: Any) -> None:
 _POOLS: Final = (httpcore.ConnectionPool, httpcore.AsyncConnectionPool)
 _TRANSPORTS: Final = (httpx.BaseTransport, httpx.AsyncBaseTransport)
 _CLIENTS: Final = (httpx.Client, httpx.AsyncClient)
+_SEQS: Final = (list, tuple)
 # Transports that hold no connection at all: nothing can trail an answer.
 _NO_CONNECTIONS: Final = (httpx.MockTransport, httpx.ASGITransport, httpx.WSGITransport)
 _MAX_DEPTH: Final = 6  # wrappers around wrappers; deeper than any real stack
@@ -151,13 +152,8 @@ def _members(obj: object) -> list[object]:
         return []
     found: list[object] = []
     for value in list(attributes.values()):
-        items = (
-            list(value.values())
-            if isinstance(value, dict)
-            else list(value)
-            if isinstance(value, list | tuple)
-            else [value]
-        )
+        kind = type(value)  # exact types: a container subclass may run code when iterated
+        items = list(value.values()) if kind is dict else list(value) if kind in _SEQS else [value]
         found.extend(item for item in items if isinstance(item, _POOLS + _TRANSPORTS + _CLIENTS))
     return found
 
