@@ -3,7 +3,9 @@ write, or later on the idle connection) retire the connection on every transport
 read as the next request's answer, and a request is never reported answered unless it was sent.
 
 Over a raw-socket server: the stray follows a 201, a 400 or a 204, in the same write or 50 ms
-later; sync and async httpx clients and the aiohttp transport. Every test runs under a watchdog.
+later; sync and async httpx clients and the aiohttp transport. Also: an injected client that
+already pooled connections, or whose pool sits inside a wrapper transport (seen or hidden), and
+a partial stray (the start of a response). Every test runs under a watchdog.
 """
 
 from __future__ import annotations
