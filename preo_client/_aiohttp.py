@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
         "AiohttpTransport needs the 'fast' extra: pip install 'preo-client[fast]'"
     ) from exc
 
+from ._call import exception_text
 from ._stray import UnusableConnectionError, guard_aiohttp
 
 __all__ = ["AiohttpTransport"]
@@ -34,7 +35,7 @@ def _root(exc: BaseException) -> BaseException:
 def _before_sending(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
     """A failure while sending: "not sent" only when no connection was ever made."""
     cause = _root(exc)
-    message = str(cause) or type(cause).__name__
+    message = exception_text(cause) or type(cause).__name__
     if isinstance(cause, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message, request=request)
     if isinstance(cause, aiohttp.ClientConnectorError | UnusableConnectionError):
@@ -45,7 +46,7 @@ def _before_sending(exc: BaseException, request: httpx.Request) -> httpx.Transpo
 def _after_sending(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
     """A failure once the request may have reached the server: outcome unknown."""
     cause = _root(exc)
-    message = str(cause) or type(cause).__name__
+    message = exception_text(cause) or type(cause).__name__
     if isinstance(
         cause, aiohttp.ServerTimeoutError | asyncio.TimeoutError | httpx.TimeoutException
     ):
@@ -73,6 +74,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, for high-concurrency bulk runs (much faster than httpcore's pool
     above ~16 concurrent requests). Takes httpx-aiohttp's arguments (``limits``, ``verify``,
     ``proxy``, ...). Use: ``httpx.AsyncClient(transport=AiohttpTransport())``."""
+
+    _preo_guards_itself: ClassVar[bool] = True  # its connector is guarded before each request
 
     def __init__(self, **options: Any) -> None:
         self._inner = _HttpxAiohttpTransport(**options)

@@ -61,6 +61,7 @@ __all__ = [
     "build_call",
     "classify_exception",
     "classify_status",
+    "exception_text",
     "finish",
     "reserve",
     "settle",
@@ -384,7 +385,7 @@ def transport_failure(exc: BaseException, call: Call) -> AttemptFailed:
             idempotency_key=call.idempotency_key,
         )
     else:
-        detail = str(exc) or type(exc).__name__
+        detail = exception_text(exc) or type(exc).__name__
         error = APIConnectionError(
             f"Connection error ({type(exc).__name__}: {detail})",
             request=call.request,
@@ -537,6 +538,11 @@ class BodyReader:
 
     def feed(self, raw: bytes) -> None:
         """Take one raw chunk; sets ``problem`` once the body can no longer be read."""
+        if type(raw) is not bytes:
+            if not isinstance(raw, bytes | bytearray | memoryview):  # a transport's bug
+                self.problem = f"the transport gave a {type(raw).__name__} chunk, not bytes"
+                return
+            raw = bytes(raw)
         self._raw += len(raw)
         if self._raw > MAX_RESPONSE_BYTES:
             self.problem = too_large_problem()
@@ -594,7 +600,17 @@ def keep_body(response: httpx.Response, content: bytes, call: Call) -> None:
 
 def body_problem_of(exc: BaseException) -> str:
     """A short description of why a body could not be read (never headers)."""
-    return f"{type(exc).__name__}: {str(exc)[:200] or 'no detail'}"
+    return f"{type(exc).__name__}: {exception_text(exc) or 'no detail'}"
+
+
+def exception_text(exc: BaseException, limit: int = 200) -> str:
+    """``str(exc)`` of a foreign exception (a transport's, a library's), at most ``limit``
+    characters, never raising: a ``__str__`` that fails gives the class name instead."""
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not replace the fault it describes
+        return f"{type(exc).__name__} (its message could not be read)"
+    return text[:limit]
 
 
 class _Preparer(Protocol):

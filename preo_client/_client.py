@@ -57,7 +57,7 @@ from ._extras import check_extra_body, check_extra_query
 from ._observe import setup_logging, watch_call
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
-from ._stray import guard_pools
+from ._stray import guard_pools, is_blind
 
 if TYPE_CHECKING:
     import asyncio
@@ -100,6 +100,8 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         self._owns_http = owns_http
         self._http = http_client if http_client is not None else self._new_http_client()
         guard_pools(self._http)  # a connection with bytes past its answer is never reused
+        # A transport whose connections cannot be checked: no refund leaves its connection open
+        blind = {"connection": "close"} if is_blind(self._http) else {}
         # Requests are built here, not by ``build_request``: the HTTP client's own default
         # headers (Accept-Encoding, ...) are taken once, ours win, and nothing is merged per
         # call. (Cookies and query params of an injected client are not used: this API takes
@@ -109,6 +111,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             "accept": "application/json",
             "user-agent": USER_AGENT,
             **settings.default_headers,
+            **blind,
             "authorization": f"Bearer {settings.api_key}",
         }
         self._headers = httpx.Headers(self._request_headers)  # normalized once, copied per call
@@ -444,6 +447,7 @@ class PreoClient(_BaseClient[httpx.Client]):
             ATTEMPT_DEADLINE.reset(token)
 
     def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
+        guard_pools(self._http)  # connections pooled since, by any pool now reachable
         try:
             response = self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2
@@ -652,6 +656,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             timer.cancel()
 
     async def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
+        guard_pools(self._http)  # connections pooled since, by any pool now reachable
         try:
             response = await self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import math
 import random
+import sys
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -61,28 +62,32 @@ def should_retry(
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or HTTP-date).
 
-    ``None`` for a missing or unusable value ("-10", "abc", a date in the past, not finite):
-    the caller then falls back to its own backoff.
+    delay-seconds is ``1*DIGIT`` in ASCII (RFC 9110 §10.2.3): Arabic-Indic or fullwidth
+    digits, ``"1_0"``, ``"1e1"``, ``"+5"``, ``"2.5"`` are not numbers of seconds, though
+    Python's ``float()`` reads them. ``None`` for a missing or unusable value (those, ``"-10"``,
+    ``"abc"``, a date in the past or with non-ASCII digits): the caller then falls back to its
+    own backoff. A number too large for a float is the largest float (far past any cap).
     """
     if not value:
         return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-        return seconds if seconds > 0 else None
-    if not math.isfinite(seconds) or seconds < 0:
+    text = value.strip(" \t")  # optional whitespace around a field value (RFC 9110 §5.5)
+    if not text or not text.isascii():
         return None
-    return seconds
+    if text.isdigit():  # ASCII only, checked above: no sign, no point, no exponent, no "_"
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else sys.float_info.max
+    if "_" in text:  # int() inside the date parser would read "2_1" as 21
+        return None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return seconds if seconds > 0 else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

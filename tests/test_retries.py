@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from preo_client import (
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
+    AsyncPreoClient,
     AuthenticationError,
     Backoff,
     BadRequestError,
@@ -256,7 +258,7 @@ def test_a_server_wait_is_honoured_but_never_below_the_backoff_floor(
 )
 @given(
     status=st.sampled_from([503, 429]),
-    value=st.sampled_from(["0", "0.0", "0.001", "0.01"]),
+    value=st.sampled_from(["0", "00", " 0", "0\t"]),  # "0.001" is not delay-seconds
     count=st.integers(1, 9),
 )
 def test_retry_after_zero_waits_the_backoff_floor_between_attempts(
@@ -305,8 +307,21 @@ def test_backoff_is_exponential_with_jitter_and_capped(sleeps: list[float]) -> N
     [
         ("3", 3.0),
         ("0", 0.0),
-        ("2.5", 2.5),
+        (" \t7\t ", 7.0),
+        ("2.5", None),  # delay-seconds is 1*DIGIT: no fraction
         ("-10", None),
+        ("+5", None),
+        ("1e1", None),
+        ("1_0", None),
+        ("\u0663", None),  # Arabic-Indic three
+        ("\uff13", None),  # fullwidth three
+        ("\u0669\u0669", None),
+        ("\u0967\u0966\u0966", None),  # Devanagari 100
+        ("\u00b2", None),  # superscript two
+        ("\xa03", None),  # a no-break space is not optional whitespace
+        ("Wed, 2_1 Oct 2099 07:28:00 GMT", None),
+        ("Wed, \u0662\u0661 Oct 2099 07:28:00 GMT", None),
+        ("9" * 400, sys.float_info.max),
         ("abc", None),
         ("", None),
         (None, None),
@@ -318,6 +333,58 @@ def test_backoff_is_exponential_with_jitter_and_capped(sleeps: list[float]) -> N
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected
+
+
+NUMERAL_PARTS = st.sampled_from(
+    ["0", "1", "7", "9", "+", "-", "_", ".", "e", "E", " ", "\t", "\u0663", "\uff13",
+     "\u0669", "\u0967", "\u00b2", "\u2167", "\U0001d7d9", "\xa0", "inf", "nan", "0x1"]
+)  # fmt: skip
+
+
+@given(st.lists(NUMERAL_PARTS, min_size=1, max_size=6).map("".join))
+def test_only_ascii_digits_are_seconds(value: str) -> None:
+    """A Retry-After of ASCII digits (optional blanks around) is that many seconds; any
+    other numeral Python would read (Unicode digits, "_", exponents, signs, fractions, hex)
+    is unusable: the backoff applies."""
+    text = value.strip(" \t")
+    seconds = parse_retry_after(value)
+    if text and all(c in "0123456789" for c in text):
+        assert seconds == float(text)
+    else:
+        assert seconds is None
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("value", ["\u0663", "\uff13", "1_0", "1e1", "+5", "\u0669\u0669", "2.5"])
+def test_a_numeral_that_is_not_delay_seconds_waits_the_backoff(
+    kind: str, value: str, sleeps: list[float]
+) -> None:
+    """End to end: the 429 is retried after the backoff (never the numeral's value, and a
+    large one such as "99" never raises at once)."""
+    backoff = Backoff(base=0.5, cap=8.0)
+    answers = iter(
+        [
+            httpx.Response(429, headers=[(b"retry-after", value.encode())], content=b"{}"),
+            created(),
+        ]
+    )
+    transport = httpx.MockTransport(lambda request: next(answers))
+    if kind == "sync":
+        with PreoClient(
+            api_key=KEY, http_client=httpx.Client(transport=transport), backoff=backoff
+        ) as client:
+            refund = client.purchases.refund("pur_1", reason="sold_out")
+    else:
+
+        async def go() -> Refund:
+            http = httpx.AsyncClient(transport=transport)
+            async with AsyncPreoClient(api_key=KEY, http_client=http, backoff=backoff) as client:
+                return await client.purchases.refund("pur_1", reason="sold_out")
+
+        refund = asyncio.run(go())
+    assert isinstance(refund, Refund)
+    assert len(sleeps) == 1
+    assert 0 <= sleeps[0] <= 2 * backoff.floor(1)  # the backoff, not the header
 
 
 def test_caller_key_is_reused_across_attempts() -> None:

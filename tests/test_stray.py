@@ -3,7 +3,9 @@ write, or later on the idle connection) retire the connection on every transport
 read as the next request's answer, and a request is never reported answered unless it was sent.
 
 Over a raw-socket server: the stray follows a 201, a 400 or a 204, in the same write or 50 ms
-later; sync and async httpx clients and the aiohttp transport. Every test runs under a watchdog.
+later; sync and async httpx clients and the aiohttp transport. Also: an injected client that
+already pooled connections, or whose pool sits inside a wrapper transport (seen or hidden), and
+a partial stray (the start of a response). Every test runs under a watchdog.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import h11
 import httpcore
@@ -37,7 +39,7 @@ from preo_client import (
     Refund,
     RefundOutcomeUnknownError,
 )
-from preo_client._stray import guard_pools, has_leftover_bytes
+from preo_client._stray import guard_pools, has_leftover_bytes, is_blind, reachable_pools
 from tests.helpers import KEY, NO_WAIT, refund_json
 
 WATCHDOG = 60.0  # seconds; a hang fails the test instead of blocking CI
@@ -61,6 +63,41 @@ def answer(status: int, refund_id: str | None = None) -> bytes:
 STRAY = answer(201, "rr_STRAY")
 
 
+def answer_then_stray(
+    conn: socket.socket, first: bytes, stray: bytes, delay: float | None, sent: threading.Event
+) -> None:
+    """Send ``first`` and ``stray`` in one write, or ``stray`` ``delay`` seconds later."""
+    if delay is None:
+        conn.sendall(first + stray)
+    else:
+        conn.sendall(first)
+        time.sleep(delay)
+        conn.sendall(stray)
+    sent.set()
+
+
+def read_request(conn: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
+    """The next request's head off ``conn`` (its body read and dropped) and what follows it;
+    None once the client closed."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        rest += data
+    return head, rest[length:]
+
+
 @dataclass
 class Server:
     """Answers the first request with ``first`` plus ``stray`` (same write, or ``delay`` s
@@ -80,35 +117,16 @@ class Server:
     def answer_all(self, conn: socket.socket) -> None:
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(rest) < length:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                rest += data
-            buf = rest[length:]
+            request = read_request(conn, buf)
+            if request is None:
+                return
+            head, buf = request
             purchase = head.split(b" ")[1].decode().split("/")[3]
             self.received.append(purchase)
             if len(self.received) > 1:
                 conn.sendall(answer(201, f"rr_{purchase}"))
-            elif self.delay is None:
-                conn.sendall(self.first + self.stray)
-                self.stray_sent.set()
             else:
-                conn.sendall(self.first)
-                time.sleep(self.delay)
-                conn.sendall(self.stray)
-                self.stray_sent.set()
+                answer_then_stray(conn, self.first, self.stray, self.delay, self.stray_sent)
 
     def accept(self, listener: socket.socket) -> None:
         while True:
@@ -120,8 +138,17 @@ class Server:
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
 
+_S = TypeVar("_S", bound="Serves")
+
+
+class Serves(Protocol):
+    url: str
+
+    def accept(self, listener: socket.socket) -> None: ...
+
+
 @contextmanager
-def serving(server: Server) -> Iterator[Server]:
+def serving(server: _S) -> Iterator[_S]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -315,3 +342,332 @@ def test_aiohttp_still_has_what_the_guard_relies_on() -> None:
     assert "self._connector.connect(" in inspect.getsource(aiohttp.ClientSession._request)
     params = list(inspect.signature(aiohttp.BaseConnector.connect).parameters)
     assert params[:4] == ["self", "req", "traces", "timeout"]
+
+
+# -- an injected client: connections pooled before, pools inside wrapper transports ---------------
+
+
+class Wrap(httpx.BaseTransport):
+    """A middleware transport (logging, metrics, retries) delegating to another one."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, lazy: bool = False) -> None:
+        self.inner = None if lazy else (inner or httpx.HTTPTransport())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.inner is None:  # built on first use: unseen when the client was built
+            self.inner = httpx.HTTPTransport()
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+class AWrap(httpx.AsyncBaseTransport):
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport | None = None, *, lazy: bool = False
+    ) -> None:
+        self.inner = None if lazy else (inner or httpx.AsyncHTTPTransport())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.inner is None:
+            self.inner = httpx.AsyncHTTPTransport()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()
+
+
+class Hidden(httpx.BaseTransport):
+    """A wrapper the SDK cannot see into: the transport it uses lives in a closure."""
+
+    def __init__(self) -> None:
+        inner = httpx.HTTPTransport()
+        self.send = inner.handle_request
+        self.shut = inner.close
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.send(request)
+
+    def close(self) -> None:
+        self.shut()
+
+
+class AHidden(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        inner = httpx.AsyncHTTPTransport()
+        self.send = inner.handle_async_request
+        self.shut = inner.aclose
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.send(request)
+
+    async def aclose(self) -> None:
+        await self.shut()
+
+
+@dataclass
+class StrayAfterEachFirstAnswer:
+    """Answers the first request on every connection, then sends a stray 201 in the same
+    write; a request on a reused connection is answered ``rr_REUSED`` (the stray answers it
+    first if the client reads it). Records (connection, request number, path, headers)."""
+
+    url: str = ""
+    received: list[tuple[int, int, str, bytes]] = field(default_factory=list)
+    connections: int = 0
+    stray: bytes = STRAY
+    delay: float | None = None  # None: in the same write as the answer
+    stray_sent: threading.Event = field(default_factory=threading.Event)
+
+    def handle(self, conn: socket.socket, number: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            buf = b""
+            for count in range(1, 100):
+                request = read_request(conn, buf)
+                if request is None:
+                    return
+                head, buf = request
+                path = head.split(b" ")[1].decode()
+                self.received.append((number, count, path, head.lower()))
+                parts = path.split("/")
+                mine = answer(201, f"rr_{parts[3]}") if len(parts) > 3 else answer(201, "rr_ok")
+                if count > 1:
+                    conn.sendall(answer(201, "rr_REUSED"))
+                else:
+                    answer_then_stray(conn, mine, self.stray, self.delay, self.stray_sent)
+
+    def accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.handle, args=(conn, self.connections), daemon=True).start()
+
+
+@contextmanager
+def serving_strays(
+    stray: bytes = STRAY, delay: float | None = None
+) -> Iterator[StrayAfterEachFirstAnswer]:
+    with serving(StrayAfterEachFirstAnswer(stray=stray, delay=delay)) as server:
+        yield server
+
+
+INJECTED: dict[str, tuple[Callable[[bool], Any], str]] = {
+    # how the partner built the client it hands over, and when the partner uses it itself
+    "used before": (lambda sync: None, "before"),
+    "used in between": (lambda sync: None, "between"),
+    "wrapped": (lambda sync: Wrap() if sync else AWrap(), ""),
+    "wrapped twice": (lambda sync: Wrap(Wrap()) if sync else AWrap(AWrap()), ""),
+    # unseen when the SDK client is built; its pool then made by the partner's own request
+    "wrapper built lazily": (lambda sync: Wrap(lazy=True) if sync else AWrap(lazy=True), "after"),
+    "mounted wrapper": (lambda sync: "mount", ""),
+    "hidden wrapper": (lambda sync: Hidden() if sync else AHidden(), ""),
+}
+BLIND = {"hidden wrapper", "wrapper built lazily"}  # no pool visible when the client is built
+
+
+def _injected(mode: str, sync: bool) -> Any:
+    transport = INJECTED[mode][0](sync)
+    cls: Any = httpx.Client if sync else httpx.AsyncClient
+    if transport == "mount":
+        return cls(mounts={"all://": Wrap() if sync else AWrap()})
+    return cls(transport=transport) if transport else cls()
+
+
+def injected_run(server: StrayAfterEachFirstAnswer, mode: str, kind: str) -> list[str]:
+    """Refunds pur_A and pur_B through an injected client built as ``mode``; the partner
+    also uses the client itself (before the SDK saw it, after, or between the refunds)."""
+    used = INJECTED[mode][1]
+    if kind == "sync":
+        with _injected(mode, sync=True) as http:
+            if used == "before":
+                http.get(server.url + "/health")
+            client = PreoClient(
+                api_key=KEY, base_url=server.url, http_client=http, max_retries=0,
+                backoff=NO_WAIT, timeout=10,
+            )  # fmt: skip
+            if used == "after":
+                http.get(server.url + "/health")
+            ids = [refund(client, "pur_A").id]
+            if used == "between":
+                http.get(server.url + "/health")
+            ids.append(refund(client, "pur_B").id)
+        return ids
+
+    async def go() -> list[str]:
+        async with _injected(mode, sync=False) as http:
+            if used == "before":
+                await http.get(server.url + "/health")
+            client = AsyncPreoClient(
+                api_key=KEY, base_url=server.url, http_client=http, max_retries=0,
+                backoff=NO_WAIT, timeout=10,
+            )  # fmt: skip
+            if used == "after":
+                await http.get(server.url + "/health")
+            ids = [(await arefund(client, "pur_A")).id]
+            if used == "between":
+                await http.get(server.url + "/health")
+            ids.append((await arefund(client, "pur_B")).id)
+        return ids
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("mode", sorted(INJECTED))
+def test_an_injected_client_never_reads_a_stray_as_a_refund(kind: str, mode: str) -> None:
+    """Issue r1: a connection the partner's client pooled before the SDK saw it, and a pool
+    inside a wrapper transport, escaped the guard. Every refund is now answered by its own
+    request, sent as the first request of its connection (each first answer is followed by
+    a stray)."""
+    with serving_strays() as server:
+        ids: list[Any] = watched(lambda: injected_run(server, mode, kind))  # type: ignore[arg-type,return-value]
+    assert ids == ["rr_pur_A", "rr_pur_B"]
+    refunds = [(n, count) for n, count, path, _ in server.received if "refund" in path]
+    assert [count for _, count in refunds] == [1, 1]  # never on a reused connection
+    for _, _, path, head in server.received:
+        if "refund" in path:  # only a transport the SDK cannot see into closes after each
+            assert (b"\r\nconnection: close" in head) is (mode in BLIND)
+
+
+class Opaque:
+    """Attributes that must never be evaluated while looking for pools."""
+
+    @property
+    def boom(self) -> httpx.BaseTransport:
+        raise AssertionError("a property was evaluated")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"__getattr__({name!r}) was called")
+
+
+def test_pools_are_found_through_wrappers_without_running_their_code() -> None:
+    plain = httpx.HTTPTransport()
+    looped = Wrap(plain)
+    looped.again = looped  # type: ignore[attr-defined]  # a cycle ends
+    odd = Wrap(plain)
+    odd.extra = Opaque()  # type: ignore[attr-defined]
+    listed = Wrap(plain)
+    listed.inner = None
+    listed.chain = [Wrap(httpx.HTTPTransport())]  # type: ignore[attr-defined]
+    listed.table = {"x": httpx.HTTPTransport()}  # type: ignore[attr-defined]
+    for transport, pools in [(looped, 1), (odd, 1), (listed, 2), (Wrap(Wrap(Wrap())), 1)]:
+        found, blind = reachable_pools(httpx.Client(transport=transport))
+        assert len(found) == pools
+        assert not blind
+    for quiet in (httpx.MockTransport(lambda r: httpx.Response(200)), AiohttpTransport()):
+        client: Any = httpx.AsyncClient(transport=quiet)
+        assert reachable_pools(client) == ([], [])
+        assert not is_blind(client)
+    assert is_blind(httpx.Client(transport=Hidden()))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_quiet_transport_gets_no_connection_close(kind: str) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=refund_json())
+
+    transport = httpx.MockTransport(handler)
+    if kind == "sync":
+        refund(PreoClient(api_key=KEY, http_client=httpx.Client(transport=transport)), "pur_A")
+    else:
+        http = httpx.AsyncClient(transport=transport)
+        asyncio.run(arefund(AsyncPreoClient(api_key=KEY, http_client=http), "pur_A"))
+    assert seen[0].headers.get("connection", "") != "close"
+
+
+def test_httpcore_pools_still_list_their_connections() -> None:
+    """The guard reads ``ConnectionPool._connections`` (the pool's own list of connections)."""
+    for pool_cls in (httpcore.ConnectionPool, httpcore.AsyncConnectionPool):
+        assert "self._connections: list[" in inspect.getsource(pool_cls.__init__)
+        assert isinstance(pool_cls()._connections, list)
+
+
+# -- a partial stray: the start of a response, too short to parse --------------------------------
+
+
+def own_client_run(server: StrayAfterEachFirstAnswer, transport: str) -> list[Refund | APIError]:
+    """pur_A then pur_B through the SDK's own client (or the aiohttp transport), B sent only
+    once the stray after A's answer is out (and, when late, read by the idle connection)."""
+
+    def pause() -> None:
+        assert server.stray_sent.wait(WATCHDOG)
+        if server.delay is not None:
+            time.sleep(0.05)
+
+    if transport == "sync httpx":
+        with PreoClient(api_key=KEY, base_url=server.url, max_retries=0, backoff=NO_WAIT) as c:
+            first = outcome(functools.partial(refund, c, "pur_A"))
+            pause()
+            return [first, outcome(functools.partial(refund, c, "pur_B"))]
+
+    async def go() -> list[Refund | APIError]:
+        http = httpx.AsyncClient(transport=AiohttpTransport()) if transport == "aiohttp" else None
+        async with AsyncPreoClient(
+            api_key=KEY, base_url=server.url, max_retries=0, backoff=NO_WAIT, http_client=http
+        ) as c:
+            first = await aoutcome(functools.partial(arefund, c, "pur_A"))
+            await asyncio.get_running_loop().run_in_executor(None, pause)
+            await asyncio.sleep(0.01)  # the event loop reads whatever arrived while idle
+            second = await aoutcome(functools.partial(arefund, c, "pur_B"))
+        if http is not None:
+            await http.aclose()
+        return [first, second]
+
+    return asyncio.run(go())
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    transport=st.sampled_from(sorted(TRANSPORTS)),
+    cut=st.integers(1, len(STRAY) - 1),
+    later=st.booleans(),
+)
+def test_a_partial_stray_retires_the_connection(transport: str, cut: int, later: bool) -> None:
+    """Issue r3: after answer A the peer leaves the start of a response (``HTTP/1.1 201 Cr``),
+    in the same write or on the idle connection. aiohttp reused that connection (B then failed
+    as outcome unknown, or worse); now every transport closes it: B goes out on a new
+    connection and gets its own answer."""
+    with serving_strays(STRAY[:cut], 0.05 if later else None) as server:
+        results = watched(lambda: own_client_run(server, transport))
+    assert [getattr(r, "id", r) for r in results] == ["rr_pur_A", "rr_pur_B"]
+    assert [(n, count) for n, count, *_ in server.received] == [(1, 1), (2, 1)]
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize("cut", [1, 5, 14, 20, len(STRAY) - 2])
+def test_the_reviewed_partial_stray_retires_the_connection(transport: str, cut: int) -> None:
+    with serving_strays(STRAY[:cut]) as server:
+        results = watched(lambda: own_client_run(server, transport))
+    assert [getattr(r, "id", r) for r in results] == ["rr_pur_A", "rr_pur_B"]
+    assert [(n, count) for n, count, *_ in server.received] == [(1, 1), (2, 1)]
+
+
+def test_aiohttp_parsers_still_end_a_started_message_on_eof() -> None:
+    """The aiohttp guard asks a pooled connection's old parser ``feed_eof()``: ``None`` when
+    no message has started, the message (or an error) when one has. Both parsers."""
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.http_parser import HttpResponseParser, HttpResponseParserPy
+
+    from preo_client._stray import _message_started
+
+    loop = asyncio.new_event_loop()
+    try:
+        for parser_cls in {HttpResponseParser, HttpResponseParserPy}:
+            for tail, started in [(b"", False), (STRAY[:1], True), (STRAY[:20], True)]:
+                protocol = ResponseHandler(loop=loop)
+                parser = parser_cls(protocol, loop, 2**16)
+                messages, _, _ = parser.feed_data(answer(201, "rr_pur_A") + tail)
+                assert len(messages) == 1
+                protocol._parser = parser
+                assert _message_started(protocol) is started, (parser_cls, tail)
+    finally:
+        loop.close()
