@@ -670,7 +670,7 @@ def test_a_journal_moved_after_kill_9_is_refused_not_restarted(tmp_path: Path) -
     """Regression: the main file moved alone after kill -9 resumed as a NEW journal (new run
     id, every key new): 143 purchases refunded twice, exit 0."""
     count = 300
-    fake = FakePreo(latency=0.005, auto_purchases=True)
+    fake = FakePreo(latency=0.02, auto_purchases=True)  # still running when killed, under load
     source = tmp_path / "in.csv"
     source.write_text("purchase_id,amount\n" + "".join(f"pur_{i},0.50\n" for i in range(count)))
     journal = tmp_path / "run" / "cancel.journal"

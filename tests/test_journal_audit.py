@@ -386,7 +386,7 @@ def test_a_killed_run_reads_without_being_resumed(tmp_path: Path) -> None:
     reading changes neither the file nor its -wal."""
     count = 200
     fake = FakePreo.demo(auto_purchases=True)
-    fake.set_latency(0.002)
+    fake.set_latency(0.02)  # long enough for the test to kill it mid-run under load
     source = tmp_path / "in.csv"
     source.write_text("purchase_id\n" + "".join(f"pur_{i}\n" for i in range(count)))
     journal = tmp_path / "j.db"
