@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 import uuid
 from decimal import Decimal
 from typing import Final
@@ -11,7 +12,13 @@ from typing import Final
 import attrs
 
 from ._exceptions import PreoError, RefundOutcomeUnknownError, RefundValidationError, truncate
-from ._policy import check_comment, check_pickup_point_id, check_purchase_id, plan_refund
+from ._policy import (
+    MAX_ID_LENGTH,
+    check_comment,
+    check_pickup_point_id,
+    check_purchase_id,
+    plan_refund,
+)
 
 __all__ = [
     "TRANSACTION_HINT",
@@ -96,6 +103,25 @@ class CoveringRefundUnknownError(RefundOutcomeUnknownError):
         self.leader = leader
 
 
+def _check_transaction_id(transaction_id: str) -> None:
+    """A transaction id is matched exactly: ``" tx1"`` and ``"tx1"`` would be two groups (two
+    refunds of one transaction), so the forms a sheet can hide are refused, as for purchase
+    ids: empty, whitespace anywhere (no-break spaces included), control characters."""
+    if not transaction_id:
+        raise RefundValidationError("transaction_id", "must not be empty (leave it out instead)")
+    if len(transaction_id) > MAX_ID_LENGTH:
+        raise RefundValidationError(
+            "transaction_id",
+            f"must be at most {MAX_ID_LENGTH} characters, got {len(transaction_id)}",
+        )
+    if any(c.isspace() or unicodedata.category(c).startswith("C") for c in transaction_id):
+        raise RefundValidationError(
+            "transaction_id",
+            f"{transaction_id!r} must not contain whitespace or control characters (a space "
+            "before or after the id would make it another transaction)",
+        )
+
+
 def canonical_request(item: RefundItem) -> str:
     """The item's identity as exact text: the request it sends (scope derived, amount to the
     cent), its reference and, when set, its ``transaction_id`` (which decides what its
@@ -107,6 +133,8 @@ def canonical_request(item: RefundItem) -> str:
     for name in _TEXT_FIELDS:
         if not isinstance(getattr(item, name), str | None):
             raise RefundValidationError(name, "must be a string")
+    if item.transaction_id is not None:
+        _check_transaction_id(item.transaction_id)
     if item.reason is None:
         raise RefundValidationError("reason", "is required (per item or for the run)")
     plan = plan_refund(item.reason, item.scope, item.amount)

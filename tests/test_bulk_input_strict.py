@@ -120,3 +120,29 @@ def test_the_cli_refunds_nothing_for_a_name_given_twice(
     assert fake.refunds == []
     if not dry_run:
         assert json.loads(result.output)  # --json: one machine-readable error document
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pad=st.sampled_from([" ", "\t", "\u00a0", "\u2003", "\n", "\x00"]),
+    where=st.sampled_from(["before", "after", "inside"]),
+)
+def test_a_transaction_id_with_hidden_whitespace_is_refused(pad: str, where: str) -> None:
+    """Adversary round 3 (P4): ``" tx1"`` beside ``"tx1"`` was another transaction, so one
+    transaction got two ``transaction_custom`` refunds. Such an id is refused, nothing sent."""
+    spelled = {"before": pad + "tx1", "after": "tx1" + pad, "inside": "tx" + pad + "1"}[where]
+    fake = FakePreo()
+    fake.add_purchase("pur_1", price="20.00", transaction_id="tx1")
+    fake.add_purchase("pur_2", price="20.00", transaction_id="tx1")
+    items = [
+        RefundItem("pur_1", scope="transaction_custom", amount="5.00", transaction_id="tx1"),
+        RefundItem("pur_2", scope="transaction_custom", amount="5.00", transaction_id=spelled),
+    ]
+    with fake.client() as client:
+        outcomes = list(client.purchases.refund_many(items, reason="compensation"))
+    refused = [o for o in outcomes if o.item.purchase_id == "pur_2"]
+    assert len(refused) == 1
+    assert not refused[0].ok
+    assert "transaction_id" in str(refused[0].error)
+    assert [r.purchase_id for r in fake.refunds] == ["pur_1"]  # one refund of the transaction
+    assert all(r.url.path.endswith("pur_1/refund") for r in fake.requests)
