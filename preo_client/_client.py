@@ -40,6 +40,7 @@ from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     NOT_GIVEN,
+    RESERVED_HEADERS,
     USER_AGENT,
     ClientSettings,
     ConfigurationError,
@@ -99,6 +100,14 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         self._settings = settings
         self._owns_http = owns_http
         self._http = http_client if http_client is not None else self._new_http_client()
+        for name in self._http.headers:  # CGI-style servers join `Idempotency_Key` with ours
+            spelt = name.lower()
+            if "_" in spelt and spelt.replace("_", "-") in RESERVED_HEADERS:
+                raise ConfigurationError(
+                    f"http_client: its default header {name!r} is "
+                    f"{spelt.replace('_', '-')!r} to a CGI-style server, which is set by this "
+                    "client and cannot be overridden; remove it from the httpx client's headers"
+                )
         guard_pools(self._http)  # a connection with bytes past its answer is never reused
         # A transport whose connections cannot be checked: no refund leaves its connection open
         blind = {"connection": "close"} if is_blind(self._http) else {}

@@ -145,7 +145,7 @@ def _redacted_request(request: httpx.Request) -> httpx.Request:
 
     secrets = _credentials(request)
     headers = [
-        (k, _scrub_bytes(v, secrets))
+        (_scrub_bytes(k, secrets), _scrub_bytes(v, secrets))
         for k, v in request.headers.raw  # bytes: a non-ASCII value must not stop pickling
         if k.lower().decode("latin-1") not in _CREDENTIAL_HEADERS
     ]
@@ -176,7 +176,7 @@ def _redacted_response(response: httpx.Response, secrets: tuple[str, ...] = ()) 
     # raw bytes (a non-ASCII value must not stop pickling); no cookies; the body was decoded
     # already: drop the encoding header so it is not decoded twice
     headers = [
-        (k, _scrub_bytes(v, secrets))
+        (_scrub_bytes(k, secrets), _scrub_bytes(v, secrets))  # an echo may even be a name
         for k, v in response.headers.raw
         if k.lower() not in (b"set-cookie", b"content-encoding")
     ]
@@ -194,7 +194,7 @@ def _echo_free(response: httpx.Response, content: bytes, secret: str) -> httpx.R
     import httpx
 
     headers = [
-        (k, _scrub_bytes(v, (secret,)))
+        (_scrub_bytes(k, (secret,)), _scrub_bytes(v, (secret,)))
         for k, v in response.headers.raw  # bytes: non-ASCII values are kept as they came
         if k.lower() != b"content-encoding"  # ``content`` is decoded already
     ]

@@ -61,3 +61,18 @@ def test_other_underscored_names_still_go_through() -> None:
         client.purchases.refund("pur_1", reason="sold_out", extra_headers={"X_Trace": "t1"})
     assert sent[0].headers["x_trace"] == "t1"
     assert sent[0].headers.get_list("idempotency-key") == [sent[0].headers["idempotency-key"]]
+
+
+@pytest.mark.parametrize("async_", [False, True])
+@pytest.mark.parametrize("name", ["Idempotency_Key", "IDEMPOTENCY_KEY", "Content_Length"])
+def test_an_injected_client_with_an_underscore_spelling_is_refused(async_: bool, name: str) -> None:
+    """Adversary round 3 (w1): the injected httpx client's own default headers were sent
+    beside ours; a CGI-style server then saw ``evil,<our key>`` as the key."""
+    from preo_client import AsyncPreoClient
+
+    if async_:
+        with pytest.raises(ConfigurationError, match="cannot be overridden"):
+            AsyncPreoClient(api_key=KEY, http_client=httpx.AsyncClient(headers={name: "evil"}))
+    else:
+        with pytest.raises(ConfigurationError, match="cannot be overridden"):
+            PreoClient(api_key=KEY, http_client=httpx.Client(headers={name: "evil"}))
