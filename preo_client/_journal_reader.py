@@ -292,6 +292,11 @@ def _read(shown: Path, real: Path) -> JournalReport:
             if "attempts" in tables
             else []
         )
+        carriers = (
+            dict(db.execute("SELECT name, idempotency_key FROM groups").fetchall())
+            if "groups" in tables
+            else {}
+        )
         runs = (
             db.execute(
                 "SELECT run, started_at, ended_at, batch_id FROM runs ORDER BY run"
@@ -299,7 +304,7 @@ def _read(shown: Path, real: Path) -> JournalReport:
             if "runs" in tables
             else []
         )
-    return _report(shown, meta, items, inputs, attempts, runs, noted)
+    return _report(shown, meta, items, inputs, attempts, runs, noted, carriers)
 
 
 def _input_run(db: sqlite3.Connection, meta: dict[str, str]) -> int | None:
@@ -370,6 +375,7 @@ def _report(
     attempts: list[tuple[Any, ...]],
     runs: list[tuple[Any, ...]],
     noted: list[tuple[Any, ...]],
+    carriers: dict[str, str] | None = None,
 ) -> JournalReport:
     trails = _trails(attempts)
     records = (
@@ -377,6 +383,8 @@ def _report(
         if noted
         else _by_position(shown, items, inputs, trails)
     )
+    if carriers:
+        records = _through_groups(records, items, carriers)
     counts: dict[str, int] = dict.fromkeys(STANDINGS, 0)
     refunds: dict[str, Decimal] = {}
     for record in records:
@@ -450,6 +458,43 @@ def _by_position(
             continue
         records.extend(_record(shown, row, position, line, carriers, trails) for row in rows)
     return records
+
+
+def _through_groups(
+    records: list[JournalRecord], items: list[tuple[Any, ...]], carriers: dict[str, str]
+) -> list[JournalRecord]:
+    """Rows of a transaction group read through the group's carrier (``carriers``: group name
+    -> the key that carries its refund). A refused row whose group another row took over is
+    ``covered`` when that row's refund is done and ``outcome_unknown`` while it may exist (its
+    transaction may be refunded: never "surely no refund"); a covered row keeping a key of
+    its own names the carrier's line in ``covered_by``."""
+    from ._bulk_items import group_of_request  # pure; only for journals with groups
+
+    group_of_key: dict[str, str] = {}
+    for row in items:
+        name = group_of_request(str(row[1]))
+        if name is not None:
+            group_of_key[str(row[2])] = name
+    by_key = {r.idempotency_key: r for r in records if r.standing != "covered"}
+    result: list[JournalRecord] = []
+    for record in records:
+        name = group_of_key.get(record.idempotency_key or "")
+        carrier_key = carriers.get(name) if name is not None else None
+        carrier = by_key.get(carrier_key) if carrier_key else None
+        if carrier is None or carrier_key == record.idempotency_key:
+            result.append(record)
+            continue
+        where = carrier.line if carrier.line is not None else carrier.position + 1
+        if record.standing == "covered" and record.covered_by is None:
+            record = attrs.evolve(record, covered_by=where)
+        elif record.standing == "failed" and carrier.standing == "done":
+            record = attrs.evolve(record, standing="covered", covered_by=where)
+        elif record.standing == "failed" and carrier.standing == "outcome_unknown":
+            record = attrs.evolve(
+                record, standing="outcome_unknown", error="CoveringRefundUnknownError"
+            )
+        result.append(record)
+    return result
 
 
 def _not_sent(position: int, line: int | None, purchase_id: object = None) -> JournalRecord:
