@@ -18,10 +18,12 @@ check this everywhere, so this module retires such a connection when the pool wo
   and dicts in it; no property, no ``__getattr__``, none of the wrapper's code). A client
   handed over after it already talked to the host, or a pool a wrapper builds lazily, is
   guarded before the next refund goes out.
-- A transport with no pool under it that may still hold connections (not a ``MockTransport``,
-  ``ASGITransport``, ``WSGITransport`` or a transport that guards itself) is *blind*: the
-  client then sends every refund with ``Connection: close`` (decided when it is built), so no
-  refund's connection is reused. Connections such a transport pooled for the caller's own
+- Any transport other than httpx's own pool transport (``HTTPTransport`` as httpx wrote it)
+  that may hold connections (not a ``MockTransport``, ``ASGITransport``, ``WSGITransport`` or a
+  transport that guards itself) is *blind*, wrappers included even when pools are found under
+  them (one may send through a second transport kept in a closure): the client then sends
+  every refund with ``Connection: close`` (decided when it is built), so no refund's
+  connection is reused. Connections such a transport pooled for the caller's own
   requests cannot be checked; the README says so.
 - aiohttp: the connector's ``connect()`` discards a pooled connection whose protocol has
   anything queued or pending (``ResponseHandler.should_close``: a stray answer parsed while the
@@ -178,13 +180,27 @@ def reachable_pools(client: httpx.Client | httpx.AsyncClient) -> tuple[list[Any]
         if isinstance(obj, _NO_CONNECTIONS) or getattr(type(obj), "_preo_guards_itself", False):
             return
         members = _members(obj) if depth < _MAX_DEPTH else []
-        if not members and isinstance(obj, _TRANSPORTS):
+        if isinstance(obj, _TRANSPORTS) and not _sends_through_its_pool(obj):
+            # A wrapper (or any other transport): the pools found under it are guarded, but
+            # what it sends through cannot be known (a second transport in a closure, a pool
+            # it makes per request), so its refunds leave no connection open either.
             blind.append(obj)
         for member in members:
             visit(member, depth + 1)
 
     visit(client, 0)
     return pools, blind
+
+
+def _sends_through_its_pool(transport: object) -> bool:
+    """httpx's own connection-pool transports, as httpx wrote them (not subclassed to send
+    elsewhere): what they send goes through the pool this module guards."""
+    kind = type(transport)
+    if issubclass(kind, httpx.HTTPTransport):
+        return kind.handle_request is httpx.HTTPTransport.handle_request
+    if issubclass(kind, httpx.AsyncHTTPTransport):
+        return kind.handle_async_request is httpx.AsyncHTTPTransport.handle_async_request
+    return False
 
 
 def guard_pools(client: httpx.Client | httpx.AsyncClient) -> int:

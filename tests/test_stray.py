@@ -407,6 +407,29 @@ class AHidden(httpx.AsyncBaseTransport):
         await self.shut()
 
 
+class Sibling(httpx.BaseTransport):
+    """Adversary round 3 (w2 'sibling'): one transport in an attribute (whose pool is found
+    and guarded), but requests sent through another one kept in a closure."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        other = httpx.HTTPTransport()
+        self.send = lambda request: other.handle_request(request)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.send(request)  # type: ignore[no-any-return]
+
+
+class ASibling(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        other = httpx.AsyncHTTPTransport()
+        self.send = lambda request: other.handle_async_request(request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.send(request)  # type: ignore[no-any-return]
+
+
 @dataclass
 class StrayAfterEachFirstAnswer:
     """Answers the first request on every connection, then sends a stray 201 in the same
@@ -465,8 +488,18 @@ INJECTED: dict[str, tuple[Callable[[bool], Any], str]] = {
     "wrapper built lazily": (lambda sync: Wrap(lazy=True) if sync else AWrap(lazy=True), "after"),
     "mounted wrapper": (lambda sync: "mount", ""),
     "hidden wrapper": (lambda sync: Hidden() if sync else AHidden(), ""),
+    "sibling in a closure": (lambda sync: Sibling() if sync else ASibling(), ""),
 }
-BLIND = {"hidden wrapper", "wrapper built lazily"}  # no pool visible when the client is built
+# Any transport that is not httpx's own pool transport: what it sends through cannot be known
+# (adversary round 3, w2: a sibling transport in a closure), so refunds close their connection.
+BLIND = {
+    "wrapped",
+    "wrapped twice",
+    "wrapper built lazily",
+    "mounted wrapper",
+    "hidden wrapper",
+    "sibling in a closure",
+}
 
 
 def _injected(mode: str, sync: bool) -> Any:
@@ -556,8 +589,8 @@ def test_pools_are_found_through_wrappers_without_running_their_code() -> None:
     listed.table = {"x": httpx.HTTPTransport()}  # type: ignore[attr-defined]
     for transport, pools in [(looped, 1), (odd, 1), (listed, 2), (Wrap(Wrap(Wrap())), 1)]:
         found, blind = reachable_pools(httpx.Client(transport=transport))
-        assert len(found) == pools
-        assert not blind
+        assert len(found) == pools  # every pool under it guarded
+        assert blind  # and the wrapper itself sends refunds with Connection: close
     for quiet in (httpx.MockTransport(lambda r: httpx.Response(200)), AiohttpTransport()):
         client: Any = httpx.AsyncClient(transport=quiet)
         assert reachable_pools(client) == ([], [])
