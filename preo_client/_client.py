@@ -109,8 +109,11 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
                     "client and cannot be overridden; remove it from the httpx client's headers"
                 )
         guard_pools(self._http)  # a connection with bytes past its answer is never reused
-        # A transport whose connections cannot be checked: no refund leaves its connection open
-        blind = {"connection": "close"} if is_blind(self._http) else {}
+        # A transport whose connections cannot be checked: no refund leaves its connection open,
+        # and its pools are looked for again before every attempt (a wrapper may build one
+        # late); httpx's own transports keep the pools guarded here for the client's life.
+        self._blind = is_blind(self._http)
+        blind = {"connection": "close"} if self._blind else {}
         # Requests are built here, not by ``build_request``: the HTTP client's own default
         # headers (Accept-Encoding, ...) are taken once, ours win, and nothing is merged per
         # call. (Cookies and query params of an injected client are not used: this API takes
@@ -456,7 +459,8 @@ class PreoClient(_BaseClient[httpx.Client]):
             ATTEMPT_DEADLINE.reset(token)
 
     def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
-        guard_pools(self._http)  # connections pooled since, by any pool now reachable
+        if self._blind:  # connections pooled since, by any pool now reachable
+            guard_pools(self._http)
         try:
             response = self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2
@@ -665,7 +669,8 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             timer.cancel()
 
     async def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
-        guard_pools(self._http)  # connections pooled since, by any pool now reachable
+        if self._blind:  # connections pooled since, by any pool now reachable
+            guard_pools(self._http)
         try:
             response = await self._http.send(call.request, stream=True, follow_redirects=False)
         except Exception as exc:  # every fault is classified: I1, I2
