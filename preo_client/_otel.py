@@ -8,7 +8,8 @@ span is made only while a tracer provider is set, metrics only while a meter pro
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import httpx
 from opentelemetry import context as otel_context
@@ -48,49 +49,50 @@ except ImportError:  # pragma: no cover - a future API without it
     _UNSET_METERS = (metrics.NoOpMeterProvider,)
 _UNSET_TRACERS: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
+_T = TypeVar("_T")
 _lock = threading.Lock()
-_tracer: tuple[object, trace.Tracer] | None = None
-_instruments: tuple[object, metrics.Counter, metrics.Histogram] | None = None
+_made: dict[str, tuple[object, Any]] = {}  # what was made from which provider, by kind
+
+
+def _per_provider(kind: str, provider: object, make: Callable[[], _T]) -> _T:
+    """``make()`` once per provider, under a lock (the SDK warns about an instrument made
+    twice; concurrent first calls of a bulk run would make it twice)."""
+    cached = _made.get(kind)
+    if cached is None or cached[0] is not provider:
+        with _lock:
+            cached = _made.get(kind)
+            if cached is None or cached[0] is not provider:
+                cached = _made[kind] = (provider, make())
+    return cached[1]
 
 
 def tracer() -> trace.Tracer | None:
     """This library's tracer from the global provider; None while no provider is set."""
-    global _tracer
     provider = trace.get_tracer_provider()
     if isinstance(provider, _UNSET_TRACERS):
         return None
-    cached = _tracer
-    if cached is None or cached[0] is not provider:
-        with _lock:
-            cached = _tracer
-            if cached is None or cached[0] is not provider:
-                cached = _tracer = (provider, provider.get_tracer(NAME, __version__))
-    return cached[1]
+    return _per_provider("tracer", provider, lambda: provider.get_tracer(NAME, __version__))
 
 
 def instruments() -> tuple[metrics.Counter, metrics.Histogram] | None:
-    """The refund counter and duration histogram; None while no meter provider is set.
-    (Made once per provider, under a lock: the SDK warns about an instrument made twice.)"""
-    global _instruments
+    """The refund counter and duration histogram; None while no meter provider is set."""
     provider = metrics.get_meter_provider()
     if isinstance(provider, _UNSET_METERS):
         return None
-    cached = _instruments
-    if cached is None or cached[0] is not provider:
-        with _lock:
-            cached = _instruments
-            if cached is None or cached[0] is not provider:
-                meter = provider.get_meter(NAME, __version__)
-                counter = meter.create_counter(
-                    REFUNDS, unit="{refund}", description="Refund calls, by outcome."
-                )
-                histogram = meter.create_histogram(
-                    DURATION,
-                    unit="s",
-                    description="Duration of refund calls, every attempt and wait included.",
-                )
-                cached = _instruments = (provider, counter, histogram)
-    return cached[1], cached[2]
+
+    def make() -> tuple[metrics.Counter, metrics.Histogram]:
+        meter = provider.get_meter(NAME, __version__)
+        counter = meter.create_counter(
+            REFUNDS, unit="{refund}", description="Refund calls, by outcome."
+        )
+        histogram = meter.create_histogram(
+            DURATION,
+            unit="s",
+            description="Duration of refund calls, every attempt and wait included.",
+        )
+        return counter, histogram
+
+    return _per_provider("instruments", provider, make)
 
 
 def start_call(call: Call, parent: Any) -> CallTrace | None:
