@@ -41,6 +41,7 @@ from ._policy import (
     plan_refund,
 )
 from ._retry import Failure, parse_retry_after
+from ._urls import request_url
 
 if TYPE_CHECKING:
     from ._models import Refund
@@ -353,7 +354,7 @@ def build_call(
     try:
         request = httpx.Request(
             kwargs["method"].upper(),
-            base_url + kwargs["url"],
+            request_url(base_url, kwargs["url"]),
             content=content,
             headers=request_headers,
             params=extra_query or None,
