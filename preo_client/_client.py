@@ -59,6 +59,7 @@ from ._observe import setup_logging, watch_call
 from ._resources import AsyncPurchases, Purchases
 from ._retry import RETRY_AFTER_CAP, Backoff, Failure, should_retry
 from ._stray import guard_pools, is_blind
+from ._watchdog import Watchdog
 
 if TYPE_CHECKING:
     import asyncio
@@ -324,12 +325,18 @@ def _pauses_the_run(failed: AttemptFailed, state: CallState, delay: float) -> bo
 
 
 class _LoopBinding:
-    """The event loop an async HTTP client's connections belong to (set on first use)."""
+    """The event loop an async HTTP client's connections belong to (set on first use), and
+    the watchdog that bounds the time of every attempt on that loop."""
 
-    __slots__ = ("loop",)
+    __slots__ = ("loop", "watchdog")
 
     def __init__(self) -> None:
         self.loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self.watchdog: Watchdog | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.watchdog = Watchdog(loop)
 
 
 class PreoClient(_BaseClient[httpx.Client]):
@@ -595,7 +602,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         if bound is loop:
             return
         if binding.loop is None:
-            binding.loop = weakref.ref(loop)
+            binding.bind(loop)
             return
         raise ConfigurationError(
             "this AsyncPreoClient was first used in another event loop (closed or still "
@@ -646,19 +653,13 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
 
         task = asyncio.current_task()
         assert task is not None  # nosec B101  # _send runs in a task by construction
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        started = time.monotonic()
-        timer = asyncio.get_running_loop().call_later(call.deadline, expire)
+        watchdog = self._binding.watchdog
+        assert watchdog is not None  # nosec B101  # bound by _check_loop, before any attempt
+        watch = watchdog.watch(task, call.deadline)
         try:
-            return await self._attempt_io(call, attempt, started)
+            return await self._attempt_io(call, attempt, time.monotonic())
         except asyncio.CancelledError:
-            if not expired:
+            if not watch.expired:
                 raise
             # Our deadline cancelled the task; if its owner cancelled it too, that wins.
             if sys.version_info >= (3, 11) and task.uncancel() > 0:
@@ -666,7 +667,7 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             failed = deadline_failure(call)
             raise failed from None
         finally:
-            timer.cancel()
+            watchdog.done(watch)
 
     async def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
         if self._blind:  # connections pooled since, by any pool now reachable

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from preo_client import _models
@@ -99,3 +99,70 @@ def test_a_well_typed_answer_takes_the_fast_path() -> None:
     assert _models._well_typed(data) is not None
     data["created"] = 5
     assert _models._well_typed(data) is None
+
+
+# -- date-times: the C parser's fast path gives what the module's own reading gives ----------
+
+
+def _two(lo: int, hi: int) -> st.SearchStrategy[str]:
+    return st.integers(lo, hi).map(lambda n: f"{n:02d}")
+
+
+RFC3339_SHAPED = st.builds(
+    lambda y, mo, d, sep, h, mi, s, frac, zone: f"{y}-{mo}-{d}{sep}{h}:{mi}:{s}{frac}{zone}",
+    st.integers(0, 9999).map(lambda n: f"{n:04d}"),
+    _two(0, 13),
+    _two(0, 32),
+    st.sampled_from(["T", "t", " "]),
+    _two(0, 25),
+    _two(0, 61),
+    _two(0, 61),
+    st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=9).map(lambda f: "." + f)),
+    st.one_of(
+        st.sampled_from(["Z", "z", "+00:00", "-00:00"]),
+        st.builds(
+            lambda sign, h, m: f"{sign}{h}:{m}", st.sampled_from("+-"), _two(0, 25), _two(0, 99)
+        ),
+    ),
+)
+
+
+def _outcome(read: Any, text: str) -> Any:
+    try:
+        value = read(text)
+    except ValueError:
+        return "ValueError"
+    return (value, value.utcoffset(), value.tzinfo is not None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=RFC3339_SHAPED)
+def test_the_c_parser_reads_rfc3339_as_the_module_does(text: str) -> None:
+    """Whatever the fields (month 13, minute 61, offset 24:00 or :99, 9 fraction digits,
+    lower-case separators), ``parse_datetime`` ends as the module's own reading ends."""
+    match = _models._RFC3339.fullmatch(text)
+    assert match is not None
+    own = _outcome(lambda t: _models._from_groups(match), text)
+    assert _outcome(_models.parse_datetime, text) == own
+
+
+def test_the_c_parser_is_used_for_the_common_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a timing: the fast path must still be taken (a Python without it reads as before)."""
+    import re
+    import sys
+
+    if sys.version_info < (3, 11):
+        pytest.skip("datetime.fromisoformat reads RFC 3339 from Python 3.11 on")
+    calls: list[str] = []
+    original = _models._from_groups
+
+    def counted(match: re.Match[str]) -> Any:
+        calls.append(match.string)
+        return original(match)
+
+    monkeypatch.setattr(_models, "_from_groups", counted)
+    _models.parse_datetime("2026-07-04T18:22:11Z")
+    _models.parse_datetime("2026-07-04T18:22:11.123+02:00")
+    assert calls == []
+    _models.parse_datetime("2026-07-04t18:22:11Z")
+    assert calls == ["2026-07-04t18:22:11Z"]

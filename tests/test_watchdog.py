@@ -1,0 +1,162 @@
+"""The one-timer watchdog bounding async attempts: driven by a fake loop and clock, over any
+sequence of attempts starting, ending and time passing."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from preo_client import APITimeoutError, AsyncPreoClient, RefundOutcomeUnknownError
+from preo_client._watchdog import Watch, Watchdog
+
+
+@dataclass
+class FakeHandle:
+    when: float
+    callback: object
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakeLoop:
+    now: float = 0.0
+    handles: list[FakeHandle] = field(default_factory=list)
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: object, /) -> FakeHandle:
+        handle = FakeHandle(when, callback)
+        self.handles.append(handle)
+        return handle
+
+    def live(self) -> list[FakeHandle]:
+        return [h for h in self.handles if not h.cancelled]
+
+    def advance(self, seconds: float) -> None:
+        """Run every timer due by now + seconds, in time order (as asyncio does)."""
+        end = self.now + seconds
+        while True:
+            due = [h for h in self.live() if h.when <= end]
+            if not due:
+                break
+            handle = min(due, key=lambda h: h.when)
+            self.now = max(self.now, handle.when)
+            handle.cancelled = True  # ran: no longer pending
+            handle.callback()  # type: ignore[operator]
+        self.now = end
+
+
+@dataclass
+class FakeTask:
+    cancels: int = 0
+
+    def cancel(self) -> None:
+        self.cancels += 1
+
+
+EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("watch"), st.floats(0.01, 60)),
+        st.tuples(st.just("done"), st.integers(0, 50)),
+        st.tuples(st.just("advance"), st.floats(0, 30)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=EVENTS)
+def test_every_attempt_past_its_deadline_is_cancelled_once_and_no_other(
+    events: list[tuple[str, float]],
+) -> None:
+    loop = FakeLoop()
+    dog = Watchdog(loop)
+    running: list[tuple[Watch, FakeTask]] = []
+    ended: list[tuple[Watch, FakeTask]] = []
+    for kind, value in events:
+        if kind == "watch":
+            task = FakeTask()
+            running.append((dog.watch(task, value), task))
+        elif kind == "done" and running:
+            watch, task = running.pop(int(value) % len(running))
+            was_expired = watch.expired
+            dog.done(watch)
+            ended.append((watch, task))
+            assert task.cancels == (1 if was_expired else 0)
+        elif kind == "advance":
+            loop.advance(value)
+        # invariants after every step
+        live = loop.live()
+        assert len(live) <= 1, "one timer per loop at most"
+        pending = [(w, t) for w, t in running if not w.expired]
+        for watch, task in running:
+            if watch.expired:
+                assert task.cancels == 1
+                assert watch.deadline <= loop.now
+            else:
+                assert task.cancels == 0
+                assert watch.deadline > loop.now or not live or live[0].when <= loop.now
+        if pending:
+            assert live, "a watched attempt always has a timer coming"
+            assert live[0].when <= min(w.deadline for w, _ in pending)
+        assert dog.watched == len(pending)
+    loop.advance(1000)
+    for watch, task in running:
+        assert watch.expired
+        assert task.cancels == 1
+    for watch, task in ended:  # ended before their deadline: never cancelled afterwards
+        assert task.cancels == (1 if watch.expired else 0)
+    assert dog.watched == 0
+    assert not loop.live()
+
+
+def test_attempts_of_one_duration_set_the_timer_once() -> None:
+    """Deadlines of one duration come in order: the timer is not moved for each attempt."""
+    loop = FakeLoop()
+    dog = Watchdog(loop)
+    for _ in range(1000):
+        loop.now += 0.001
+        dog.done(dog.watch(FakeTask(), 30.0))
+    assert len(loop.handles) == 1
+
+
+# -- with a real loop: an attempt that hangs ends at its deadline ------------------------------
+
+
+def test_a_hanging_attempt_ends_as_a_timeout_and_others_go_on() -> None:
+    gate = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/slow/refund"):
+            await gate.wait()  # never set: hangs until cancelled
+        return httpx.Response(
+            201,
+            json={"id": "rr_1", "amount": "10.00", "requested_by": {"id": "u"},
+                  "pickup_point": {"id": "p"}, "edition_id": "e", "can_approve": "true",
+                  "can_reject": "true", "created": "2026-07-04T18:22:11Z",
+                  "modified": "2026-07-04T18:22:11Z"},
+        )  # fmt: skip
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        client = AsyncPreoClient(api_key="sk_test_1", http_client=http, timeout=0.3)
+        slow = asyncio.ensure_future(client.purchases.refund("slow", reason="sold_out"))
+        fast = [client.purchases.refund(f"p{i}", reason="sold_out") for i in range(20)]
+        refunds = await asyncio.wait_for(asyncio.gather(*fast), 10)
+        assert [r.id for r in refunds] == ["rr_1"] * 20
+        with pytest.raises(APITimeoutError) as caught:
+            await asyncio.wait_for(slow, 10)
+        assert isinstance(caught.value, RefundOutcomeUnknownError)
+        assert client._binding.watchdog is not None
+        assert client._binding.watchdog.watched == 0
+
+    asyncio.run(main())
