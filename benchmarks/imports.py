@@ -6,8 +6,11 @@ its runtime dependencies only, at the versions this environment has (``pip freez
 constraints). ``preo_client._cli`` needs the ``cli`` extra, whose click and rich ``import httpx``
 also loads when they are installed (``httpx._main``): it is measured in a second round after the
 extra is installed into the same venv, against ``import httpx`` measured again there. The
-editable install of this environment is measured last, as before (its httpx loads click and rich
-too). Each ``vs httpx ms`` compares with ``import httpx`` of the same install and round.
+wheel's interpreters run isolated (``-I``): neither the working tree nor ``PYTHON*`` variables
+reach them. The editable install of this environment is measured last, as before (its httpx
+loads click and rich too; where ``PYTHONDONTWRITEBYTECODE`` is set, as on this project's
+machine, its modules are compiled again in every interpreter, unlike an installed wheel's).
+Each ``vs httpx ms`` compares with ``import httpx`` of the same install and round.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
 
-def _once(python: str, module: str) -> float:
+def _once(python: Sequence[str], module: str) -> float:
     out = subprocess.run(
-        [python, "-c", CODE.format(module=module)],
+        [*python, "-c", CODE.format(module=module)],
         capture_output=True,
         text=True,
         check=True,
@@ -61,7 +64,9 @@ def wheel_venv(tmp: Path) -> tuple[str, Path, Path]:
     return python, wheel, constraints
 
 
-def _measure(install: str, python: str, modules: Sequence[str], runs: int) -> list[list[str]]:
+def _measure(
+    install: str, python: Sequence[str], modules: Sequence[str], runs: int
+) -> list[list[str]]:
     times: dict[str, list[float]] = {m: [] for m in ["httpx", *modules]}
     for m in times:
         _once(python, m)  # warm the file cache (and write the .pyc files)
@@ -81,12 +86,13 @@ def run(runs: int = 25, editable: bool = True) -> str:
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="preo-imports-") as tmp:
         python, wheel, constraints = wheel_venv(Path(tmp))
-        rows += _measure("wheel", python, ["preo_client", "preo_client.testing"], runs)
+        isolated = [python, "-I"]  # the venv alone: not the working tree (cwd), no PYTHON* env
+        rows += _measure("wheel", isolated, ["preo_client", "preo_client.testing"], runs)
         _pip("--python", python, "install", "--constraint", str(constraints), f"{wheel}[cli]")
-        rows += _measure("wheel + [cli]", python, ["preo_client._cli"], runs)
+        rows += _measure("wheel + [cli]", isolated, ["preo_client._cli"], runs)
     if editable:
         modules = ["preo_client", "preo_client.testing", "preo_client._cli"]
-        rows += _measure("editable (dev)", sys.executable, modules, runs)
+        rows += _measure("editable (dev)", [sys.executable], modules, runs)
     title = f"Import time, fresh interpreter ({runs} runs each, interleaved per install; ms)"
     header = ["statement", "install", "median ms", "min", "max", "vs httpx ms"]
     return table(title, header, rows)
