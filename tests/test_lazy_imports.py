@@ -30,12 +30,16 @@ LAZY = [
 ]
 
 
-def loaded_after(code: str) -> set[str]:
-    probe = f"import sys; {code}; import json; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run(
+def printed_by(probe: str) -> str:
+    """What ``probe`` prints in a fresh interpreter."""
+    return subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     ).stdout
-    return set(json.loads(out))
+
+
+def loaded_after(code: str) -> set[str]:
+    probe = f"import sys; {code}; import json; print(json.dumps(sorted(sys.modules)))"
+    return set(json.loads(printed_by(probe)))
 
 
 # As installed without the cli extra: httpx imports click and rich when it can (httpx._main),
@@ -59,10 +63,7 @@ def test_a_built_client_has_httpcore_and_bounds_its_attempts() -> None:
         "print(type(pool._network_backend).__name__, pool._preo_stray_guard, "
         "'httpcore' in sys.modules, 'h11' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
-    ).stdout
-    assert out.split() == ["_DeadlineBackend", "True", "True", "True"]
+    assert printed_by(probe).split() == ["_DeadlineBackend", "True", "True", "True"]
 
 
 def test_a_client_on_a_mock_transport_still_guards_its_pools_when_one_appears() -> None:
@@ -75,10 +76,7 @@ def test_a_client_on_a_mock_transport_still_guards_its_pools_when_one_appears() 
         "preo_client.PreoClient(api_key='sk_test_1', http_client=mock)\n"
         "print('httpcore' in sys.modules, len(reachable_pools(httpx.Client())[0]))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
-    ).stdout
-    assert out.split() == ["True", "1"]
+    assert printed_by(probe).split() == ["True", "1"]
 
 
 def test_lazy_names_resolve_on_first_use() -> None:
