@@ -4,14 +4,15 @@ Measured where the target is set, on a **wheel install**: the wheel of this work
 built into a temporary directory and installed into a fresh venv (no system site-packages) with
 its runtime dependencies only, at the versions this environment has (``pip freeze`` as
 constraints; built with the dev group's hatchling, no build isolation; the dependencies come
-from pip's cache or index as any install's do). ``preo_client._cli`` needs the ``cli`` extra, whose click and rich ``import httpx``
-also loads when they are installed (``httpx._main``): it is measured in a second round after the
-extra is installed into the same venv, against ``import httpx`` measured again there. The
-wheel's interpreters run isolated (``-I``): neither the working tree nor ``PYTHON*`` variables
-reach them. The editable install of this environment is measured last, as before (its httpx
-loads click and rich too; where ``PYTHONDONTWRITEBYTECODE`` is set, as on this project's
-machine, its modules are compiled again in every interpreter, unlike an installed wheel's).
-Each ``vs httpx ms`` compares with ``import httpx`` of the same install and round.
+from pip's cache or index as any install's do). ``preo_client._cli`` needs the ``cli`` extra,
+whose click and rich ``import httpx`` also loads when they are installed (``httpx._main``): it
+is measured in a second round after the extra is installed into the same venv, against
+``import httpx`` measured again there. The wheel's interpreters run isolated (``-I``): neither
+the working tree nor ``PYTHON*`` variables reach them. The editable install of this
+environment is measured last, as before (its httpx loads click and rich too; where
+``PYTHONDONTWRITEBYTECODE`` is set, as on this project's machine, its modules are compiled
+again in every interpreter, unlike an installed wheel's). Each ``vs httpx ms`` compares with
+``import httpx`` of the same install and round.
 """
 
 from __future__ import annotations
