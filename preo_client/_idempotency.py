@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
-import uuid
 from typing import Final
 
 from ._exceptions import RefundValidationError
@@ -12,12 +13,22 @@ __all__ = ["check_idempotency_key", "idempotency_key_for", "new_idempotency_key"
 
 _KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
 # A fixed namespace, so the same (purchase id, reference) gives the same key in any process.
-_NAMESPACE: Final = uuid.UUID("6f1c2f64-3f5e-4b8e-9a57-5d1f0c0de001")
+_NAMESPACE: Final = bytes.fromhex("6f1c2f643f5e4b8e9a575d1f0c0de001")
+# The version and variant bits of an RFC 9562 UUID, in its 128-bit integer.
+_VERSION_AND_VARIANT: Final = (0xF000 << 64) | (0xC000 << 48)
+
+
+def _uuid_text(raw: bytes, version: int) -> str:
+    """``str(uuid.UUID(bytes=raw[:16], version=version))``, without the ``uuid`` module (which
+    loads ``platform`` on import: `import preo_client` stays cheaper)."""
+    number = int.from_bytes(raw[:16], "big") & ~_VERSION_AND_VARIANT
+    h = f"{number | version << 76 | 0x8000 << 48:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_idempotency_key() -> str:
     """A fresh random key (UUID4) for one refund call."""
-    return str(uuid.uuid4())
+    return _uuid_text(os.urandom(16), 4)
 
 
 def check_idempotency_key(key: object) -> str:
@@ -41,4 +52,5 @@ def idempotency_key_for(purchase_id: str, reference: str) -> str:
         raise RefundValidationError(
             "reference", "purchase_id and reference must be non-empty strings"
         )
-    return f"preo-{uuid.uuid5(_NAMESPACE, purchase_id + chr(0) + reference)}"
+    name = (purchase_id + chr(0) + reference).encode()  # as uuid.uuid5(namespace, name)
+    return f"preo-{_uuid_text(hashlib.sha1(_NAMESPACE + name, usedforsecurity=False).digest(), 5)}"

@@ -13,9 +13,9 @@ import datetime
 import decimal
 import json
 import logging
+import os
 import re
 import sys
-import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
@@ -712,7 +712,7 @@ class Refund:
         ISO 8601, everything else as in ``to_dict(mode="json")``. ``indent`` as for
         ``json.dumps`` (None: one line)."""
         document = self.to_dict(mode="json")
-        marker = f"<amount {uuid.uuid4().hex}>"  # stands for the amount, replaced below
+        marker = f"<amount {os.urandom(16).hex()}>"  # stands for the amount, replaced below
         document["amount"] = marker
         return json.dumps(document, indent=indent).replace(
             json.dumps(marker), _amount_text(self._amount), 1

@@ -70,14 +70,15 @@ Upstream issue we would file (aiohttp)::
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Final
 
-import httpcore
 import httpx
 
 if TYPE_CHECKING:
     import aiohttp
     import aiohttp.connector
+    import httpcore
 
 __all__ = [
     "UnusableConnectionError",
@@ -133,16 +134,27 @@ def _guard_pool(pool: Any) -> None:
     pool._preo_stray_guard = True
 
 
-_POOLS: Final = (httpcore.ConnectionPool, httpcore.AsyncConnectionPool)
 _TRANSPORTS: Final = (httpx.BaseTransport, httpx.AsyncBaseTransport)
 _CLIENTS: Final = (httpx.Client, httpx.AsyncClient)
+
+
+@functools.cache
+def _pools_and_holders() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """httpcore's pool types, and every type :func:`_members` collects. Loaded when the first
+    client is built (httpx's own transport loads httpcore then too), not on import."""
+    import httpcore
+
+    pools = (httpcore.ConnectionPool, httpcore.AsyncConnectionPool)
+    return pools, pools + _TRANSPORTS + _CLIENTS
+
+
 _SEQS: Final = (list, tuple)
 # Transports that hold no connection at all: nothing can trail an answer.
 _NO_CONNECTIONS: Final = (httpx.MockTransport, httpx.ASGITransport, httpx.WSGITransport)
 _MAX_DEPTH: Final = 6  # wrappers around wrappers; deeper than any real stack
 
 
-def _members(obj: object) -> list[object]:
+def _members(obj: object, holders: tuple[type, ...]) -> list[object]:
     """The transports, pools and HTTP clients an object holds in its instance attributes (and
     in lists, tuples and dicts there, e.g. mounts). Only ``__dict__`` is read: no property,
     no ``__getattr__``, nothing that runs a wrapper's code."""
@@ -156,7 +168,7 @@ def _members(obj: object) -> list[object]:
     for value in list(attributes.values()):
         kind = type(value)  # exact types: a container subclass may run code when iterated
         items = list(value.values()) if kind is dict else list(value) if kind in _SEQS else [value]
-        found.extend(item for item in items if isinstance(item, _POOLS + _TRANSPORTS + _CLIENTS))
+        found.extend(item for item in items if isinstance(item, holders))
     return found
 
 
@@ -169,17 +181,18 @@ def reachable_pools(client: httpx.Client | httpx.AsyncClient) -> tuple[list[Any]
     pools: list[Any] = []
     blind: list[object] = []
     seen: set[int] = set()
+    pool_types, holders = _pools_and_holders()
 
     def visit(obj: object, depth: int) -> None:
         if id(obj) in seen:
             return
         seen.add(id(obj))
-        if isinstance(obj, _POOLS):
+        if isinstance(obj, pool_types):
             pools.append(obj)
             return
         if isinstance(obj, _NO_CONNECTIONS) or getattr(type(obj), "_preo_guards_itself", False):
             return
-        members = _members(obj) if depth < _MAX_DEPTH else []
+        members = _members(obj, holders) if depth < _MAX_DEPTH else []
         if isinstance(obj, _TRANSPORTS) and not _sends_through_its_pool(obj):
             # A wrapper (or any other transport): the pools found under it are guarded, but
             # what it sends through cannot be known (a second transport in a closure, a pool
