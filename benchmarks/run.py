@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 
-from benchmarks import bulk, imports, memory, observe, overhead, pacing
+from benchmarks import bulk, imports, memory, observe, overhead, pacing, profile
 
 SUITES = {
     "overhead": overhead.run,
@@ -21,6 +21,7 @@ SUITES = {
     "memory": memory.run,
     "pacing": pacing.run,
     "observe": observe.run,
+    "profile": profile.run,
 }
 
 
