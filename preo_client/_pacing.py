@@ -45,6 +45,7 @@ _MIN_GRACE_ANSWERS = 8  # fewer answers after a cut say too little about the ser
 _MIN_ELAPSED = 0.01  # seconds: the shortest time an accepted count is spread over
 _MIN_EPOCH = 1.0  # seconds: an epoch shorter than this measures the server's burst, not its rate
 _INITIAL_WINDOW = 4  # slow start: slots in flight before the first answer
+_SS_PERIOD = 0.1  # seconds: slow start sends at most a window per this (or per round trip)
 _MIN_POLL = 0.001  # seconds: the shortest wait of a slot queued behind the window
 _MAX_POLL = 0.1  # seconds: the longest (then it asks again)
 _PATIENCE = 1.0  # seconds (or 4 round trips, if longer): then a queued slot goes anyway
@@ -254,7 +255,7 @@ class AdaptivePacer:
 
     def _grant(self, slot: Slot, now: float) -> bool:
         """Grant a queued slot unless the slow-start window is full; book its time."""
-        if self._window is not None and self._open >= self._window:
+        if self._window is not None and self._open >= self._in_flight_cap():
             # Full: wait for an answer, but not forever (answers that never come back, e.g.
             # a holder that vanished, must not stall the run: slow start then ends).
             if slot._queued_at is None:
@@ -275,12 +276,22 @@ class AdaptivePacer:
         slot._rate = self._rate
         return True
 
+    def _in_flight_cap(self) -> float:
+        """Slow start's cap on slots in flight: the window, or for round trips shorter than
+        _SS_PERIOD its share of one (so the send rate grows x2 per period, not per trip)."""
+        assert self._window is not None
+        if self._srtt is None or self._srtt >= _SS_PERIOD:
+            return self._window
+        return self._window * self._srtt / _SS_PERIOD
+
     def _rebook(self, now: float) -> None:
         """After a cut: the slots booked but not yet due are booked again at the new rate.
         They are sent after the cut, so they count as such (their throttles cut again)."""
         waiting = sorted((s for s in self._slots if s._due > now), key=lambda s: s._due)
-        if waiting:  # the first keeps its time; the others follow at the new rate
-            self._next = waiting[0]._due
+        # A throttle says the server's bucket is empty: the next slot waits for a token
+        # (the first slot waiting keeps its time if later; the others follow at the new rate).
+        if self._rate is not None:
+            self._next = max(now + 1 / self._rate, waiting[0]._due if waiting else self._next)
             self._credit = 0.0
         for slot in waiting:
             slot._due = now + self._book(now)
