@@ -40,6 +40,8 @@ PACINGS: tuple[str, ...] = ("adaptive", "fixed")
 MIN_RATE = 0.5  # req/s: the adaptive rate never goes below this (or max_rate, if lower)
 _BETA = 0.7  # multiplicative decrease on a throttle
 _SCALE = 0.1  # CUBIC scale constant (botocore: 0.4; lower probes above the last peak more gently)
+_BETA_SS = 0.6
+_BETA_SHORT = 0.8
 _BETA_NEAR = 0.9  # the decrease when the accepted rate was measured over a long epoch
 _MIN_GRACE_ANSWERS = 8  # fewer answers after a cut say too little about the server's rate
 _MIN_ELAPSED = 0.01  # seconds: the shortest time an accepted count is spread over
@@ -400,6 +402,7 @@ class AdaptivePacer:
         beta = _BETA
         if self._rate is None:  # first throttle: start below what the server took so far
             self._w_max = max(self._epoch_ok, 1) / max(elapsed, _MIN_ELAPSED)
+            beta = _BETA_SS
             self._next = now
             self._credit = 0.0
         elif elapsed >= _MIN_EPOCH:  # long enough for the accepted rate to mean something
@@ -410,6 +413,7 @@ class AdaptivePacer:
             beta = _BETA_NEAR
         else:
             self._w_max = self._rate
+            beta = _BETA_SHORT
         self._w_max = max(self._w_max, self._floor)
         self._k = (self._w_max * (1 - beta) / _SCALE) ** (1 / 3)
         self._set_rate(self._w_max * beta)
