@@ -47,6 +47,7 @@ _MIN_GRACE_ANSWERS = 8  # fewer answers after a cut say too little about the ser
 _MIN_ELAPSED = 0.01  # seconds: the shortest time an accepted count is spread over
 _MIN_EPOCH = 1.0  # seconds: an epoch shorter than this measures the server's burst, not its rate
 _INITIAL_WINDOW = 4  # slow start: slots in flight before the first answer
+_SS_RECOVERY = 2.0
 _SS_PERIOD = 0.1  # seconds: slow start sends at most a window per this (or per round trip)
 _MIN_POLL = 0.001  # seconds: the shortest wait of a slot queued behind the window
 _MAX_POLL = 0.1  # seconds: the longest (then it asks again)
@@ -187,6 +188,7 @@ class AdaptivePacer:
         # the next cut; the answers accepted in it measure what the server takes.
         self._w_max = 0.0
         self._k = 0.0
+        self._scale = _SCALE
         self._cut_at = 0.0
         self._epoch_start: float | None = None
         self._epoch_ok = 0
@@ -415,7 +417,11 @@ class AdaptivePacer:
             self._w_max = self._rate
             beta = _BETA_SHORT
         self._w_max = max(self._w_max, self._floor)
+        self._scale = _SCALE
         self._k = (self._w_max * (1 - beta) / _SCALE) ** (1 / 3)
+        if rate_before is None:
+            self._k = min(self._k, _SS_RECOVERY)
+            self._scale = self._w_max * (1 - beta) / self._k**3
         self._set_rate(self._w_max * beta)
         self._cut_at = now
         self._window = None  # slow start ends at the first throttle
@@ -435,6 +441,7 @@ class AdaptivePacer:
         if estimate < self._w_max:
             self._w_max = estimate
             self._k = (estimate * (1 - _BETA) / _SCALE) ** (1 / 3)
+            self._scale = _SCALE
             if self._rate is not None and estimate * _BETA < self._rate:
                 self._set_rate(estimate * _BETA)
                 # Slots booked since the cut, at the rate now left behind, may be throttled
@@ -447,7 +454,7 @@ class AdaptivePacer:
 
     def _probe(self, now: float) -> float:
         """The rate ``now``, on the CUBIC curve through the last cut."""
-        rate = _SCALE * (now - self._cut_at - self._k) ** 3 + self._w_max
+        rate = self._scale * (now - self._cut_at - self._k) ** 3 + self._w_max
         if self._epoch_start is not None and now > self._epoch_start:
             # Like botocore: no more than twice what the run achieves (its workers may be the
             # bottleneck), so a long quiet spell does not build up a rate nobody tested.
