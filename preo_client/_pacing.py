@@ -137,7 +137,8 @@ class AdaptivePacer:
     and never below :data:`MIN_RATE`. ``pacing="fixed"``: a plain token bucket at ``max_rate``
     (no pacing at all when ``max_rate`` is None). :meth:`reserve` books a future slot, so
     concurrent callers get staggered waits. Adaptive without ``max_rate`` starts slowly: at
-    most a window of slots in flight, doubling per answered window, until the first throttle.
+    most a window of slots in flight, doubling per answered window (or per 100 ms, if round
+    trips are shorter), until the first throttle.
     """
 
     def __init__(
