@@ -266,7 +266,7 @@ class AdaptivePacer:
 
     def _grant(self, slot: Slot, now: float) -> bool:
         """Grant a queued slot unless the slow-start window is full; book its time."""
-        if self._window is not None and self._open >= self._in_flight_cap():
+        if self._window is not None and self._open >= self._in_flight_cap(self._window):
             # Full: wait for an answer, but not forever (answers that never come back, e.g.
             # a holder that vanished, must not stall the run: slow start then ends).
             if slot._queued_at is None:
@@ -287,13 +287,12 @@ class AdaptivePacer:
         slot._rate = self._rate
         return True
 
-    def _in_flight_cap(self) -> float:
+    def _in_flight_cap(self, window: float) -> float:
         """Slow start's cap on slots in flight: the window, or for round trips shorter than
         _SS_PERIOD its share of one (so the send rate grows x2 per period, not per trip)."""
-        assert self._window is not None
         if self._srtt is None or self._srtt >= _SS_PERIOD:
-            return self._window
-        return self._window * self._srtt / _SS_PERIOD
+            return window
+        return window * self._srtt / _SS_PERIOD
 
     def _rebook(self, now: float) -> None:
         """After a cut: the slots booked but not yet due are booked again at the new rate.
