@@ -15,7 +15,13 @@ all workers (so each one costs a whole ``Retry-After``):
   over at least ``_MIN_EPOCH``), and such a well-measured cut is gentler (``_BETA_NEAR``).
 - Slow start, like TCP: until the first throttle, at most a window of slots is in flight; it
   starts at ``_INITIAL_WINDOW`` and grows by one per accepted answer (it doubles per answered
-  window), so a wide run's first wave does not meet the server's limit all at once.
+  window), so a wide run's first wave does not meet the server's limit all at once. With
+  round trips shorter than ``_SS_PERIOD`` only the window's share of the period is in flight,
+  so the send rate doubles per period, not per round trip: when the server's burst runs out,
+  what is in flight in the round trip before the first ``429`` comes back (and is refused
+  too) is the rate's excess over the limit times a short round trip, not a whole window.
+- A cut leaves the server's bucket empty: the first slot after it waits one interval at the
+  new rate (else it is refused too, and cuts again).
 
 Every slot :meth:`AdaptivePacer.reserve` hands out is a :class:`Slot`, settled exactly once
 (answered, throttled, or never answered: a connect error, a stop, a cancellation, any
@@ -38,13 +44,17 @@ __all__ = ["MIN_RATE", "PACINGS", "AdaptivePacer", "Slot", "SlotSettledTwice"]
 
 PACINGS: tuple[str, ...] = ("adaptive", "fixed")
 MIN_RATE = 0.5  # req/s: the adaptive rate never goes below this (or max_rate, if lower)
-_BETA = 0.7  # multiplicative decrease on a throttle
+_BETA = 0.7  # multiplicative decrease after a grace estimate (and the floor of a long epoch's)
 _SCALE = 0.1  # CUBIC scale constant (botocore: 0.4; lower probes above the last peak more gently)
+_BETA_FIRST = 0.6  # the decrease at the first throttle, from what slow start got accepted
+_BETA_SHORT = 0.8  # the decrease on a throttle soon after a cut (the rate was just above it)
 _BETA_NEAR = 0.9  # the decrease when the accepted rate was measured over a long epoch
 _MIN_GRACE_ANSWERS = 8  # fewer answers after a cut say too little about the server's rate
 _MIN_ELAPSED = 0.01  # seconds: the shortest time an accepted count is spread over
 _MIN_EPOCH = 1.0  # seconds: an epoch shorter than this measures the server's burst, not its rate
 _INITIAL_WINDOW = 4  # slow start: slots in flight before the first answer
+_SS_PERIOD = 0.1  # seconds: slow start's send rate doubles at most once per this
+_FIRST_RECOVERY = 2.0  # seconds: at most this after the first cut, the rate is back at its peak
 _MIN_POLL = 0.001  # seconds: the shortest wait of a slot queued behind the window
 _MAX_POLL = 0.1  # seconds: the longest (then it asks again)
 _PATIENCE = 1.0  # seconds (or 4 round trips, if longer): then a queued slot goes anyway
@@ -127,7 +137,8 @@ class AdaptivePacer:
     and never below :data:`MIN_RATE`. ``pacing="fixed"``: a plain token bucket at ``max_rate``
     (no pacing at all when ``max_rate`` is None). :meth:`reserve` books a future slot, so
     concurrent callers get staggered waits. Adaptive without ``max_rate`` starts slowly: at
-    most a window of slots in flight, doubling per answered window, until the first throttle.
+    most a window of slots in flight, doubling per answered window (or per 100 ms, if round
+    trips are shorter), until the first throttle.
     """
 
     def __init__(
@@ -184,6 +195,7 @@ class AdaptivePacer:
         # the next cut; the answers accepted in it measure what the server takes.
         self._w_max = 0.0
         self._k = 0.0
+        self._scale = _SCALE
         self._cut_at = 0.0
         self._epoch_start: float | None = None
         self._epoch_ok = 0
@@ -254,7 +266,7 @@ class AdaptivePacer:
 
     def _grant(self, slot: Slot, now: float) -> bool:
         """Grant a queued slot unless the slow-start window is full; book its time."""
-        if self._window is not None and self._open >= self._window:
+        if self._window is not None and self._open >= self._in_flight_cap(self._window):
             # Full: wait for an answer, but not forever (answers that never come back, e.g.
             # a holder that vanished, must not stall the run: slow start then ends).
             if slot._queued_at is None:
@@ -275,12 +287,21 @@ class AdaptivePacer:
         slot._rate = self._rate
         return True
 
+    def _in_flight_cap(self, window: float) -> float:
+        """Slow start's cap on slots in flight: the window, or for round trips shorter than
+        _SS_PERIOD its share of one (so the send rate grows x2 per period, not per trip)."""
+        if self._srtt is None or self._srtt >= _SS_PERIOD:
+            return window
+        return window * self._srtt / _SS_PERIOD
+
     def _rebook(self, now: float) -> None:
         """After a cut: the slots booked but not yet due are booked again at the new rate.
         They are sent after the cut, so they count as such (their throttles cut again)."""
         waiting = sorted((s for s in self._slots if s._due > now), key=lambda s: s._due)
-        if waiting:  # the first keeps its time; the others follow at the new rate
-            self._next = waiting[0]._due
+        # A cut says the server's bucket is empty: the next slot waits for a token (the
+        # first slot waiting keeps its time if later; the others follow at the new rate).
+        if self._rate is not None:
+            self._next = max(now + 1 / self._rate, waiting[0]._due if waiting else self._next)
             self._credit = 0.0
         for slot in waiting:
             slot._due = now + self._book(now)
@@ -386,9 +407,12 @@ class AdaptivePacer:
         start = self._epoch_start if self._epoch_start is not None else now
         elapsed = now - start
         rate_before = self._rate
-        beta = _BETA
         if self._rate is None:  # first throttle: start below what the server took so far
+            # (A rough peak either way: the server's burst inflates it, slow start's climb
+            # deflates it. So the cut is deep, and the curve regains it within
+            # _FIRST_RECOVERY instead of lingering below it.)
             self._w_max = max(self._epoch_ok, 1) / max(elapsed, _MIN_ELAPSED)
+            beta = _BETA_FIRST
             self._next = now
             self._credit = 0.0
         elif elapsed >= _MIN_EPOCH:  # long enough for the accepted rate to mean something
@@ -397,10 +421,15 @@ class AdaptivePacer:
             recent = sum(1 for t in self._recent if t >= now - _MIN_EPOCH) / _MIN_EPOCH
             self._w_max = max(min(self._rate, recent), self._rate * _BETA)
             beta = _BETA_NEAR
-        else:
+        else:  # soon after a cut: the rate it left was (a little) too high
             self._w_max = self._rate
+            beta = _BETA_SHORT
         self._w_max = max(self._w_max, self._floor)
+        self._scale = _SCALE
         self._k = (self._w_max * (1 - beta) / _SCALE) ** (1 / 3)
+        if rate_before is None and self._k > _FIRST_RECOVERY:
+            self._k = _FIRST_RECOVERY  # a steeper curve through the same two points
+            self._scale = self._w_max * (1 - beta) / self._k**3
         self._set_rate(self._w_max * beta)
         self._cut_at = now
         self._window = None  # slow start ends at the first throttle
@@ -420,6 +449,7 @@ class AdaptivePacer:
         if estimate < self._w_max:
             self._w_max = estimate
             self._k = (estimate * (1 - _BETA) / _SCALE) ** (1 / 3)
+            self._scale = _SCALE
             if self._rate is not None and estimate * _BETA < self._rate:
                 self._set_rate(estimate * _BETA)
                 # Slots booked since the cut, at the rate now left behind, may be throttled
@@ -432,7 +462,7 @@ class AdaptivePacer:
 
     def _probe(self, now: float) -> float:
         """The rate ``now``, on the CUBIC curve through the last cut."""
-        rate = _SCALE * (now - self._cut_at - self._k) ** 3 + self._w_max
+        rate = self._scale * (now - self._cut_at - self._k) ** 3 + self._w_max
         if self._epoch_start is not None and now > self._epoch_start:
             # Like botocore: no more than twice what the run achieves (its workers may be the
             # bottleneck), so a long quiet spell does not build up a rate nobody tested.

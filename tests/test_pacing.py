@@ -520,32 +520,58 @@ RATE_LIMITED = {"items": 3000, "workers": 64, "latency": 0.02, "limit": 100.0, "
 def test_simulated_rate_limited_run() -> None:
     """Limit 100 req/s (burst 10), 20 ms latency, 64 workers, 3,000 items.
 
-    Issue 17's goal: >= 0.97 x limit and <= 1 % 429s. Slow start (4 in flight, doubling per
-    round trip) replaced the first unpaced wave of 64 (54 429s): the pacer reaches 0.99 x
-    limit with 0.9 % 429s here, against 0.12 x limit and 84 % 429s with no pacer. Asserted
-    with a little slack.
+    Issue 17's goal: >= 0.97 x limit and <= 1 % 429s. Slow start (4 in flight, the send rate
+    doubling per 100 ms) replaced the first unpaced wave of 64 (54 429s): the pacer reaches
+    0.99 x limit with 0.3 % 429s here (9: 3 in slow start, 1 just after its cut, 5 probes
+    above the limit, one per 5-6 s), against 0.12 x limit and 84 % 429s with no pacer.
     """
     paced = simulate(lambda clock: AdaptivePacer(clock=clock), **RATE_LIMITED)
     unpaced = simulate(None, **RATE_LIMITED)
     report = f"adaptive: {paced}; no pacer: {unpaced}"
-    assert paced.rate >= 0.95 * 100, report
-    assert paced.throttled_share <= 0.015, report
+    assert paced.rate >= 0.97 * 100, report
+    assert paced.throttled_share <= 0.01, report
     assert paced.rate >= 5 * unpaced.rate, report
     assert paced.throttled_share * 10 <= unpaced.throttled_share, report
 
 
 def test_simulated_short_rate_limited_run() -> None:
-    """The same server, 1,000 items: the first wave weighs three times as much. Slow start's
-    overshoot (the window doubles past what the burst holds: about 15 429s in flight when
-    the first comes back) and the cuts that find the limit leave 2.2 % 429s at 0.98 x limit
-    (the goal of 1 % is missed here: it needs a window that knows the burst)."""
+    """The same server, 1,000 items: the first wave weighs three times as much. Issue 17's
+    goal holds here too: 0.99 x limit with 0.5 % 429s (5: 3 in slow start, 1 just after its
+    cut, 1 probe). Before, with the window doubling per 20 ms round trip, some 15 requests
+    were in flight when the first 429 came back, and a cut from a burst-inflated rate took
+    6 more to find the limit: 2.2 %."""
     kw = {**RATE_LIMITED, "items": 1000}
     paced = simulate(lambda clock: AdaptivePacer(clock=clock), **kw)
     unpaced = simulate(None, **kw)
     report = f"adaptive: {paced}; no pacer: {unpaced}"
-    assert paced.rate >= 0.93 * 100, report
-    assert paced.throttled_share <= 0.03, report
+    assert paced.rate >= 0.97 * 100, report
+    assert paced.throttled_share <= 0.01, report
     assert paced.throttled_share * 10 <= unpaced.throttled_share, report
+
+
+@settings(max_examples=30, deadline=None)
+@given(limit=st.floats(50, 150), burst=st.sampled_from([5.0, 10.0, 20.0]),
+       latency=st.sampled_from([0.01, 0.02, 0.03, 0.05]), workers=st.sampled_from([32, 64]),
+       retry_after=st.sampled_from([1.0, 2.0]))  # fmt: skip
+def test_simulated_runs_near_the_benchmark_stay_near_the_goal(
+    limit: float, burst: float, latency: float, workers: int, retry_after: float
+) -> None:
+    """Around the benchmark's server (limits 50-150 req/s, bursts 5-20, 10-50 ms, 32 or 64
+    workers): the first wave and the search for the limit cost a few dozen 429s at most, so
+    a 3,000-item run stays within 1.2 % 429s and 0.85 x the limit (3,000 such servers: at
+    most 0.96 % and at least 0.88 x; the goal of 1 % and 0.97 x is met at the benchmark's
+    point, not everywhere: a bigger burst with longer round trips overshoots more in slow
+    start, a small burst at a high limit is found late), and a 1,000-item run within 2.5 %
+    (at most 2.2 %; before this change, 2.2 % was the median and 4.6 % the worst)."""
+    kw = {"workers": workers, "latency": latency, "limit": limit, "burst": burst,
+          "retry_after": retry_after}  # fmt: skip
+    long_run = simulate(lambda clock: AdaptivePacer(clock=clock), items=3000, **kw)
+    short_run = simulate(lambda clock: AdaptivePacer(clock=clock), items=1000, **kw)
+    report = f"3,000 items: {long_run}; 1,000 items: {short_run}"
+    assert long_run.throttled_share <= 0.012, report
+    assert long_run.rate >= 0.85 * limit, report
+    assert short_run.throttled_share <= 0.025, report
+    assert short_run.rate >= 0.75 * limit, report
 
 
 def test_simulated_long_rate_limited_run_converges() -> None:
@@ -574,6 +600,22 @@ def test_simulated_latency_bound_run_is_not_slowed(pacing: Any) -> None:
         assert paced.rate == pytest.approx(unpaced.rate)
     else:  # slow start from 4 to 64 in flight: it loses at most a few round trips
         assert paced.now <= unpaced.now + math.log2(64 / 4) * 0.2, report
+    assert paced.throttled == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(latency=st.floats(0.002, 0.2), workers=st.sampled_from([4, 16, 64, 128]))
+def test_simulated_unlimited_runs_lose_at_most_a_few_periods(latency: float, workers: int) -> None:
+    """No limit: slow start (4 in flight, the send rate doubling per round trip or per
+    100 ms, whichever is longer) costs a run about log2(workers / 4) of those, once, against
+    no pacer (a grid of 240 such runs: at most one more; the latency-bound test above is the
+    200 ms case)."""
+    kw = {"items": 3000, "workers": workers, "latency": latency}
+    paced = simulate(lambda clock: AdaptivePacer(clock=clock), **kw)
+    unpaced = simulate(None, **kw)
+    report = f"paced: {paced}; unpaced: {unpaced}"
+    periods = math.log2(workers / 4) + 1
+    assert paced.now <= unpaced.now + periods * max(latency, 0.1), report
     assert paced.throttled == 0
 
 
