@@ -324,6 +324,26 @@ def _pauses_the_run(failed: AttemptFailed, state: CallState, delay: float) -> bo
     return not (rate_limited and paced and delay <= RETRY_AFTER_CAP)
 
 
+#: Seconds an async attempt may run past its deadline before the watchdog cuts it (see
+#: AsyncPreoClient._attempt): a transport's own timeout of the same length fires first.
+DEADLINE_GRACE: Final = 0.1
+
+
+def _cancelling(task: asyncio.Task[Any]) -> int:
+    """Cancellations requested of ``task`` and not taken back (Python 3.10 cannot tell: 0)."""
+    if sys.version_info >= (3, 11):
+        return task.cancelling()
+    return 0  # pragma: no cover - Python 3.10
+
+
+def _owner_cancelled_too(task: asyncio.Task[Any], before: int) -> bool:
+    """Take back the watchdog's cancellation of ``task``; True when another one came during
+    the attempt (its owner's, which must win). Python 3.10 cannot tell: False."""
+    if sys.version_info >= (3, 11):
+        return task.uncancel() > before
+    return False  # pragma: no cover - Python 3.10
+
+
 class _LoopBinding:
     """The event loop an async HTTP client's connections belong to (set on first use), and
     the watchdog that bounds the time of every attempt on that loop."""
@@ -520,8 +540,9 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
     - ``base_url``: else ``PREO_BASE_URL``, else ``https://api.preo.dev``; ``https`` unless the
       host is loopback (``localhost``, ``127.0.0.0/8``, ``::1``) or ``allow_insecure_http``.
     - ``timeout``: seconds or an ``httpx.Timeout`` (default 30 s, 5 s to connect); bounds each
-      attempt's connect, write and each read, and its largest value bounds each attempt
-      exactly, body included.
+      attempt's connect, write and each read, and its largest value (plus 0.1 s, so that a
+      transport's connect or pool timeout of that length is seen first) bounds each attempt,
+      body included.
     - ``max_retries``: default 2; only failures that cannot refund twice are retried.
     - ``retry_unknown_outcome``: also retry, with the same idempotency key, failures after which
       the refund may exist (read timeouts, 5xx but 503); only for a server that honours the key.
@@ -648,26 +669,46 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
                 await (self._sleep or _async_sleep)(delay)
 
     async def _attempt(self, call: Call, attempt: int) -> Refund:
-        """One attempt, bounded in total by the call's deadline; raises only AttemptFailed."""
+        """One attempt, bounded in total by the call's deadline; raises only AttemptFailed.
+
+        What ends the attempt is read from the task's state, not only from the exception that
+        comes out: a transport may turn our cancellation into an error of its own or into an
+        answer, or raise a ``CancelledError`` nobody asked for.
+        """
         import asyncio
 
         task = asyncio.current_task()
         assert task is not None  # nosec B101  # _send runs in a task by construction
         watchdog = self._binding.watchdog
         assert watchdog is not None  # nosec B101  # bound by _check_loop, before any attempt
-        watch = watchdog.watch(task, call.deadline)
+        # A transport's own connect or pool timeout of the same length comes first: it proves
+        # that nothing was sent, where our deadline could only say "may exist".
+        before = _cancelling(task)  # cancellations requested before this attempt
+        watch = watchdog.watch(task, call.deadline + DEADLINE_GRACE)
         try:
-            return await self._attempt_io(call, attempt, time.monotonic())
-        except asyncio.CancelledError:
-            if not watch.expired:
-                raise
-            # Our deadline cancelled the task; if its owner cancelled it too, that wins.
-            if sys.version_info >= (3, 11) and task.uncancel() > 0:
-                raise
-            failed = deadline_failure(call)
-            raise failed from None
+            refund = await self._attempt_io(call, attempt, time.monotonic())
+        except asyncio.CancelledError as exc:
+            if watch.expired:
+                if _owner_cancelled_too(task, before):
+                    raise
+                raise deadline_failure(call) from None
+            if sys.version_info >= (3, 11) and task.cancelling() == before:
+                # nobody cancelled this task: a transport's own bug, after which it may be sent
+                raise transport_failure(exc, call) from exc
+            raise
+        except AttemptFailed:
+            if watch.expired:  # our cancellation, turned into an error or an answer
+                if _owner_cancelled_too(task, before):
+                    raise asyncio.CancelledError from None
+                raise deadline_failure(call) from None
+            if _cancelling(task) > before:  # the owner's cancellation, hidden by the transport
+                raise asyncio.CancelledError from None
+            raise
         finally:
             watchdog.done(watch)
+        if watch.expired and _owner_cancelled_too(task, before):  # answered all the same
+            raise asyncio.CancelledError
+        return refund
 
     async def _attempt_io(self, call: Call, attempt: int, started: float) -> Refund:
         if self._blind:  # connections pooled since, by any pool now reachable

@@ -82,6 +82,7 @@ _JSON: Final = json.JSONDecoder(
 _DECIMAL_TEXT: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 _PAD: Final = decimal.Context(prec=_MAX_ADJUSTED + _MAX_PLACES + 10)
 _CENTS: Final = Decimal("0.01")
+_DOUBLE_MAX: Final = Decimal(sys.float_info.max)  # exact: the largest finite double
 _RFC3339: Final = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))",
@@ -164,7 +165,7 @@ def _exact_amount(value: object) -> Decimal | None:
     exponent = amount.as_tuple().exponent
     if not isinstance(exponent, int) or exponent < -_MAX_PLACES:
         return None
-    if amount.adjusted() > _MAX_ADJUSTED:
+    if amount.adjusted() > _MAX_ADJUSTED or amount.copy_abs() > _DOUBLE_MAX:
         return None
     return amount.quantize(_CENTS, context=_PAD) if exponent > -2 else amount
 
@@ -421,17 +422,22 @@ _DATE_TIMES: Final = [
 ]
 
 
-_ENUM_RULES: list[tuple[str, bool, dict[str, Any]]] = []
+_ENUM_RULES: tuple[tuple[str, bool, dict[str, Any]], ...] | None = None
 
 
-def _enum_rules() -> list[tuple[str, bool, dict[str, Any]]]:
-    if not _ENUM_RULES:  # on first use: the generated enums load lazily
+def _enum_rules() -> tuple[tuple[str, bool, dict[str, Any]], ...]:
+    """The enum fields' rules, made on first use (the generated enums load lazily) and
+    published whole in one assignment: a thread never sees half of them."""
+    global _ENUM_RULES
+    rules = _ENUM_RULES
+    if rules is None:
         scopes, statuses = _enum_members()
-        _ENUM_RULES.extend(
+        rules = tuple(
             (name, req, scopes if check is _scope else statuses)
             for name, req, check in _rules(_scope, _status)
         )
-    return _ENUM_RULES
+        _ENUM_RULES = rules
+    return rules
 
 
 _NESTED_ID: Final = "string or integer"

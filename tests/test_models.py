@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -298,7 +299,21 @@ def readable_amount(value: Any) -> bool:
     else:
         return False
     exponent = number.as_tuple().exponent
-    return isinstance(exponent, int) and exponent >= -30 and number.adjusted() <= 308
+    in_range = number.adjusted() <= 308 and number.copy_abs() <= Decimal(sys.float_info.max)
+    return isinstance(exponent, int) and exponent >= -30 and in_range
+
+
+def test_an_amount_past_the_largest_double_is_unreadable() -> None:
+    """Review round 4: 1.8e308 was read, and its JSON form came back as inf."""
+    largest = Decimal(sys.float_info.max)
+    for text in ["1.8e308", f"{largest}.01", f"-{largest}.5"]:
+        assert Decimal(text).copy_abs() > largest
+        answer = outcome(b'{"id": "rr_1", "amount": %s}' % text.encode())
+        assert isinstance(answer, APIResponseValidationError), text
+    refund = outcome(b'{"id": "rr_1", "amount": 1.7976931348623157e308}')
+    assert not isinstance(refund, APIResponseValidationError)
+    again = Refund.from_dict(json.loads(refund.to_json()))
+    assert again.amount == refund.amount
 
 
 mutations = st.one_of(

@@ -166,3 +166,31 @@ def test_the_c_parser_is_used_for_the_common_form(monkeypatch: pytest.MonkeyPatc
     assert calls == []
     _models.parse_datetime("2026-07-04t18:22:11Z")
     assert calls == ["2026-07-04t18:22:11Z"]
+
+
+def test_the_enum_rules_are_never_seen_half_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review round 4: a thread reading an answer while another made the rules on first use
+    saw some of them and silently dropped ``status``. Another thread reads in between every
+    rule made here: it sees all of them or makes its own."""
+    import threading
+
+    monkeypatch.setattr(_models, "_ENUM_RULES", None)
+    maker = threading.get_ident()
+    seen: list[list[str]] = []
+    original = _models._rules
+
+    def rules_slowly(*checks: Any) -> Any:
+        for rule in original(*checks):
+            if threading.get_ident() == maker:
+                reader = threading.Thread(
+                    target=lambda: seen.append([name for name, _, _ in _models._enum_rules()])
+                )
+                reader.start()
+                reader.join(10)
+            yield rule
+
+    monkeypatch.setattr(_models, "_rules", rules_slowly)
+    made = [name for name, _, _ in _models._enum_rules()]
+    assert made == ["scope", "status"]
+    assert seen
+    assert all(names == made for names in seen)

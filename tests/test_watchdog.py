@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preo_client import APITimeoutError, AsyncPreoClient, RefundOutcomeUnknownError
+from preo_client import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncPreoClient,
+    Backoff,
+    RefundOutcomeUnknownError,
+)
 from preo_client._watchdog import Watch, Watchdog
 
 
@@ -160,3 +166,145 @@ def test_a_hanging_attempt_ends_as_a_timeout_and_others_go_on() -> None:
         assert client._binding.watchdog.watched == 0
 
     asyncio.run(main())
+
+
+# -- what ends an attempt is read from the task, not only from the exception (review round 4) --
+
+_OK_BODY = {
+    "id": "rr_1", "amount": "10.00", "requested_by": {"id": "u"}, "pickup_point": {"id": "p"},
+    "edition_id": "e", "can_approve": "true", "can_reject": "true",
+    "created": "2026-07-04T18:22:11Z", "modified": "2026-07-04T18:22:11Z",
+}  # fmt: skip
+
+
+class _Hangs(httpx.AsyncBaseTransport):
+    """Never answers; what it does when cancelled is ``mode``."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        try:
+            await asyncio.sleep(30)
+        except BaseException:
+            if self.mode == "error":  # a wrapper that turns anything into its own error
+                raise httpx.ReadError("send failed", request=request) from None
+            if self.mode == "503":  # a circuit breaker failing open
+                return httpx.Response(503, request=request)
+            if self.mode == "answer":  # an answer although cancelled
+                return httpx.Response(201, json=_OK_BODY, request=request)
+            raise
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("mode", ["error", "503"])
+def test_a_swallowed_deadline_cancel_still_ends_as_the_deadline(mode: str) -> None:
+    """The expiry is not lost when the transport hides our CancelledError: the call ends as the
+    deadline (outcome unknown, not retried), and the task keeps no cancellation request, so
+    the caller's own asyncio.timeout still ends in TimeoutError."""
+    transport = _Hangs(mode)
+
+    async def main() -> str:
+        client = AsyncPreoClient(
+            api_key="sk_test_1", timeout=0.2,
+            http_client=httpx.AsyncClient(transport=transport),
+        )  # fmt: skip
+        with pytest.raises(APITimeoutError) as caught:
+            await client.purchases.refund("pur_1", reason="sold_out")
+        assert isinstance(caught.value, RefundOutcomeUnknownError)
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+        try:
+            async with asyncio.timeout(0.2):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timeout"
+        return "no timeout"
+
+    assert asyncio.run(asyncio.wait_for(main(), 20)) == "timeout"
+    assert transport.sent == 1  # a refund that may exist is not sent again
+
+
+def test_an_answer_that_swallowed_the_cancel_is_the_refund() -> None:
+    async def main() -> None:
+        client = AsyncPreoClient(
+            api_key="sk_test_1", timeout=0.2,
+            http_client=httpx.AsyncClient(transport=_Hangs("answer")),
+        )  # fmt: skip
+        refund = await client.purchases.refund("pur_1", reason="sold_out")
+        assert refund.id == "rr_1"
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_the_owners_cancel_wins_over_the_deadline() -> None:
+    async def main() -> None:
+        client = AsyncPreoClient(
+            api_key="sk_test_1", timeout=0.2,
+            http_client=httpx.AsyncClient(transport=_Hangs("error")),
+        )  # fmt: skip
+        call = asyncio.ensure_future(client.purchases.refund("pur_1", reason="sold_out"))
+        await asyncio.sleep(0.29)  # just before the watchdog (0.2 s + grace) fires
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert call.cancelled()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_cancelled_error_nobody_asked_for_is_a_transport_failure() -> None:
+    class StrayCancel(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.02, future.cancel)
+            await future
+            raise AssertionError("unreachable")
+
+    async def main() -> None:
+        client = AsyncPreoClient(
+            api_key="sk_test_1", timeout=2,
+            http_client=httpx.AsyncClient(transport=StrayCancel()),
+        )  # fmt: skip
+        with pytest.raises(APIConnectionError) as caught:
+            await client.purchases.refund("pur_1", reason="sold_out")
+        assert isinstance(caught.value, RefundOutcomeUnknownError)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+class _ConnectTimesOutAtTheTotal(httpx.AsyncBaseTransport):
+    """A transport whose own connect (or pool) timeout equals the attempt's total."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.attempts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.attempts += 1
+        await asyncio.sleep(self.seconds)
+        raise httpx.ConnectTimeout("timed out connecting", request=request)
+
+
+def test_a_connect_timeout_as_long_as_the_total_is_never_sent_and_retried() -> None:
+    """The watchdog gives the transport's own timeout of the same length the first word: a
+    connect timeout proves nothing was sent (retried; not outcome-unknown)."""
+    transport = _ConnectTimesOutAtTheTotal(0.2)
+
+    async def main() -> None:
+        client = AsyncPreoClient(
+            api_key="sk_test_1", timeout=0.2, backoff=Backoff(base=0, cap=0),
+            http_client=httpx.AsyncClient(transport=transport),
+        )  # fmt: skip
+        with pytest.raises(APITimeoutError) as caught:
+            await client.purchases.refund("pur_1", reason="sold_out")
+        assert not isinstance(caught.value, RefundOutcomeUnknownError)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert transport.attempts == 3  # max_retries=2: a refund never sent is retried
