@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,7 +26,7 @@ from preo_client import (
 )
 from preo_client.testing import DEMO_API_KEY, FakePreo, Fault, serve
 from tests.test_models import within_watchdog
-from tests.test_stray import answer, read_request, serving
+from tests.test_stray import Server, answer, read_request, serving
 
 
 def run(url: str, purchase_id: str, **options: Any) -> Any:
@@ -99,28 +97,21 @@ def test_read_timeout_is_an_unknown_outcome() -> None:
 
 
 @dataclass
-class RequestLines:
+class RequestLines(Server):
     """A loopback server that answers every request with a refund and records each request
     line exactly as it came off the socket."""
 
-    url: str = ""
+    first: bytes = b""
+    stray: bytes = b""
+    delay: float | None = None
     lines: list[bytes] = field(default_factory=list)
 
-    def accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
-
-    def handle(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):  # the client may close first
-            buf = b""
-            while (request := read_request(conn, buf)) is not None:
-                head, buf = request
-                self.lines.append(head.split(b"\r\n", 1)[0])
-                conn.sendall(answer(201, "rr_1"))
+    def answer_all(self, conn: socket.socket) -> None:
+        buf = b""
+        while (request := read_request(conn, buf)) is not None:
+            head, buf = request
+            self.lines.append(head.split(b"\r\n", 1)[0])
+            conn.sendall(answer(201, "rr_1"))
 
 
 WIRE_TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
