@@ -4,6 +4,11 @@ httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` (a dropped connection
 request went out included) to ``httpx.ConnectTimeout``, which a retry policy must read as "never
 sent". For a refund that would mean a retry that may refund twice. This wrapper classes each
 failure by what actually happened: only a connection that was never made is "not sent".
+
+It also sends the URL exactly as httpx built it: httpx-aiohttp hands aiohttp ``str(url)``, which
+yarl parses again and re-quotes, decoding ``%3B %3D %40 ...`` in the path (``pur_1%3Btype%3Dgift``
+would go out as ``pur_1;type=gift``). So the request is made here, with the URL marked as
+already encoded (``tests/test_aiohttp_transport.py`` fails loudly if yarl stops honouring it).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import httpx
 
 try:
     import aiohttp
+    import yarl
     from httpx_aiohttp import AiohttpTransport as _HttpxAiohttpTransport
+    from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 except ImportError as exc:  # pragma: no cover - exercised by hand without the extra
     raise ImportError(
         "AiohttpTransport needs the 'fast' extra: pip install 'preo-client[fast]'"
@@ -70,6 +77,44 @@ class _Body(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
+def exact_url(url: httpx.URL) -> yarl.URL:
+    """``url`` for aiohttp as it is: marked encoded, so yarl does not quote it again."""
+    return yarl.URL(str(url), encoded=True)
+
+
+async def _request(
+    inner: _HttpxAiohttpTransport, session: aiohttp.ClientSession, request: httpx.Request
+) -> aiohttp.ClientResponse:
+    """What ``httpx_aiohttp.AiohttpTransport.handle_async_request`` asks of aiohttp, with the
+    URL given as built (see the module docstring)."""
+    timeout = request.extensions.get("timeout", {})
+    data: bytes | httpx.AsyncByteStream | None
+    try:
+        data = request.content or None
+    except httpx.RequestNotRead:  # a streamed body: aiohttp frames it
+        data = request.stream  # type: ignore[assignment]
+        request.headers.pop("transfer-encoding", None)
+    proxy = inner.proxy
+    return await session.request(
+        request.method,
+        exact_url(request.url),
+        headers=request.headers,
+        data=data,
+        allow_redirects=False,
+        auto_decompress=False,
+        compress=False,
+        timeout=aiohttp.ClientTimeout(
+            sock_connect=timeout.get("connect"),
+            sock_read=timeout.get("read"),
+            connect=timeout.get("pool"),
+        ),
+        server_hostname=request.extensions.get("sni_hostname"),
+        proxy=str(proxy.url) if proxy else None,
+        proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
+        proxy_headers=proxy.headers if proxy else None,
+    ).__aenter__()
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """aiohttp under httpx, for high-concurrency bulk runs (much faster than httpcore's pool
     above ~16 concurrent requests). Takes httpx-aiohttp's arguments (``limits``, ``verify``,
@@ -89,17 +134,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             inner.client = inner.get_client()  # as httpx-aiohttp would, so it can be guarded
         guard_aiohttp(inner.client.connector)  # a connection with stray bytes is never reused
         try:
-            response = await inner.handle_async_request(request)
+            with map_aiohttp_exceptions():  # as httpx-aiohttp maps them (the cause is kept)
+                answer = await _request(inner, inner.client, request)
         except Exception as exc:
             raise _before_sending(exc, request) from exc
-        if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
-            raise httpx.ReadError("httpx-aiohttp gave a non-async body stream", request=request)
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if answer.reason:
+            extensions["reason_phrase"] = answer.reason.encode()
         return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Body(response.stream, request),
+            answer.status,
+            headers=answer.raw_headers,
+            stream=_Body(AiohttpResponseStream(answer), request),
             request=request,
-            extensions=response.extensions,
+            extensions=extensions,
         )
 
     async def aclose(self) -> None:

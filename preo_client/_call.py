@@ -421,18 +421,23 @@ def build_call(
             request_headers[name.lower()] = value
     content = _JSON.encode(merged_body(fields, extra_body)).encode()  # checked text
     try:
-        request = httpx.Request(
-            method,
-            request_url(base_url, url),
-            content=content,
-            headers=request_headers,
-            params=extra_query or None,
-            extensions={"timeout": timeout.as_dict()},
-        )
+        target = request_url(base_url, url)
     except httpx.InvalidURL as exc:  # e.g. longer than a URL may be
         raise RefundValidationError(
             "purchase_id", f"does not fit in a URL with base_url {base_url!r} ({exc})"
         ) from None
+    if extra_query:  # what httpx.Request(params=...) does, with its own field named
+        try:
+            target = httpx.URL(target, params=extra_query)
+        except httpx.InvalidURL as exc:  # e.g. a query longer than a URL may hold
+            raise RefundValidationError("extra_query", f"does not fit in a URL ({exc})") from None
+    request = httpx.Request(
+        method,
+        target,
+        content=content,
+        headers=request_headers,
+        extensions={"timeout": timeout.as_dict()},
+    )
     return Call(
         request=request,
         plan=plan,

@@ -40,13 +40,13 @@ from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     NOT_GIVEN,
-    RESERVED_HEADERS,
     USER_AGENT,
     ClientSettings,
     ConfigurationError,
     NotGiven,
     Timeout,
     as_timeout,
+    check_client_headers,
     check_headers,
     check_max_retries,
     given,
@@ -101,14 +101,7 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         self._settings = settings
         self._owns_http = owns_http
         self._http = http_client if http_client is not None else self._new_http_client()
-        for name in self._http.headers:  # CGI-style servers join `Idempotency_Key` with ours
-            spelt = name.lower()
-            if "_" in spelt and spelt.replace("_", "-") in RESERVED_HEADERS:
-                raise ConfigurationError(
-                    f"http_client: its default header {name!r} is "
-                    f"{spelt.replace('_', '-')!r} to a CGI-style server, which is set by this "
-                    "client and cannot be overridden; remove it from the httpx client's headers"
-                )
+        check_client_headers(self._http.headers)  # its Host, framing, ... go out on every call
         guard_pools(self._http)  # a connection with bytes past its answer is never reused
         # A transport whose connections cannot be checked: no refund leaves its connection open,
         # and its pools are looked for again before every attempt (a wrapper may build one

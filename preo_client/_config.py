@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigurationError",
     "NotGiven",
     "Timeout",
+    "check_client_headers",
     "resolve_api_key",
     "resolve_base_url",
 ]
@@ -193,10 +195,21 @@ def total_seconds(timeout: httpx.Timeout) -> float:
     return max(v for v in (timeout.connect, timeout.read, timeout.write, timeout.pool) if v)
 
 
+# Far past any useful budget; a bound keeps every setting printable (repr of an int past
+# Python's 4,300-digit limit raises ValueError, and repr(client) shows max_retries).
+MAX_RETRIES: Final = 1_000_000
+
+
 def check_max_retries(max_retries: object) -> int:
-    """An int >= 0 (bool refused)."""
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    """An int from 0 to :data:`MAX_RETRIES` (bool refused)."""
+    if (
+        isinstance(max_retries, bool)
+        or not isinstance(max_retries, int)
+        or not 0 <= max_retries <= MAX_RETRIES
+    ):
+        raise ConfigurationError(
+            f"max_retries must be an int from 0 to {MAX_RETRIES:,}, got {shown(max_retries)}"
+        )
     return max_retries
 
 
@@ -209,7 +222,7 @@ def check_headers(headers: Mapping[str, str] | None, *, field: str) -> Mapping[s
     checked: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not _VISIBLE_ASCII.fullmatch(name) or ":" in name:
-            raise ConfigurationError(f"{field}: invalid header name {name!r}")
+            raise ConfigurationError(f"{field}: invalid header name {shown(name)}")
         # CGI-style servers (WSGI, Django, PHP) read ``Idempotency_Key`` as ``Idempotency-Key``
         # and join the two values: an underscore spelling of a reserved name is that name.
         if name.lower().replace("_", "-") in RESERVED_HEADERS:
@@ -245,6 +258,33 @@ RESERVED_HEADERS: Final = frozenset(
         "upgrade",
     }
 )
+
+
+@functools.cache
+def _httpx_defaults() -> Mapping[str, str]:
+    """The default headers httpx gives every client (``Accept-Encoding``, ``Connection``, ...)."""
+    with httpx.Client(transport=httpx.BaseTransport(), trust_env=False) as plain:
+        return MappingProxyType(dict(plain.headers))
+
+
+def check_client_headers(headers: httpx.Headers) -> None:
+    """Refuse an injected HTTP client whose own headers would go out on every refund with a
+    reserved name (any spelling, ``_`` for ``-`` included): its ``Host``, ``Content-Length``,
+    ``Transfer-Encoding``, ... would change where a refund goes or how it is framed. httpx's
+    own defaults (``Accept-Encoding: gzip, deflate``, ``Connection: keep-alive``) pass."""
+    defaults = _httpx_defaults()
+    for name, value in headers.items():
+        spelt = name.lower()
+        reserved = spelt.replace("_", "-")
+        if reserved not in RESERVED_HEADERS or defaults.get(spelt) == value:
+            continue
+        # CGI-style servers (WSGI, Django, PHP) join `Idempotency_Key` with ours
+        cgi = f" ({reserved!r} to a CGI-style server)" if spelt != reserved else ""
+        raise ConfigurationError(
+            f"http_client: its default header {name!r}{cgi} is set by this client and cannot "
+            "be overridden (reserved, also spelt with '_' for '-': "
+            f"{', '.join(sorted(RESERVED_HEADERS))}); remove it from the httpx client's headers"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
-from ._exceptions import RefundValidationError
+from ._exceptions import RefundValidationError, shown
 
 __all__ = ["POLICY_FIELDS", "check_extra_body", "check_extra_query", "merged_body"]
 
@@ -42,7 +42,7 @@ def _check_value(value: object, path: str) -> None:
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise RefundValidationError(
-                        "extra_body", f"{where} has a key that is not a string ({key!r})"
+                        "extra_body", f"{where} has a key that is not a string ({shown(key)})"
                     )
                 stack.append((child, _where(where, key), depth + 1))
         elif isinstance(item, list | tuple):
@@ -71,7 +71,7 @@ def check_extra_body(extra_body: object) -> dict[str, object]:
         )
     for key in extra_body:
         if not isinstance(key, str):
-            raise RefundValidationError("extra_body", f"field names must be strings ({key!r})")
+            raise RefundValidationError("extra_body", f"field names must be strings ({shown(key)})")
         _refuse_policy_field("extra_body", key)
     _check_value(extra_body, "")
     checked = dict(extra_body)
@@ -100,13 +100,20 @@ def check_extra_query(extra_query: object) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in extra_query.items():
         if not isinstance(key, str) or not key:
-            raise RefundValidationError("extra_query", f"names must be non-empty strings ({key!r})")
+            raise RefundValidationError(
+                "extra_query", f"names must be non-empty strings ({shown(key)})"
+            )
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise RefundValidationError(
                 "extra_query",
                 f"the value of {key!r} must be a str or int, not {type(value).__name__}",
             )
-        text = str(value)
+        try:  # the text itself (a subclass's __str__ is not asked)
+            text = str.__str__(value) if isinstance(value, str) else int.__repr__(value)
+        except ValueError:  # an int past Python's int-to-text digit limit
+            raise RefundValidationError(
+                "extra_query", f"the value of {key!r} is an int too long to write as text"
+            ) from None
         if not (key + text).isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in key + text):
             raise RefundValidationError(
                 "extra_query", f"{key!r} must be printable text without control characters"

@@ -44,13 +44,24 @@ def check_idempotency_key(key: object) -> str:
 def idempotency_key_for(purchase_id: str, reference: str) -> str:
     """A deterministic key for refunding ``purchase_id`` for business ``reference``.
 
+    Raises :class:`RefundValidationError` naming the argument that is not text (a
+    ``reference`` must also be non-empty) or holds a lone surrogate.
+
     A process that restarts and asks again for the same refund (same purchase, same reference,
     e.g. a support ticket or a cancellation batch id) sends the same key, so a server that
     honours ``Idempotency-Key`` cannot create it twice.
     """
-    if not isinstance(purchase_id, str) or not isinstance(reference, str) or not reference:
+    if not isinstance(purchase_id, str):
         raise RefundValidationError(
-            "reference", "purchase_id and reference must be non-empty strings"
+            "purchase_id", f"must be a string, not {type(purchase_id).__name__}"
         )
-    name = (purchase_id + chr(0) + reference).encode()  # as uuid.uuid5(namespace, name)
+    if not isinstance(reference, str) or not reference:
+        raise RefundValidationError("reference", "must be a non-empty string")
+    try:  # as uuid.uuid5(namespace, name)
+        name = (purchase_id + chr(0) + reference).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate (read with errors="surrogateescape")
+        field = "purchase_id" if exc.start < len(purchase_id) else "reference"
+        raise RefundValidationError(
+            field, "must be valid Unicode text (it holds a lone surrogate)"
+        ) from None
     return f"preo-{_uuid_text(hashlib.sha1(_NAMESPACE + name, usedforsecurity=False).digest(), 5)}"

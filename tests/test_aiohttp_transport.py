@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from preo_client import (
     AiohttpTransport,
@@ -20,6 +25,8 @@ from preo_client import (
     RefundOutcomeUnknownError,
 )
 from preo_client.testing import DEMO_API_KEY, FakePreo, Fault, serve
+from tests.test_models import within_watchdog
+from tests.test_stray import Server, answer, read_request, serving
 
 
 def run(url: str, purchase_id: str, **options: Any) -> Any:
@@ -87,3 +94,98 @@ def test_read_timeout_is_an_unknown_outcome() -> None:
         error = run(server.url, "pur_demo_ticket", timeout=httpx.Timeout(0.1, connect=2.0))
     assert isinstance(error, APITimeoutError)
     assert isinstance(error, RefundOutcomeUnknownError)
+
+
+@dataclass
+class RequestLines(Server):
+    """A loopback server that answers every request with a refund and records each request
+    line exactly as it came off the socket."""
+
+    first: bytes = b""
+    stray: bytes = b""
+    delay: float | None = None
+    lines: list[bytes] = field(default_factory=list)
+
+    def answer_all(self, conn: socket.socket) -> None:
+        buf = b""
+        while (request := read_request(conn, buf)) is not None:
+            head, buf = request
+            self.lines.append(head.split(b"\r\n", 1)[0])
+            conn.sendall(answer(201, "rr_1"))
+
+
+WIRE_TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
+    "httpx": httpx.AsyncHTTPTransport,
+    "aiohttp": AiohttpTransport,
+}
+# Valid purchase ids (see check_purchase_id), rich in the characters yarl would re-quote.
+purchase_ids = st.text(
+    st.sampled_from("!$&'()*+,;=:@%/?#[]~-._aZ09äé€"), min_size=1, max_size=24
+) | st.text(st.characters(exclude_categories=["C", "Z"]), min_size=1, max_size=24)
+wire_ids = purchase_ids.filter(lambda p: p not in (".", ".."))
+
+
+async def _send_all(url: str, transport: str, ids: list[str], built: list[httpx.URL]) -> None:
+    async def record(request: httpx.Request) -> None:
+        built.append(request.url)
+
+    http = httpx.AsyncClient(
+        transport=WIRE_TRANSPORTS[transport](), event_hooks={"request": [record]}
+    )
+    try:
+        async with AsyncPreoClient(
+            api_key=DEMO_API_KEY, base_url=url, http_client=http, max_retries=0
+        ) as client:
+            for purchase_id in ids:
+                await client.purchases.refund(purchase_id, reason="sold_out")
+    finally:
+        await http.aclose()
+
+
+@pytest.mark.parametrize("transport", sorted(WIRE_TRANSPORTS))
+def test_the_request_line_is_the_url_httpx_built(transport: str) -> None:
+    """Review round 4 (r8): with AiohttpTransport, yarl re-quoted the URL and decoded
+    ``! $ & ' ( ) * , : ; = @`` in the path (``pur_1;type=gift`` went out for
+    ``pur_1%3Btype%3Dgift``). The path on the wire is ``request.url.raw_path``, which is the
+    contract's ``/v1/purchases/{quote(id, safe="")}/refund``, with either transport."""
+    with serving(RequestLines()) as server:
+
+        @settings(max_examples=30, deadline=None)
+        @given(ids=st.lists(wire_ids, min_size=1, max_size=4))
+        def check(ids: list[str]) -> None:
+            server.lines.clear()
+            built: list[httpx.URL] = []
+            within_watchdog(lambda: asyncio.run(_send_all(server.url, transport, ids, built)))
+            expected = [f"/v1/purchases/{quote(p, safe='')}/refund".encode() for p in ids]
+            assert [url.raw_path for url in built] == expected
+            assert server.lines == [b"POST " + path + b" HTTP/1.1" for path in expected]
+
+        check()
+
+
+def test_the_reviewed_ids_go_out_encoded() -> None:
+    ids = ["pur_1;type=gift", "pur_1@shop", "A&B", "o'brien(2)"]
+    with serving(RequestLines()) as server:
+        within_watchdog(lambda: asyncio.run(_send_all(server.url, "aiohttp", ids, [])))
+    assert [line.split(b" ")[1] for line in server.lines] == [
+        b"/v1/purchases/pur_1%3Btype%3Dgift/refund",
+        b"/v1/purchases/pur_1%40shop/refund",
+        b"/v1/purchases/A%26B/refund",
+        b"/v1/purchases/o%27brien%282%29/refund",
+    ]
+
+
+def test_yarl_still_keeps_an_encoded_url_and_requotes_text() -> None:
+    """What AiohttpTransport relies on (``_aiohttp.exact_url``): a ``yarl.URL(text,
+    encoded=True)`` keeps the path and query exactly, while plain text is re-quoted (the reason
+    the transport does not hand aiohttp ``str(url)``). If yarl changes either, this fails."""
+    import yarl
+
+    from preo_client._aiohttp import exact_url
+
+    url = httpx.URL("http://127.0.0.1:1/v1/purchases/a%3Bb%3Dc%40%2F%25%3F%20/refund?x=%3B&y=%2B")
+    kept = exact_url(url)
+    assert kept.raw_path_qs == "/v1/purchases/a%3Bb%3Dc%40%2F%25%3F%20/refund?x=%3B&y=%2B"
+    assert (kept.raw_host, kept.port, kept.scheme) == ("127.0.0.1", 1, "http")
+    assert str(kept) == str(url)
+    assert yarl.URL(str(url)).raw_path != kept.raw_path  # text is re-quoted: ';' '=' '@' decoded

@@ -216,3 +216,109 @@ def test_numeric_arguments_holding_a_huge_int_are_field_errors(big: int, use_asy
 
     with pytest.raises(ConfigurationError, match="timeout"):
         PreoClient(api_key="sk_test_1234567890", timeout=big)
+
+
+# Every public argument of refund() (purchase_id is positional), with a valid base call.
+REFUND_ARGS = (
+    *ARGS, "idempotency_key", "extra_headers", "extra_body", "extra_query", "timeout",
+    "max_retries",
+)  # fmt: skip
+BASE: dict[str, Any] = {"reason": "compensation", "amount": "5.00"}
+# Where a caller's huge int can hide: the value itself, or inside a mapping or a sequence, as a
+# value or as a key (str()/repr() of any of them raises ValueError past the digit limit).
+holding = st.sampled_from(
+    [lambda b: b, lambda b: {b: "x"}, lambda b: {"x": b}, lambda b: {"x": [1, b]},
+     lambda b: {"x": {"y": b}}, lambda b: {"x": {b: 1}}, lambda b: [b], lambda b: (b,),
+     lambda b: {b: b}]
+)  # fmt: skip
+# Values of wrong (or odd) types for any argument; some are valid for some arguments.
+odd = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.binary(max_size=4)
+    | st.decimals() | st.text(max_size=6) | st.builds(object) | st.just(Decimal("sNaN")),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.tuples(inner)
+        | st.dictionaries(st.integers() | st.text(max_size=4), inner, max_size=3)
+        | st.frozensets(st.integers(), max_size=2)
+    ),
+    max_leaves=6,
+)  # fmt: skip
+
+
+def _refund_with(fake: FakePreo, field: str, value: Any, use_async: bool) -> object:
+    """``refund("pur_1", **BASE)`` with ``field`` set to ``value``: the Refund or the error."""
+    kw = dict(BASE)
+    purchase: Any = "pur_1"
+    if field == "purchase_id":
+        purchase = value
+    else:
+        kw[field] = value
+
+    async def async_call() -> object:
+        async with fake.async_client() as client:
+            return await client.purchases.refund(purchase, **kw)
+
+    def call() -> object:
+        try:
+            if use_async:
+                return asyncio.run(async_call())
+            with fake.client() as client:
+                return client.purchases.refund(purchase, **kw)
+        except RefundValidationError as exc:
+            return exc
+
+    return within_watchdog(call)  # any other exception escapes and fails the test
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(REFUND_ARGS), big=huge, where=holding, use_async=st.booleans())
+def test_a_huge_int_anywhere_in_any_refund_argument_is_a_field_error(
+    field: str, big: int, where: Any, use_async: bool
+) -> None:
+    """Review round 4 (r1): ``extra_query={"batch": 10**5000}`` escaped as a bare ValueError;
+    so could a huge key in ``extra_body`` / ``extra_headers`` / ``extra_query`` (shown in the
+    message) and ``max_retries=-10**5000`` (its repr)."""
+    fake = FakePreo(auto_purchases=True)
+    result = _refund_with(fake, field, where(big), use_async)
+    assert isinstance(result, RefundValidationError), result
+    assert result.field == field
+    assert fake.requests == []  # nothing was sent
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(REFUND_ARGS), value=odd, use_async=st.booleans())
+def test_any_value_of_any_refund_argument_is_a_refund_or_its_field_error(
+    field: str, value: Any, use_async: bool
+) -> None:
+    """Whatever an argument holds, refund() ends in a Refund or a RefundValidationError naming
+    that argument (nothing sent), never another exception type."""
+    fake = FakePreo(auto_purchases=True)
+    result = _refund_with(fake, field, value, use_async)
+    if isinstance(result, RefundValidationError):
+        assert result.field == field
+        assert fake.requests == []
+    else:
+        assert isinstance(result, Refund)
+        assert len(fake.requests) == 1
+
+
+def test_the_reviewed_extra_query_reproducer() -> None:
+    fake = FakePreo(auto_purchases=True)
+    for use_async in (False, True):
+        result = _refund_with(fake, "extra_query", {"batch": 10**5000}, use_async)
+        assert isinstance(result, RefundValidationError)
+        assert result.field == "extra_query"
+        assert "'batch'" in str(result)
+    assert fake.requests == []
+
+
+def test_max_retries_is_bounded_so_a_client_stays_printable() -> None:
+    from preo_client import ConfigurationError, PreoClient
+    from preo_client._config import MAX_RETRIES
+
+    client = PreoClient(api_key="sk_test_1234567890", max_retries=MAX_RETRIES)
+    assert f"max_retries={MAX_RETRIES}" in repr(client)
+    for bad in (MAX_RETRIES + 1, 10**5000, -(10**5000)):
+        with pytest.raises(ConfigurationError, match="max_retries"):
+            PreoClient(api_key="sk_test_1234567890", max_retries=bad)
+        with pytest.raises(ConfigurationError, match="max_retries"):
+            client.with_options(max_retries=bad)

@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -166,3 +167,35 @@ def test_the_caller_mutating_extra_body_later_changes_nothing_sent() -> None:
         client.purchases.refund("pur_x", reason="sold_out", extra_body=extra)
     extra["tags"].append("b")
     assert {json.loads(r.content)["tags"] == ["a"] for r in fake.requests} == {True}
+
+
+long_values = st.builds(
+    lambda text, times: text * times,
+    st.sampled_from(["x", "é", ";", "%", " ", "a/b"]),
+    st.integers(5_000, 80_000),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=long_values | st.integers(0, 10**4000), asynchronous=st.booleans())
+def test_a_query_too_long_for_a_url_names_extra_query(value: Any, asynchronous: bool) -> None:
+    """Review round 4 (r2): an over-long ``extra_query`` was reported as ``purchase_id``. The
+    query is sent as ``httpx.Request(..., params=...)`` would build it, or refused naming
+    ``extra_query`` exactly when httpx cannot build that URL."""
+    query = {"note": value}
+    try:
+        expected: httpx.URL | None = httpx.Request(
+            "POST", "https://api.preo.dev/v1/purchases/pur_x/refund", params=query
+        ).url
+    except httpx.InvalidURL:
+        expected = None
+    fake = FakePreo.demo(auto_purchases=True)
+    if expected is None:
+        with pytest.raises(RefundValidationError) as caught:
+            _refund(fake, asynchronous, reason="sold_out", extra_query=query)
+        assert caught.value.field == "extra_query"
+        assert "purchase_id" not in str(caught.value)
+        assert fake.requests == []
+    else:
+        _refund(fake, asynchronous, reason="sold_out", extra_query=query)
+        assert {r.url.raw_path for r in fake.requests} == {expected.raw_path}

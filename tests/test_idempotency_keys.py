@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from preo_client import idempotency_key_for
+from preo_client import RefundValidationError, idempotency_key_for
 from preo_client._idempotency import _uuid_text, new_idempotency_key
 
 NAMESPACE = uuid.UUID("6f1c2f64-3f5e-4b8e-9a57-5d1f0c0de001")
@@ -42,3 +43,57 @@ def test_fresh_keys_are_distinct_version_4_uuids() -> None:
         assert str(parsed) == key
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+# Any text, lone surrogates included (as read with errors="surrogateescape").
+ANY_TEXT = st.text(st.characters(codec=None, categories=None), max_size=12) | st.builds(
+    lambda before, after: before + chr(0xDC80 + len(before) % 128) + after,
+    st.text(max_size=4),
+    st.text(max_size=4),
+)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@given(purchase_id=ANY_TEXT, reference=ANY_TEXT)
+def test_derived_keys_of_any_text_are_uuid5_or_a_field_error(
+    purchase_id: str, reference: str
+) -> None:
+    """Review round 4 (r3): a lone surrogate made ``idempotency_key_for`` raise a bare
+    UnicodeEncodeError. Any text gives the uuid5 key, or a RefundValidationError naming the
+    argument that cannot be sent (the purchase id first)."""
+    bad = [
+        name
+        for name, text in (("purchase_id", purchase_id), ("reference", reference))
+        if not _encodes(text) or (name == "reference" and not text)
+    ]
+    if not bad:
+        expected = uuid.uuid5(NAMESPACE, purchase_id + "\0" + reference)
+        assert idempotency_key_for(purchase_id, reference) == f"preo-{expected}"
+        return
+    with pytest.raises(RefundValidationError) as caught:
+        idempotency_key_for(purchase_id, reference)
+    if not reference:
+        assert caught.value.field == "reference"
+    else:
+        assert caught.value.field == bad[0]
+
+
+@pytest.mark.parametrize(
+    ("purchase_id", "reference", "field"),
+    [("pur_1", "ticket-\udcff", "reference"), ("pur_\ud800", "ticket-1", "purchase_id"),
+     ("pur_\ud800", "\udcff", "purchase_id"), (1, "ticket-1", "purchase_id"),
+     ("pur_1", b"ticket-1", "reference"), ("pur_1", "", "reference")],
+)  # fmt: skip
+def test_the_reviewed_arguments_are_field_errors(
+    purchase_id: object, reference: object, field: str
+) -> None:
+    with pytest.raises(RefundValidationError) as caught:
+        idempotency_key_for(purchase_id, reference)  # type: ignore[arg-type]
+    assert caught.value.field == field

@@ -7,6 +7,8 @@ server act on ``x,<our key>`` while the client reported ``<our key>``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -76,3 +78,83 @@ def test_an_injected_client_with_an_underscore_spelling_is_refused(async_: bool,
     else:
         with pytest.raises(ConfigurationError, match="cannot be overridden"):
             PreoClient(api_key=KEY, http_client=httpx.Client(headers={name: "evil"}))
+
+
+def _injected(kind: str, how: str, headers: dict[str, str]) -> None:
+    """Make a client (``kind``) that uses an httpx client with ``headers`` (``how``: given to
+    the constructor, or to ``with_options``)."""
+    from preo_client import AsyncPreoClient
+
+    make: Any = PreoClient if kind == "sync" else AsyncPreoClient
+    http: Any = httpx.Client if kind == "sync" else httpx.AsyncClient
+    if how == "constructor":
+        make(api_key=KEY, http_client=http(headers=headers))
+    else:
+        make(api_key=KEY).with_options(http_client=http(headers=headers))
+
+
+def _reserved_value(name: str) -> str:
+    """A value for ``name`` that is not httpx's own default for it."""
+    return "identity" if name == "accept-encoding" else "evil.example" if name == "host" else "x"
+
+
+@pytest.mark.parametrize("how", ["constructor", "with_options"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("name", sorted(RESERVED_HEADERS))
+def test_an_injected_client_with_a_reserved_header_is_refused(
+    name: str, kind: str, how: str
+) -> None:
+    """Review round 4 (r5): an injected client's own ``Transfer-Encoding``, ``Content-Length``,
+    ``Content-Encoding``, ``Host``, ... went out on every refund. ``Host`` would send the
+    refund to another site behind the same address: no value may change where it goes."""
+    with pytest.raises(ConfigurationError, match="cannot be overridden") as caught:
+        _injected(kind, how, {name.title(): _reserved_value(name)})
+    assert repr(name) in str(caught.value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.data(),
+    reserved=st.sampled_from(sorted(RESERVED_HEADERS)),
+    kind=st.sampled_from(["sync", "async"]),
+    how=st.sampled_from(["constructor", "with_options"]),
+)
+def test_no_spelling_of_a_reserved_header_on_an_injected_client_is_accepted(
+    data: st.DataObject, reserved: str, kind: str, how: str
+) -> None:
+    name = data.draw(spellings(reserved))
+    with pytest.raises(ConfigurationError, match="cannot be overridden") as caught:
+        _injected(kind, how, {name: _reserved_value(reserved)})
+    assert repr(reserved) in str(caught.value)
+
+
+@pytest.mark.parametrize("how", ["constructor", "with_options"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_httpx_default_headers_and_other_names_are_accepted(kind: str, how: str) -> None:
+    """Every httpx client has ``Accept-Encoding`` and ``Connection`` (reserved names) with
+    httpx's own values: those pass, as do ``Accept``, ``User-Agent`` and any other name."""
+    _injected(kind, how, {})
+    _injected(kind, how, {"Accept": "text/plain", "User-Agent": "mine", "X-Trace": "t1"})
+    with httpx.Client() as plain:
+        _injected(kind, how, {"Accept-Encoding": plain.headers["accept-encoding"]})
+
+
+def test_an_accepted_injected_client_sends_only_our_framing() -> None:
+    """What an accepted injected client adds reaches the wire; framing and Host are httpx's own,
+    from the body and the base URL."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503)
+
+    http = httpx.Client(headers={"X-Trace": "t1"}, transport=httpx.MockTransport(answer))
+    client = PreoClient(api_key=KEY, max_retries=0, http_client=http)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the 503; what matters is the request
+        client.purchases.refund("pur_1", reason="sold_out")
+    (request,) = sent
+    assert request.headers["x-trace"] == "t1"
+    assert request.headers["host"] == "api.preo.dev"
+    assert request.headers["content-length"] == str(len(request.content))
+    assert "transfer-encoding" not in request.headers
+    assert "content-encoding" not in request.headers
