@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ._retry import SharedPause
 
 __all__ = [
+    "ACCEPTED_ENCODINGS",
     "MAX_RESPONSE_BYTES",
     "AsyncSender",
     "AttemptFailed",
@@ -573,6 +574,10 @@ def content_length(value: str) -> int | None:
     if not text or not text.isascii() or not text.isdigit():
         return None
     return int(text) if len(text) <= _MAX_LENGTH_DIGITS else sys.maxsize
+
+
+#: The ``Accept-Encoding`` every refund sends: what :class:`BodyReader` decodes, nothing more.
+ACCEPTED_ENCODINGS: Final = "gzip, deflate"
 
 
 class BodyReader:

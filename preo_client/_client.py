@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 import httpx
 
 from ._call import (
+    ACCEPTED_ENCODINGS,
     AttemptFailed,
     BodyReader,
     Call,
@@ -114,6 +115,9 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
         # neither.) Auth, event hooks, proxies and transports of the client still apply.
         self._request_headers: dict[str, str] = {
             **{name.lower(): value for name, value in self._http.headers.items()},
+            # what the body reader decodes (httpx offers br/zstd when brotli/zstandard are
+            # installed: such an answer would make a created refund unreadable)
+            "accept-encoding": ACCEPTED_ENCODINGS,
             "accept": "application/json",
             "user-agent": USER_AGENT,
             **settings.default_headers,

@@ -267,16 +267,26 @@ def _httpx_defaults() -> Mapping[str, str]:
         return MappingProxyType(dict(plain.headers))
 
 
+# Reserved headers this client always sends itself, replacing an injected client's value
+# of the same name: harmless on a client shared with other APIs (e.g. its own Authorization).
+REPLACED_HEADERS: Final = frozenset(
+    {"accept-encoding", "authorization", "content-type", "idempotency-key"}
+)
+
+
 def check_client_headers(headers: httpx.Headers) -> None:
     """Refuse an injected HTTP client whose own headers would go out on every refund with a
     reserved name (any spelling, ``_`` for ``-`` included): its ``Host``, ``Content-Length``,
     ``Transfer-Encoding``, ... would change where a refund goes or how it is framed. httpx's
-    own defaults (``Accept-Encoding: gzip, deflate``, ``Connection: keep-alive``) pass."""
+    own defaults (``Connection: keep-alive``) pass, and so do the headers this client always
+    replaces with its own (:data:`REPLACED_HEADERS`, spelt with ``-``)."""
     defaults = _httpx_defaults()
     for name, value in headers.items():
         spelt = name.lower()
         reserved = spelt.replace("_", "-")
         if reserved not in RESERVED_HEADERS or defaults.get(spelt) == value:
+            continue
+        if spelt in REPLACED_HEADERS:
             continue
         # CGI-style servers (WSGI, Django, PHP) join `Idempotency_Key` with ours
         cgi = f" ({reserved!r} to a CGI-style server)" if spelt != reserved else ""
