@@ -1,5 +1,6 @@
-"""The one benchmark command: prints the five tables (overhead, import time, bulk throughput,
-bulk memory, pacing against a rate-limited or slow sandbox). Ratios are against raw httpx
+"""The one benchmark command: prints the tables (overhead, import time, bulk throughput, bulk
+memory, pacing against a rate-limited or slow sandbox, logging/tracing cost, where a call's
+time goes). Ratios are against raw httpx
 measured in the same run; absolute numbers on a shared 2-core machine mean little.
 
     python -m benchmarks.run            # everything (about ten minutes)
