@@ -14,6 +14,7 @@ already encoded (``tests/test_aiohttp_transport.py`` fails loudly if yarl stops 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -47,6 +48,8 @@ def _before_sending(exc: BaseException, request: httpx.Request) -> httpx.Transpo
         return httpx.ConnectTimeout(message, request=request)
     if isinstance(cause, aiohttp.ClientConnectorError | UnusableConnectionError):
         return httpx.ConnectError(message, request=request)
+    if isinstance(cause, aiohttp.ClientHttpProxyError):  # the proxy refused the tunnel
+        return httpx.ProxyError(message, request=request)
     return _after_sending(exc, request)
 
 
@@ -107,6 +110,10 @@ async def _request(
             sock_connect=timeout.get("connect"),
             sock_read=timeout.get("read"),
             connect=timeout.get("pool"),
+            # aiohttp rounds a timeout over ceil_threshold (5 s) up to a whole second: its
+            # connect or pool timeout would fire after the attempt's deadline, and a refund
+            # never sent would be reported as one that may exist
+            ceil_threshold=math.inf,
         ),
         server_hostname=request.extensions.get("sni_hostname"),
         proxy=str(proxy.url) if proxy else None,
@@ -123,6 +130,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     _preo_guards_itself: ClassVar[bool] = True  # its connector is guarded before each request
 
     def __init__(self, **options: Any) -> None:
+        if isinstance(options.get("proxy"), str | httpx.URL):  # as httpx itself accepts it
+            options["proxy"] = httpx.Proxy(options["proxy"])
         self._inner = _HttpxAiohttpTransport(**options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -104,6 +104,7 @@ _NOT_SENT: Final = (
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
     httpx.UnsupportedProtocol,
+    httpx.ProxyError,  # the proxy refused the tunnel: the request never went through it
 )
 
 

@@ -333,11 +333,14 @@ def _cancelling(task: asyncio.Task[Any]) -> int:
     return 0  # pragma: no cover - Python 3.10
 
 
-def _owner_cancelled_too(task: asyncio.Task[Any], before: int) -> bool:
-    """Take back the watchdog's cancellation of ``task``; True when another one came during
-    the attempt (its owner's, which must win). Python 3.10 cannot tell: False."""
+def _owner_cancelled_too(task: asyncio.Task[Any], before: int, cancels: int) -> bool:
+    """Take back the watchdog's ``cancels`` cancellations of ``task``; True when another one
+    came during the attempt (its owner's, which must win). Python 3.10 cannot tell: False."""
     if sys.version_info >= (3, 11):
-        return task.uncancel() > before
+        left = task.cancelling()
+        for _ in range(cancels):
+            left = task.uncancel()
+        return left > before
     return False  # pragma: no cover - Python 3.10
 
 
@@ -486,7 +489,11 @@ class PreoClient(_BaseClient[httpx.Client]):
         if self._blind:  # connections pooled since, by any pool now reachable
             guard_pools(self._http)
         try:
-            response = self._http.send(call.request, stream=True, follow_redirects=False)
+            # auth=None: an injected client's own auth (for another API) must not replace the
+            # key, nor reach this API
+            response = self._http.send(call.request, stream=True, follow_redirects=False, auth=None)
+        except httpx.HTTPStatusError as exc:  # a response hook's raise_for_status: the status
+            response = exc.response  # line is in, and the status decides
         except Exception as exc:  # every fault is classified: I1, I2
             failed = transport_failure(exc, call)
             raise failed from exc
@@ -686,16 +693,16 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             refund = await self._attempt_io(call, attempt, time.monotonic())
         except asyncio.CancelledError as exc:
             if watch.expired:
-                if _owner_cancelled_too(task, before):
+                if _owner_cancelled_too(task, before, watch.cancels):
                     raise
                 raise deadline_failure(call) from None
-            if sys.version_info >= (3, 11) and task.cancelling() == before:
+            if sys.version_info >= (3, 11) and task.cancelling() == 0:
                 # nobody cancelled this task: a transport's own bug, after which it may be sent
                 raise transport_failure(exc, call) from exc
             raise
         except AttemptFailed:
             if watch.expired:  # our cancellation, turned into an error or an answer
-                if _owner_cancelled_too(task, before):
+                if _owner_cancelled_too(task, before, watch.cancels):
                     raise asyncio.CancelledError from None
                 raise deadline_failure(call) from None
             if _cancelling(task) > before:  # the owner's cancellation, hidden by the transport
@@ -703,7 +710,13 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             raise
         finally:
             watchdog.done(watch)
-        if watch.expired and _owner_cancelled_too(task, before):  # answered all the same
+        # answered all the same, though the owner cancelled: its cancellation wins, as it
+        # does when the transport turns it into an error
+        if (
+            _owner_cancelled_too(task, before, watch.cancels)
+            if watch.expired
+            else _cancelling(task) > before
+        ):
             raise asyncio.CancelledError
         return refund
 
@@ -711,7 +724,12 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
         if self._blind:  # connections pooled since, by any pool now reachable
             guard_pools(self._http)
         try:
-            response = await self._http.send(call.request, stream=True, follow_redirects=False)
+            # auth=None and a hook's raise_for_status: as in PreoClient._attempt_io
+            response = await self._http.send(
+                call.request, stream=True, follow_redirects=False, auth=None
+            )
+        except httpx.HTTPStatusError as exc:
+            response = exc.response
         except Exception as exc:  # every fault is classified: I1, I2
             failed = transport_failure(exc, call)
             raise failed from exc

@@ -5,7 +5,8 @@ included, whatever the transport. A timer per attempt (``loop.call_later`` and i
 ``cancel``) costs more than the rest of the retry loop together. Here each attempt registers
 its task and deadline (a set insert, and a delete when it ends) and one timer per event
 loop, set for the earliest deadline it knows, cancels every task still registered past its
-deadline when it fires, then sets itself for the next one. Attempts mostly share one
+deadline when it fires (and again every 0.1 s until the attempt ends, for a transport that
+swallows a cancellation), then sets itself for the next one. Attempts mostly share one
 duration, so their deadlines come in order and the timer is moved only when a shorter one
 arrives.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = ["Watch", "Watchdog"]
 
@@ -36,16 +37,22 @@ class _Task(Protocol):
     def cancel(self) -> object: ...
 
 
+#: Seconds between cancellations of an expired attempt whose transport ignored the last one.
+AGAIN: Final = 0.1
+
+
 class Watch:
     """One attempt under watch: ``expired`` is set (and its task cancelled) once the deadline
-    passes while it is still registered."""
+    passes while it is still registered; ``cancels`` counts the cancellations made (again every
+    :data:`AGAIN` seconds until the attempt ends: a transport may swallow one)."""
 
-    __slots__ = ("deadline", "expired", "task")
+    __slots__ = ("cancels", "deadline", "expired", "task")
 
     def __init__(self, task: _Task, deadline: float) -> None:
         self.task = task
         self.deadline = deadline
         self.expired = False
+        self.cancels = 0
 
 
 class Watchdog:
@@ -68,12 +75,13 @@ class Watchdog:
         return watch
 
     def done(self, watch: Watch) -> None:
-        """The attempt ended (any way): its task is no longer cancelled for time."""
+        """The attempt ended (any way): its task is no longer cancelled for time (the caller
+        takes back ``watch.cancels`` cancellations)."""
         self._watches.discard(watch)
 
     @property
     def watched(self) -> int:
-        """Attempts registered and not yet done or expired."""
+        """Attempts registered and not yet done (expired ones included)."""
         return len(self._watches)
 
     def _set_timer(self, when: float) -> None:
@@ -86,9 +94,10 @@ class Watchdog:
         self._timer, self._timer_at = None, math.inf
         now = self._loop.time()
         expired = [w for w in self._watches if w.deadline <= now]
-        for watch in expired:
-            self._watches.discard(watch)
+        for watch in expired:  # still watched: cancelled again if its transport ignores this
             watch.expired = True
+            watch.cancels += 1
+            watch.deadline = now + AGAIN
         for watch in expired:  # (cancelling cannot run code that registers: it only marks)
             watch.task.cancel()
         if self._watches:
