@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
     ) from exc
 
 from ._call import exception_text
+from ._exceptions import ConfigurationError
 from ._stray import UnusableConnectionError, guard_aiohttp
 
 __all__ = ["AiohttpTransport"]
@@ -132,6 +133,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, **options: Any) -> None:
         if isinstance(options.get("proxy"), str | httpx.URL):  # as httpx itself accepts it
             options["proxy"] = httpx.Proxy(options["proxy"])
+        proxy = options.get("proxy")
+        if isinstance(proxy, httpx.Proxy) and proxy.url.scheme not in ("http", "https"):
+            # aiohttp speaks HTTP CONNECT to any proxy: a SOCKS one would get (and fail) that
+            raise ConfigurationError(
+                f"AiohttpTransport: proxy scheme {proxy.url.scheme!r} is not supported "
+                "(aiohttp speaks to http:// and https:// proxies only)"
+            )
         self._inner = _HttpxAiohttpTransport(**options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

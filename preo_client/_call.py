@@ -67,6 +67,7 @@ __all__ = [
     "classify_status",
     "exception_text",
     "finish",
+    "hook_status_answer",
     "reserve",
     "settle",
     "transport_failure",
@@ -452,8 +453,15 @@ def build_call(
 
 
 def transport_failure(exc: BaseException, call: Call) -> AttemptFailed:
-    """An exception raised while sending (before any status line) as our error."""
+    """An exception raised while sending (before any status line) as our error.
+
+    "Never sent" only for an error the transport raised for this very request (httpx marks
+    those with it): the same error from an event hook of an injected client (one that posts
+    the answer to an audit service, say) proves nothing about the refund.
+    """
     failure = classify_exception(exc)
+    if failure is Failure.NOT_SENT and getattr(exc, "_request", None) is not call.request:
+        failure = Failure.UNKNOWN
     error: APIConnectionError
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         error = APITimeoutError(
@@ -471,6 +479,17 @@ def transport_failure(exc: BaseException, call: Call) -> AttemptFailed:
     if failure is Failure.UNKNOWN:
         error = mark_outcome_unknown(error)
     return AttemptFailed(error, failure)
+
+
+def hook_status_answer(exc: BaseException, call: Call) -> httpx.Response | None:
+    """The answer to ``call`` when a response hook of an injected client raised
+    ``HTTPStatusError`` for it (``raise_for_status``): the status line is in, the status
+    decides. None for any other exception, or a status error about another response."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        if getattr(response, "_request", None) is call.request:
+            return response
+    return None
 
 
 def deadline_failure(call: Call) -> AttemptFailed:

@@ -32,6 +32,7 @@ from ._call import (
     build_call,
     deadline_failure,
     finish,
+    hook_status_answer,
     keep_body,
     reserve,
     settle,
@@ -492,11 +493,12 @@ class PreoClient(_BaseClient[httpx.Client]):
             # auth=None: an injected client's own auth (for another API) must not replace the
             # key, nor reach this API
             response = self._http.send(call.request, stream=True, follow_redirects=False, auth=None)
-        except httpx.HTTPStatusError as exc:  # a response hook's raise_for_status: the status
-            response = exc.response  # line is in, and the status decides
         except Exception as exc:  # every fault is classified: I1, I2
-            failed = transport_failure(exc, call)
-            raise failed from exc
+            answer = hook_status_answer(exc, call)  # a hook's raise_for_status: status decides
+            if answer is None:
+                failed = transport_failure(exc, call)
+                raise failed from exc
+            response = answer
         content = already_read(response)
         problem = None
         if content is None:
@@ -728,11 +730,12 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
             response = await self._http.send(
                 call.request, stream=True, follow_redirects=False, auth=None
             )
-        except httpx.HTTPStatusError as exc:
-            response = exc.response
         except Exception as exc:  # every fault is classified: I1, I2
-            failed = transport_failure(exc, call)
-            raise failed from exc
+            answer = hook_status_answer(exc, call)
+            if answer is None:
+                failed = transport_failure(exc, call)
+                raise failed from exc
+            response = answer
         content = already_read(response)
         problem = None
         if content is None:

@@ -108,10 +108,10 @@ def example_error(cls: type[BaseException]) -> BaseException:
     if base in _STATUS_OF:
         detail: object = {"amount": ["Too big."]} if base == "BadRequestError" else "Injected."
         error = _status_error(_STATUS_OF[base], detail)
-    elif base == "APIConnectionError":
-        error = transport_failure(httpx.ConnectError("refused"), _call()).error
-    elif base == "APITimeoutError":
-        error = transport_failure(httpx.ConnectTimeout("slow"), _call()).error
+    elif base in ("APIConnectionError", "APITimeoutError"):
+        call = _call()  # httpx marks a transport's error with its request, as made here
+        fault = httpx.ConnectError if base == "APIConnectionError" else httpx.ConnectTimeout
+        error = transport_failure(fault("refused", request=call.request), call).error
     elif base == "APIResponseValidationError":
         error = _response_validation_error()
     elif name == "RefundValidationError":

@@ -229,3 +229,72 @@ def test_a_cancellation_pending_when_the_call_starts_is_the_owners() -> None:
 
     asyncio.run(asyncio.wait_for(main(), 20))
     assert sent == [0]
+
+
+# -- review round 6: what a hook raises proves nothing about the refund --------------------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("fault", [httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError])
+def test_a_hooks_own_connect_error_after_the_answer_is_not_never_sent(
+    kind: str, fault: type[httpx.RequestError]
+) -> None:
+    """g5: a response hook posting each answer to a dead audit service raised ConnectError
+    after the 201: read as "never sent", retried (three refunds from a server ignoring keys)."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=BODY)
+
+    def audit(response: httpx.Response) -> None:
+        raise fault("audit service down")
+
+    async def audit_async(response: httpx.Response) -> None:
+        audit(response)
+
+    hooks = {"response": [audit if kind == "sync" else audit_async]}
+    result = _run(kind, answer, event_hooks=hooks)
+    assert isinstance(result, APIConnectionError)
+    assert isinstance(result, RefundOutcomeUnknownError)  # the refund may exist: it does
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("foreign", ["audit", "made up"])
+def test_a_hooks_status_error_about_another_response_is_not_the_refunds(
+    kind: str, foreign: str
+) -> None:
+    """g2: a hook's raise_for_status on the audit service's own 503 was read as the refund's
+    status (refused, retried); one about a response it made up let a RuntimeError escape."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=BODY)
+
+    def audit(response: httpx.Response) -> None:
+        if foreign == "audit":
+            other = httpx.Request("POST", "https://audit.example/log")
+            httpx.Response(503, request=other).raise_for_status()
+        raise httpx.HTTPStatusError("made up", request=response.request,
+                                    response=httpx.Response(503))  # fmt: skip
+
+    async def audit_async(response: httpx.Response) -> None:
+        audit(response)
+
+    hooks = {"response": [audit if kind == "sync" else audit_async]}
+    result = _run(kind, answer, event_hooks=hooks)
+    assert isinstance(result, APIConnectionError)
+    assert isinstance(result, RefundOutcomeUnknownError)
+    assert len(seen) == 1
+
+
+def test_aiohttp_transport_refuses_a_proxy_it_cannot_speak_to() -> None:
+    """g6: a socks5:// proxy got an HTTP CONNECT (and any credentials in clear)."""
+    from preo_client import AiohttpTransport, ConfigurationError
+
+    for url in ["socks5://127.0.0.1:1080", "socks5h://user:pw@proxy:1080"]:
+        with pytest.raises(ConfigurationError, match="socks5"):
+            AiohttpTransport(proxy=url)
+    AiohttpTransport(proxy="https://proxy.example:3128")
