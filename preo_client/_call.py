@@ -67,6 +67,7 @@ __all__ = [
     "classify_status",
     "exception_text",
     "finish",
+    "hook_changes",
     "hook_status_answer",
     "reserve",
     "settle",
@@ -292,6 +293,7 @@ class Call:
     max_retries: int
     key_supplied: bool = False  # the key came from the caller: it may have been used before
     purchase_id: str = ""
+    url: httpx.URL | None = None  # the URL built (an event hook may replace request.url)
 
 
 @functools.cache
@@ -449,6 +451,7 @@ def build_call(
         max_retries=max_retries,
         key_supplied=idempotency_key is not None,
         purchase_id=purchase_id,
+        url=request.url,
     )
 
 
@@ -479,6 +482,33 @@ def transport_failure(exc: BaseException, call: Call) -> AttemptFailed:
     if failure is Failure.UNKNOWN:
         error = mark_outcome_unknown(error)
     return AttemptFailed(error, failure)
+
+
+def hook_changes(call: Call, authorization: str) -> AttemptFailed | None:
+    """When a request event hook of an injected client changed the refund's URL, its
+    ``Authorization`` or its ``Idempotency-Key`` (the hook runs inside ``send``, after the
+    request was built): the failure that ends the call. The request may have gone out as
+    changed, so the outcome is unknown, the key is the one sent, and it is never retried."""
+    request = call.request
+    changed = []
+    if call.url is not None and request.url is not call.url and request.url != call.url:
+        changed.append("its URL")
+    if request.headers.get_list("authorization") != [authorization]:
+        changed.append("its Authorization header")
+    sent_keys = request.headers.get_list("idempotency-key")
+    if sent_keys != [call.idempotency_key]:
+        changed.append("its Idempotency-Key")
+    if not changed:
+        return None
+    key = sent_keys[0] if len(sent_keys) == 1 else call.idempotency_key
+    error = APIConnectionError(
+        f"An event hook of the HTTP client changed the refund request ({', '.join(changed)}); "
+        "it may have been sent as changed. Request hooks must leave a refund's URL, "
+        "Authorization and Idempotency-Key as they are",
+        request=request,
+        idempotency_key=key,
+    )
+    return AttemptFailed(mark_outcome_unknown(error), Failure.FINAL)
 
 
 def hook_status_answer(exc: BaseException, call: Call) -> httpx.Response | None:

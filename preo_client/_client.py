@@ -32,6 +32,7 @@ from ._call import (
     build_call,
     deadline_failure,
     finish,
+    hook_changes,
     hook_status_answer,
     keep_body,
     reserve,
@@ -278,6 +279,13 @@ class _BaseClient(abc.ABC, Generic[_HttpT]):
             extra_query=query,
         )
 
+    def _check_hooks(self, call: Call) -> None:
+        """Raise when a request event hook of the HTTP client changed the refund request."""
+        if self._http.event_hooks["request"]:  # (no hook: nothing to compare)
+            failed = hook_changes(call, self._request_headers["authorization"])
+            if failed is not None:
+                raise failed
+
     def _after_failure(self, failed: AttemptFailed, call: Call, state: CallState) -> float:
         """Raise the public error if ``failed`` ends the call; else the seconds to wait."""
         state.unknown_seen = state.unknown_seen or failed.failure is Failure.UNKNOWN
@@ -494,11 +502,13 @@ class PreoClient(_BaseClient[httpx.Client]):
             # key, nor reach this API
             response = self._http.send(call.request, stream=True, follow_redirects=False, auth=None)
         except Exception as exc:  # every fault is classified: I1, I2
+            self._check_hooks(call)
             answer = hook_status_answer(exc, call)  # a hook's raise_for_status: status decides
             if answer is None:
                 failed = transport_failure(exc, call)
                 raise failed from exc
             response = answer
+        self._check_hooks(call)
         content = already_read(response)
         problem = None
         if content is None:
@@ -731,11 +741,13 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
                 call.request, stream=True, follow_redirects=False, auth=None
             )
         except Exception as exc:  # every fault is classified: I1, I2
+            self._check_hooks(call)
             answer = hook_status_answer(exc, call)
             if answer is None:
                 failed = transport_failure(exc, call)
                 raise failed from exc
             response = answer
+        self._check_hooks(call)
         content = already_read(response)
         problem = None
         if content is None:

@@ -298,3 +298,47 @@ def test_aiohttp_transport_refuses_a_proxy_it_cannot_speak_to() -> None:
         with pytest.raises(ConfigurationError, match="socks5"):
             AiohttpTransport(proxy=url)
     AiohttpTransport(proxy="https://proxy.example:3128")
+
+
+def _tamper(what: str) -> Callable[[httpx.Request], None]:
+    def hook(request: httpx.Request) -> None:
+        if what == "key":
+            request.headers["Idempotency-Key"] = "hook-made-key"
+        elif what == "auth":
+            request.headers["Authorization"] = "Bearer OTHER_API_SECRET"
+        elif what == "url":
+            request.url = request.url.copy_with(host="gateway.example.net")
+        elif what == "log":
+            request.headers.get("idempotency-key")  # reads only
+
+    return hook
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("what", ["key", "auth", "url", "log"])
+def test_a_request_hook_that_changes_the_refund_ends_the_call(kind: str, what: str) -> None:
+    """g1/g3: a request hook of a shared client replaced the key (the error then advised a key
+    never sent: following it refunded twice), the Authorization or the URL. The change is
+    found after sending: outcome unknown, the key actually sent, never retried."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503)  # would be retried, were the request as built
+
+    hook = _tamper(what)
+
+    async def hook_async(request: httpx.Request) -> None:
+        hook(request)
+
+    result = _run(kind, answer, event_hooks={"request": [hook if kind == "sync" else hook_async]})
+    if what == "log":  # a hook that only looks changes nothing
+        assert isinstance(result, InternalServerError)
+        assert len(seen) == 3
+        return
+    assert isinstance(result, APIConnectionError)
+    assert isinstance(result, RefundOutcomeUnknownError)
+    assert len(seen) == 1
+    assert result.idempotency_key == seen[0].headers["idempotency-key"]
+    assert "OTHER_API_SECRET" not in str(result)
+    assert "event hook" in str(result)
