@@ -478,6 +478,7 @@ def test_resume_after_kill_9_refunds_every_purchase_exactly_once(tmp_path: Path)
     # Some requests die after the refund was recorded, so some items are in flight (outcome
     # unknown) whenever the process is killed.
     fake.chaos(0.05, seed=7, faults=[Fault.read_timeout()])
+    fake.set_latency(0.01)  # so that a run cannot end before its kill point (8 workers)
     rng = random.Random(os.environ.get("PYTEST_XDIST_WORKER", "kill") + str(time.time_ns()))
     thresholds = sorted(rng.sample(range(20, count), 3))  # random kill -9 points of the run
     with serve(fake) as server:
@@ -494,6 +495,7 @@ def test_resume_after_kill_9_refunds_every_purchase_exactly_once(tmp_path: Path)
                 kills += 1
             proc.wait(timeout=30)
         fake.chaos(0.0, seed=0)
+        fake.set_latency(0.0)
         final = subprocess.run(command, env=env_for(server.url), capture_output=True, text=True,
                                timeout=120, check=False)  # fmt: skip
     assert kills >= 1, thresholds

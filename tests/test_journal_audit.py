@@ -100,6 +100,9 @@ def test_killed_and_resumed_run_exports_every_item_with_the_sandbox_ledger(
         command = [PREO, "refund-bulk", str(source), "--reason", "event_cancelled",
                    "--concurrency", "8", "--journal", str(journal)]  # fmt: skip
         fake.chaos(0.05, seed=len(points), faults=[Fault.read_timeout()])  # unknown outcomes
+        # slow enough that the run cannot end before it is killed (it once did, in CI, once
+        # the call path got faster): 300 answers / 8 workers x 10 ms is about 0.4 s at least
+        fake.set_latency(0.01)
         with serve(fake) as server:
             kills = [
                 _bulk_until_killed(command, server.url, journal, threshold)
@@ -107,6 +110,7 @@ def test_killed_and_resumed_run_exports_every_item_with_the_sandbox_ledger(
             ]
             assert any(kills), points  # at least one run really died mid-way
             fake.chaos(0.0, seed=0)
+            fake.set_latency(0.0)
             final = subprocess.run(command, env=env_for(server.url), capture_output=True,
                                    text=True, timeout=120, check=False)  # fmt: skip
             assert final.returncode == 0, final.stdout + final.stderr
