@@ -363,6 +363,10 @@ class Journal:
     def _setup(self, batch_id: str | None, *, wal_beside: bool) -> str:
         db = self._db
         try:
+            # A reader of the journal (`preo journal show`, a monitor) may hold a shared lock
+            # for a moment while this run opens it: wait for it, do not call it damaged.
+            # (Another run is kept out by the file lock, not by SQLite's.)
+            db.execute("PRAGMA busy_timeout = 10000")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             check = [str(row[0]) for row in db.execute("PRAGMA integrity_check(3)")]
@@ -399,6 +403,7 @@ class Journal:
                     "INSERT INTO runs (started_at, batch_id, pid) VALUES (?, ?, ?)",
                     (_now(), str(meta["run_id"]), os.getpid()),
                 ).lastrowid
+            db.execute("PRAGMA busy_timeout = 0")
             self._checkpoint()
         except JournalError:
             raise

@@ -271,3 +271,28 @@ def test_every_sqlite_error_is_a_journal_error(tmp_path: Path) -> None:
             journal.recorded(EMPTY)
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_reader_holding_the_journal_a_moment_does_not_make_it_damaged(
+    tmp_path: Path, fresh: bool
+) -> None:
+    """A reader (`preo journal show`, a monitor polling it) held a shared lock while a run
+    opened the journal: the run refused it as "damaged ... (database is locked)". It waits."""
+    path = tmp_path / "j.db"
+    if fresh:
+        sqlite3.connect(path).close()  # created, empty: the run will set it up
+    else:
+        Journal(path).close()
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA journal_mode=DELETE")  # as a copy or an old tool may leave it
+    reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # holds a shared lock
+    release = threading.Timer(0.3, lambda: (reader.execute("COMMIT"), reader.close()))
+    release.start()
+    try:
+        journal = Journal(path)
+        journal.close()
+    finally:
+        release.join(10)

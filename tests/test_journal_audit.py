@@ -60,22 +60,27 @@ def _answers(fake: FakePreo) -> dict[str, set[str]]:
 
 
 def _bulk_until_killed(command: list[str], url: str, journal: Path, threshold: int) -> bool:
-    """Run ``command``; kill -9 it once the journal holds ``threshold`` items. True if killed."""
-    proc = subprocess.Popen(command, env=env_for(url), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while _journal_rows(journal) < threshold and proc.poll() is None:
-            assert time.monotonic() < deadline, "the run hung"  # watchdog
-            time.sleep(0.005)
-        killed = proc.poll() is None
-        if killed:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        return killed
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    """Run ``command``; kill -9 it once the journal holds ``threshold`` items. True if killed.
+    A run that ended by itself first must have ended well (else its output is the failure)."""
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(command, env=env_for(url), stdout=output, stderr=output)
+        try:
+            deadline = time.monotonic() + 60
+            while _journal_rows(journal) < threshold and proc.poll() is None:
+                assert time.monotonic() < deadline, "the run hung"  # watchdog
+                time.sleep(0.005)
+            killed = proc.poll() is None
+            if killed:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            if not killed:
+                output.seek(0)
+                text = output.read().decode(errors="replace")[-3000:]
+                assert proc.returncode in (0, 1), f"exit {proc.returncode}: {text}"
+            return killed
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 @settings(
