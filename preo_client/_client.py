@@ -508,7 +508,8 @@ class PreoClient(_BaseClient[httpx.Client]):
                 failed = transport_failure(exc, call)
                 raise failed from exc
             response = answer
-        self._check_hooks(call)
+        else:
+            self._check_hooks(call)  # (each path checks once: the hook ran inside send)
         content = already_read(response)
         problem = None
         if content is None:
@@ -747,7 +748,8 @@ class AsyncPreoClient(_BaseClient[httpx.AsyncClient]):
                 failed = transport_failure(exc, call)
                 raise failed from exc
             response = answer
-        self._check_hooks(call)
+        else:
+            self._check_hooks(call)  # (each path checks once: the hook ran inside send)
         content = already_read(response)
         problem = None
         if content is None:
